@@ -1,0 +1,239 @@
+// Package local is a chunk store in a directory, in casync's layout:
+// <first 4 hex digits of the id>/<id>.cacnk, each file one zstd frame.
+// casync, desync and any static file server can read it as it is.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// tmpDir holds chunks being written; the casync layout ignores it.
+const tmpDir = ".tmp"
+
+// Store is a local directory store.
+type Store struct {
+	dir string
+
+	mu     sync.Mutex
+	staged map[store.ID]string // id -> temp file, written but not yet durable
+}
+
+// Open opens the store in dir, creating it when create is set. A path that
+// is not a directory is an error.
+func Open(dir string, create bool) (*Store, error) {
+	fi, err := os.Stat(dir)
+	switch {
+	case err == nil && !fi.IsDir():
+		return nil, fmt.Errorf("store %s: not a directory", dir)
+	case errors.Is(err, fs.ErrNotExist) && create:
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("store %s: %w", dir, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("store %s: %w", dir, err)
+	}
+	return &Store{dir: dir, staged: map[store.ID]string{}}, nil
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Path returns the file that holds chunk id.
+func (s *Store) Path(id store.ID) string {
+	h := id.String()
+	return filepath.Join(s.dir, h[:4], h+".cacnk")
+}
+
+func (s *Store) String() string { return s.dir }
+
+// Close implements store.Store.
+func (s *Store) Close() error { return nil }
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	b, err := os.ReadFile(s.Path(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &store.ChunkError{ID: id, Store: s.dir, Err: store.ErrNotFound}
+	}
+	if err != nil {
+		return nil, &store.ChunkError{ID: id, Store: s.dir, Err: err}
+	}
+	return b, nil
+}
+
+// Has implements store.Store.
+func (s *Store) Has(ctx context.Context, id store.ID) (bool, error) {
+	_, err := os.Lstat(s.Path(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, &store.ChunkError{ID: id, Store: s.dir, Err: err}
+	}
+	return true, nil
+}
+
+// Put writes the chunk to a temporary file, syncs it and renames it into
+// place, so a reader or a crash never sees half a chunk.
+func (s *Store) Put(ctx context.Context, id store.ID, compressed []byte) error {
+	tmp, err := s.writeTemp(id, compressed, true)
+	if err != nil {
+		return err
+	}
+	return s.commit(id, tmp)
+}
+
+// Stage writes the chunk like Put but defers making it durable and visible
+// to Commit, which syncs the whole file system once: one fsync per chunk
+// costs more than chunking on a convert.
+func (s *Store) Stage(ctx context.Context, id store.ID, compressed []byte) error {
+	tmp, err := s.writeTemp(id, compressed, false)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.staged[id]; ok {
+		os.Remove(old)
+	}
+	s.staged[id] = tmp
+	return nil
+}
+
+// Commit makes every staged chunk durable, then visible under its name.
+func (s *Store) Commit(ctx context.Context) error {
+	s.mu.Lock()
+	staged := s.staged
+	s.staged = map[store.ID]string{}
+	s.mu.Unlock()
+	if len(staged) == 0 {
+		return nil
+	}
+	if err := s.syncfs(); err != nil {
+		s.discard(staged)
+		return err
+	}
+	for id, tmp := range staged {
+		delete(staged, id)
+		if err := s.commit(id, tmp); err != nil {
+			s.discard(staged)
+			return err
+		}
+	}
+	return s.syncfs()
+}
+
+// Abort removes every staged chunk.
+func (s *Store) Abort() {
+	s.mu.Lock()
+	staged := s.staged
+	s.staged = map[store.ID]string{}
+	s.mu.Unlock()
+	s.discard(staged)
+}
+
+func (s *Store) discard(staged map[store.ID]string) {
+	for _, tmp := range staged {
+		os.Remove(tmp)
+	}
+}
+
+func (s *Store) writeTemp(id store.ID, data []byte, sync bool) (string, error) {
+	dir := filepath.Join(s.dir, tmpDir)
+	f, err := os.CreateTemp(dir, id.String()+".*")
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(dir, 0o755); err == nil {
+			f, err = os.CreateTemp(dir, id.String()+".*")
+		}
+	}
+	if err != nil {
+		return "", s.writeErr(id, err)
+	}
+	_, err = f.Write(data)
+	if err == nil && sync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", s.writeErr(id, err)
+	}
+	return f.Name(), nil
+}
+
+func (s *Store) commit(id store.ID, tmp string) error {
+	dst := s.Path(id)
+	err := os.Rename(tmp, dst)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
+			err = os.Rename(tmp, dst)
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return s.writeErr(id, err)
+	}
+	return nil
+}
+
+func (s *Store) syncfs() error {
+	f, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("store %s: sync: %w", s.dir, err)
+	}
+	return nil
+}
+
+func (s *Store) writeErr(id store.ID, err error) error {
+	switch {
+	case errors.Is(err, unix.ENOSPC):
+		err = fmt.Errorf("%w: free space on the store's disk or pick another --store", err)
+	case errors.Is(err, unix.EROFS), errors.Is(err, fs.ErrPermission):
+		err = fmt.Errorf("%w: the store is not writable", err)
+	}
+	return &store.ChunkError{ID: id, Store: s.dir, Err: err}
+}
+
+// Walk calls fn for every chunk in the store, in no particular order.
+func (s *Store) Walk(fn func(id store.ID) error) error {
+	return filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == tmpDir {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		name, ok := strings.CutSuffix(d.Name(), ".cacnk")
+		if !ok {
+			return nil
+		}
+		id, err := store.ParseID(name)
+		if err != nil {
+			return nil
+		}
+		return fn(id)
+	})
+}
