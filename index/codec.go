@@ -234,5 +234,5 @@ func (r *reader) take(n int) []byte {
 	return b
 }
 
-func (r *reader) bytes() []byte   { return bytes.Clone(r.take(int(r.uvarint(uint64(len(r.buf)))))) }
+func (r *reader) bytes() []byte  { return bytes.Clone(r.take(int(r.uvarint(uint64(len(r.buf)))))) }
 func (r *reader) string() string { return string(r.take(int(r.uvarint(uint64(len(r.buf)))))) }
