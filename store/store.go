@@ -44,6 +44,9 @@ var ErrNotFound = errors.New("chunk not found")
 // ErrCorrupt is wrapped by errors for chunks whose bytes do not match their ID.
 var ErrCorrupt = errors.New("chunk corrupt")
 
+// ErrReadOnly is wrapped by errors for a Put that the store refuses.
+var ErrReadOnly = errors.New("store is read-only")
+
 // Store is a chunk store. Implementations are safe for concurrent use.
 type Store interface {
 	// Get returns the stored (zstd-compressed) bytes of chunk id, unverified;
@@ -73,9 +76,20 @@ func (e *ChunkError) Error() string {
 
 func (e *ChunkError) Unwrap() error { return e.Err }
 
+// Loader is a Store that loads chunks itself: Load returns chunk id
+// decompressed and verified, as the package's Load does. Load uses it when a
+// store implements it, so that a store that must verify a chunk anyway (a
+// cache filling itself) does not decode it twice.
+type Loader interface {
+	Load(ctx context.Context, id ID) ([]byte, error)
+}
+
 // Load gets chunk id from s, decompresses it and verifies it against id.
 // A chunk that fails verification is never returned.
 func Load(ctx context.Context, s Store, id ID) ([]byte, error) {
+	if l, ok := s.(Loader); ok {
+		return l.Load(ctx, id)
+	}
 	raw, err := s.Get(ctx, id)
 	if err != nil {
 		var ce *ChunkError
