@@ -35,10 +35,10 @@ func Open(dir string, create bool) (*Store, error) {
 	fi, err := os.Stat(dir)
 	switch {
 	case err == nil && !fi.IsDir():
-		return nil, fmt.Errorf("store %s: not a directory", dir)
+		return nil, fmt.Errorf("store %s: not a directory; give a directory, or a path that does not exist yet", dir)
 	case errors.Is(err, fs.ErrNotExist) && create:
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("store %s: %w", dir, err)
+			return nil, fmt.Errorf("store %s: %w", dir, hint(err))
 		}
 	case err != nil:
 		return nil, fmt.Errorf("store %s: %w", dir, err)
@@ -57,8 +57,11 @@ func (s *Store) Path(id store.ID) string {
 
 func (s *Store) String() string { return s.dir }
 
-// Close implements store.Store.
-func (s *Store) Close() error { return nil }
+// Close discards chunks staged and not committed.
+func (s *Store) Close() error {
+	s.Abort()
+	return nil
+}
 
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, id store.ID) ([]byte, error) {
@@ -88,6 +91,17 @@ func (s *Store) Has(ctx context.Context, id store.ID) (bool, error) {
 // place, so a reader or a crash never sees half a chunk.
 func (s *Store) Put(ctx context.Context, id store.ID, compressed []byte) error {
 	tmp, err := s.writeTemp(id, compressed, true)
+	if err != nil {
+		return err
+	}
+	return s.commit(id, tmp)
+}
+
+// PutNoSync is Put without the fsync, for caches: a cache verifies every
+// chunk it reads, so one torn by a crash is found, removed and fetched again,
+// and an fsync per chunk would cost more than the fetch.
+func (s *Store) PutNoSync(ctx context.Context, id store.ID, compressed []byte) error {
+	tmp, err := s.writeTemp(id, compressed, false)
 	if err != nil {
 		return err
 	}
@@ -160,15 +174,16 @@ func (s *Store) writeTemp(id store.ID, data []byte, sync bool) (string, error) {
 	if err != nil {
 		return "", s.writeErr(id, err)
 	}
-	_, err = f.Write(data)
+	// 0644 like casync and desync, so a file server can serve the store.
+	err = f.Chmod(0o644)
+	if err == nil {
+		_, err = f.Write(data)
+	}
 	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
 	}
 	if err != nil {
 		os.Remove(f.Name())
@@ -199,26 +214,32 @@ func (s *Store) syncfs() error {
 	}
 	defer f.Close()
 	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("store %s: sync: %w", s.dir, err)
+		return fmt.Errorf("store %s: sync: %w", s.dir, hint(err))
 	}
 	return nil
 }
 
 func (s *Store) writeErr(id store.ID, err error) error {
-	switch {
-	case errors.Is(err, unix.ENOSPC):
-		err = fmt.Errorf("%w: free space on the store's disk or pick another --store", err)
-	case errors.Is(err, unix.EROFS), errors.Is(err, fs.ErrPermission):
-		err = fmt.Errorf("%w: the store is not writable", err)
-	}
-	return &store.ChunkError{ID: id, Store: s.dir, Err: err}
+	return &store.ChunkError{ID: id, Store: s.dir, Err: hint(err)}
 }
 
-// Walk calls fn for every chunk in the store, in no particular order.
+// hint adds what to do to the write errors a user can fix.
+func hint(err error) error {
+	switch {
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return fmt.Errorf("%w: free space on the store's disk, or use another store", err)
+	case errors.Is(err, unix.EROFS), errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w: the store is not writable; use a writable directory", err)
+	}
+	return err
+}
+
+// Walk calls fn for every chunk in the store, in no particular order, and
+// returns the first error, fn's own as it is.
 func (s *Store) Walk(fn func(id store.ID) error) error {
 	return filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			return err
+			return fmt.Errorf("store %s: %w", s.dir, err)
 		}
 		if d.IsDir() {
 			if d.Name() == tmpDir {
@@ -231,8 +252,8 @@ func (s *Store) Walk(fn func(id store.ID) error) error {
 			return nil
 		}
 		id, err := store.ParseID(name)
-		if err != nil {
-			return nil
+		if err != nil || s.Path(id) != p {
+			return nil // not a chunk where Get would look for it
 		}
 		return fn(id)
 	})
