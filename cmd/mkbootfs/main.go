@@ -25,6 +25,8 @@ func newRootCmd() *cobra.Command {
 	// One constructor per command, one file per command.
 	for _, newCmd := range []func() *cobra.Command{
 		newVersionCmd,
+		newConvertCmd,
+		newExtractCmd,
 	} {
 		root.AddCommand(newCmd())
 	}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/local"
+)
+
+// defaultStore is where chunks go when no --store is given.
+func defaultStore() string {
+	if d := os.Getenv("MKBOOTFS_STORE_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/mkbootfs/store"
+}
+
+// openStore opens the chunk stores named by urls, tried in order.
+func openStore(ctx context.Context, urls []string, create bool) (store.Store, error) {
+	if len(urls) == 0 {
+		urls = []string{defaultStore()}
+	}
+	var stores []store.Store
+	for _, u := range urls {
+		s, err := local.Open(u, create)
+		if err != nil {
+			return nil, err
+		}
+		stores = append(stores, s)
+	}
+	if len(stores) == 1 {
+		return stores[0], nil
+	}
+	return store.Failover(stores...), nil
+}
+
+// loadIndex reads an index file.
+func loadIndex(path string) (*index.Index, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	x, err := index.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return x, nil
+}

@@ -1,0 +1,344 @@
+// Package converter turns an image or a root directory into an index and
+// chunks: it flattens the layers in order (OCI whiteouts included), lays
+// every regular file's data end to end in path order, cuts that stream
+// into content-defined chunks, and stores each chunk the store lacks.
+//
+// It reads tar streams and never writes the image's entries to the host, so
+// a hostile layer cannot touch it; Extract materializes an index safely.
+package converter
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/mkbootfs/mkbootfs/chunker"
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// Options configure a conversion.
+type Options struct {
+	// Source names what to convert, in skopeo's transport syntax: a bare
+	// reference (daemon when it has it, else registry), docker-daemon:REF,
+	// docker-archive:PATH, oci:PATH[:TAG], dir:PATH.
+	Source string
+	// Store receives the chunks.
+	Store store.Store
+	// StoreURLs are recorded in the index for readers.
+	StoreURLs []string
+	// Params are the chunk size bounds; zero means chunker.DefaultParams.
+	Params chunker.Params
+	// Platform picks an image from a multi-platform index ("os/arch[/variant]"); empty: the host's.
+	Platform string
+	// Pull reads a bare reference from its registry even when the local docker daemon has it.
+	Pull bool
+	// TmpDir holds spooled layers; empty: os.TempDir().
+	TmpDir string
+	// Progress, when set, receives a self-updating progress line.
+	Progress io.Writer
+}
+
+// Stats count what a conversion did.
+type Stats struct {
+	Entries      int   `json:"entries"`
+	Inodes       int   `json:"inodes"`
+	DataBytes    int64 `json:"data_bytes"`    // the data stream, holes left out
+	Chunks       int   `json:"chunks"`        // chunks in the stream
+	UniqueChunks int   `json:"unique_chunks"` // distinct chunk IDs
+	NewChunks    int   `json:"new_chunks"`    // chunks the store did not have
+	NewBytes     int64 `json:"new_bytes"`     // compressed bytes written to the store
+}
+
+// Result is a finished conversion.
+type Result struct {
+	Index *index.Index
+	Stats Stats
+	// Image is the source image's config, nil for a directory.
+	Image *ImageInfo
+}
+
+// Meta keys the converter records in the index.
+const (
+	MetaSource    = "source"
+	MetaStores    = "stores"
+	MetaChunker   = "chunker"
+	MetaNewChunks = "convert.new_chunks"
+	MetaNewBytes  = "convert.new_bytes"
+)
+
+// Convert converts opts.Source.
+func Convert(ctx context.Context, opts Options) (*Result, error) {
+	if opts.Params == (chunker.Params{}) {
+		opts.Params = chunker.DefaultParams
+	}
+	if err := opts.Params.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Store == nil {
+		return nil, fmt.Errorf("converter: no store")
+	}
+	src, err := parseSource(opts.Source)
+	if err != nil {
+		return nil, err
+	}
+	p := newProgress(opts.Progress)
+	defer p.close()
+
+	t := newTree()
+	res := &Result{}
+	if src.dir != "" {
+		if err := readDir(ctx, src.dir, t); err != nil {
+			return nil, err
+		}
+	} else {
+		img, info, err := src.open(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		res.Image = info
+		tmp := opts.TmpDir
+		if tmp == "" {
+			tmp = os.TempDir()
+		}
+		spools, err := flattenImage(ctx, img, t, tmp, p)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", opts.Source, err)
+		}
+		defer func() {
+			for _, s := range spools {
+				s.Close()
+			}
+		}()
+	}
+
+	root, inodes, files := arrange(t)
+	chunks, stats, err := chunkFiles(ctx, files, opts, p)
+	if err != nil {
+		return nil, err
+	}
+	meta := map[string]string{
+		MetaSource:    opts.Source,
+		MetaChunker:   fmt.Sprintf("fastcdc %d/%d/%d", opts.Params.Min, opts.Params.Avg, opts.Params.Max),
+		MetaNewChunks: strconv.Itoa(stats.NewChunks),
+		MetaNewBytes:  strconv.FormatInt(stats.NewBytes, 10),
+	}
+	if len(opts.StoreURLs) > 0 {
+		meta[MetaStores] = strings.Join(opts.StoreURLs, ",")
+	}
+	x, err := index.Build(root, inodes, chunks, meta)
+	if err != nil {
+		return nil, err
+	}
+	stats.Entries, stats.Inodes = len(x.Entries), len(x.Inodes)
+	res.Index, res.Stats = x, stats
+	return res, nil
+}
+
+// arrange numbers the inodes and places each regular file's data in the
+// stream, both in depth-first, name-sorted order: a directory's files sit
+// together, and related images lay their common files out alike.
+func arrange(t *tree) (*index.Node, []index.Inode, []*inode) {
+	var inodes []index.Inode
+	var files []*inode
+	var offset int64
+	var visit func(n *node) *index.Node
+	visit = func(n *node) *index.Node {
+		ino := n.ino
+		if !ino.numbered {
+			ino.numbered, ino.id = true, uint32(len(inodes))
+			if ino.meta.IsRegular() {
+				if l := ino.meta.DataLen(); l > 0 {
+					ino.meta.Offset = offset
+					offset += l
+					files = append(files, ino)
+				}
+			}
+			inodes = append(inodes, ino.meta)
+		}
+		out := &index.Node{Name: n.name, Inode: ino.id}
+		if n.isDir() {
+			names := make([]string, 0, len(n.children))
+			for name := range n.children {
+				names = append(names, name)
+			}
+			sort.Strings(names)
+			out.Children = make([]*index.Node, len(names))
+			for i, name := range names {
+				out.Children[i] = visit(n.children[name])
+			}
+		}
+		return out
+	}
+	root := visit(t.root)
+	return root, inodes, files
+}
+
+// stager is a store that can defer making puts durable to one Commit.
+type stager interface {
+	Stage(ctx context.Context, id store.ID, compressed []byte) error
+	Commit(ctx context.Context) error
+	Abort()
+}
+
+// chunkFiles streams the files' data through the chunker and stores the
+// chunks the store lacks: cutting runs on one goroutine, hashing,
+// compressing and writing on all cores.
+func chunkFiles(ctx context.Context, files []*inode, opts Options, p *progress) ([]index.Chunk, Stats, error) {
+	var stats Stats
+	stream := &streamReader{files: files}
+	defer stream.close()
+	ck, err := chunker.New(stream, opts.Params)
+	if err != nil {
+		return nil, stats, err
+	}
+	st, staged := opts.Store.(stager)
+	put := opts.Store.Put
+	if staged {
+		put = st.Stage
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	type job struct {
+		data []byte
+		slot *index.Chunk
+	}
+	jobs := make(chan job, 4*runtime.GOMAXPROCS(0))
+	var (
+		mu   sync.Mutex
+		seen = map[store.ID]bool{}
+		wg   sync.WaitGroup
+	)
+	worker := func() {
+		defer wg.Done()
+		for j := range jobs {
+			id := store.Sum(j.data)
+			*j.slot = index.Chunk{ID: id, Size: uint32(len(j.data))}
+			mu.Lock()
+			dup := seen[id]
+			seen[id] = true
+			mu.Unlock()
+			if dup || ctx.Err() != nil {
+				continue
+			}
+			have, err := opts.Store.Has(ctx, id)
+			if err != nil {
+				cancel(err)
+				continue
+			}
+			if have {
+				continue
+			}
+			raw := store.Encode(j.data)
+			if err := put(ctx, id, raw); err != nil {
+				cancel(err)
+				continue
+			}
+			mu.Lock()
+			stats.NewChunks++
+			stats.NewBytes += int64(len(raw))
+			mu.Unlock()
+			p.written.Add(1)
+		}
+	}
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go worker()
+	}
+	var slots []*index.Chunk
+	var readErr error
+	for ctx.Err() == nil {
+		data, err := ck.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+		slot := &index.Chunk{}
+		slots = append(slots, slot)
+		p.bytes.Add(int64(len(data)))
+		p.chunks.Add(1)
+		select {
+		case jobs <- job{data, slot}:
+		case <-ctx.Done():
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if readErr == nil {
+		readErr = context.Cause(ctx)
+	}
+	if readErr != nil {
+		if staged {
+			st.Abort()
+		}
+		return nil, stats, readErr
+	}
+	if staged {
+		if err := st.Commit(ctx); err != nil {
+			return nil, stats, err
+		}
+	}
+	chunks := make([]index.Chunk, len(slots))
+	for i, s := range slots {
+		chunks[i] = *s
+		stats.DataBytes += int64(s.Size)
+	}
+	stats.Chunks, stats.UniqueChunks = len(chunks), len(seen)
+	return chunks, stats, nil
+}
+
+// streamReader is the data stream: every file's data runs, end to end.
+type streamReader struct {
+	files []*inode
+	cur   readerCloser
+	left  int64 // bytes still expected from cur
+}
+
+func (s *streamReader) Read(p []byte) (int, error) {
+	for {
+		if s.cur == nil {
+			if len(s.files) == 0 {
+				return 0, io.EOF
+			}
+			f := s.files[0]
+			r, err := f.src.open()
+			if err != nil {
+				return 0, err
+			}
+			s.cur, s.left = r, f.meta.DataLen()
+		}
+		q := p
+		if int64(len(q)) > s.left {
+			q = q[:s.left]
+		}
+		n, err := s.cur.Read(q)
+		s.left -= int64(n)
+		if err == io.EOF || (err == nil && s.left == 0) {
+			if s.left != 0 {
+				return n, fmt.Errorf("file data ended %d bytes early", s.left)
+			}
+			s.cur.Close()
+			s.cur, s.files = nil, s.files[1:]
+			err = nil
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+}
+
+func (s *streamReader) close() {
+	if s.cur != nil {
+		s.cur.Close()
+	}
+}

@@ -1,0 +1,264 @@
+package converter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// Extract materializes the tree of x into dir, which must be empty or not
+// exist, reading file data from s. Every entry is created relative to a
+// directory descriptor of a directory Extract made itself, with
+// O_NOFOLLOW, so no name in the index can reach outside dir.
+func Extract(ctx context.Context, x *index.Index, s store.Store, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if empty, err := isEmptyDir(dir); err != nil {
+		return err
+	} else if !empty {
+		return fmt.Errorf("extract: %s is not empty", dir)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("extract: %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	e := &extractor{
+		ctx:    ctx,
+		x:      x,
+		dir:    dir,
+		chunks: newChunkLoader(ctx, x, s),
+		links:  map[uint32]string{},
+		root:   os.Geteuid() == 0,
+	}
+	if err := e.dirContents(fd, index.Root, dir); err != nil {
+		return err
+	}
+	return e.attrs(fd, "", &x.Inodes[x.Entries[index.Root].Inode], true)
+}
+
+func isEmptyDir(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	_, err = f.Readdirnames(1)
+	if err == io.EOF {
+		return true, nil
+	}
+	return false, err
+}
+
+type extractor struct {
+	ctx    context.Context
+	x      *index.Index
+	dir    string
+	chunks *chunkLoader
+	links  map[uint32]string // inode -> path of its first name, for hard links
+	root   bool
+}
+
+// dirContents creates the children of directory entry e inside dirfd.
+func (e *extractor) dirContents(dirfd int, de uint32, path string) error {
+	first, count := e.x.Children(de)
+	for c := first; c < first+count; c++ {
+		if err := e.ctx.Err(); err != nil {
+			return err
+		}
+		ent := &e.x.Entries[c]
+		n := &e.x.Inodes[ent.Inode]
+		p := filepath.Join(path, ent.Name)
+		if err := e.entry(dirfd, c, ent, n, p); err != nil {
+			return fmt.Errorf("extract %s: %w", e.x.Path(c), err)
+		}
+	}
+	return nil
+}
+
+func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode, p string) error {
+	name := ent.Name
+	if first, ok := e.links[ent.Inode]; ok {
+		return unix.Linkat(unix.AT_FDCWD, first, dirfd, name, 0)
+	}
+	switch n.Type() {
+	case unix.S_IFDIR:
+		if err := unix.Mkdirat(dirfd, name, 0o700); err != nil {
+			return err
+		}
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := e.dirContents(fd, c, p); err != nil {
+			return err
+		}
+		return e.attrs(fd, "", n, true)
+	case unix.S_IFREG:
+		fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := e.data(fd, ent.Inode, n); err != nil {
+			return err
+		}
+		e.links[ent.Inode] = p
+		return e.attrs(fd, "", n, true)
+	case unix.S_IFLNK:
+		if err := unix.Symlinkat(n.Target, dirfd, name); err != nil {
+			return err
+		}
+	default: // devices, FIFOs, sockets
+		if err := unix.Mknodat(dirfd, name, n.Mode&unix.S_IFMT|0o600, int(n.Rdev)); err != nil {
+			return err
+		}
+	}
+	e.links[ent.Inode] = p
+	return e.attrs(dirfd, name, n, false)
+}
+
+// data writes a regular file's bytes; holes stay holes.
+func (e *extractor) data(fd int, ino uint32, n *index.Inode) error {
+	runs := n.Extents
+	if runs == nil {
+		runs = []index.Extent{{Off: 0, Len: n.Size}}
+	}
+	buf := make([]byte, 1<<20)
+	for _, r := range runs {
+		for off := r.Off; off < r.Off+r.Len; {
+			b := buf[:min(int64(len(buf)), r.Off+r.Len-off)]
+			if _, err := e.x.ReadAt(ino, b, off, e.chunks.get); err != nil {
+				return err
+			}
+			if _, err := unix.Pwrite(fd, b, off); err != nil {
+				return err
+			}
+			off += int64(len(b))
+		}
+	}
+	return unix.Ftruncate(fd, n.Size)
+}
+
+// attrs sets owner, mode, xattrs and times, in that order: chown clears
+// setuid bits and file capabilities, so they come after it. With name
+// empty, fd is the file itself; else name is a non-directory in fd.
+func (e *extractor) attrs(fd int, name string, n *index.Inode, own bool) error {
+	var err error
+	if own {
+		err = unix.Fchown(fd, int(n.UID), int(n.GID))
+	} else {
+		err = unix.Fchownat(fd, name, int(n.UID), int(n.GID), unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil && (e.root || !errors.Is(err, unix.EPERM)) {
+		return fmt.Errorf("chown: %w", err)
+	}
+	isLink := n.Type() == unix.S_IFLNK
+	if !isLink {
+		if own {
+			err = unix.Fchmod(fd, n.Mode&0o7777)
+		} else {
+			err = unix.Fchmodat(fd, name, n.Mode&0o7777, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	for _, a := range n.Xattrs {
+		if own {
+			err = unix.Fsetxattr(fd, a.Name, a.Value, 0)
+		} else {
+			err = unix.Lsetxattr(procPath(fd, name), a.Name, a.Value, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("xattr %s: %w", a.Name, err)
+		}
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(n.Mtime), unix.NsecToTimespec(n.Mtime)}
+	if own {
+		err = unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
+	} else {
+		err = unix.UtimesNanoAt(fd, name, ts, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
+		return fmt.Errorf("times: %w", err)
+	}
+	return nil
+}
+
+// procPath names a file in a directory descriptor for the calls that have
+// no *at form, without resolving the directory's path again.
+func procPath(dirfd int, name string) string {
+	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
+}
+
+// chunkLoader serves chunks to a reader that moves forward through the
+// stream, loading the next few in parallel ahead of it.
+type chunkLoader struct {
+	ctx     context.Context
+	x       *index.Index
+	s       store.Store
+	mu      sync.Mutex
+	pending map[int]*loadingChunk
+	sem     chan struct{}
+}
+
+type loadingChunk struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+const readAhead = 8
+
+func newChunkLoader(ctx context.Context, x *index.Index, s store.Store) *chunkLoader {
+	return &chunkLoader{ctx: ctx, x: x, s: s, pending: map[int]*loadingChunk{}, sem: make(chan struct{}, readAhead)}
+}
+
+func (l *chunkLoader) get(i int) ([]byte, error) {
+	l.mu.Lock()
+	for j := i; j < min(i+readAhead, len(l.x.Chunks)); j++ {
+		l.start(j)
+	}
+	c := l.pending[i]
+	for j := range l.pending {
+		if j < i-1 {
+			delete(l.pending, j) // the reader has moved past it
+		}
+	}
+	l.mu.Unlock()
+	<-c.done
+	return c.data, c.err
+}
+
+// start begins loading chunk i unless it is loading or loaded; l.mu is held.
+func (l *chunkLoader) start(i int) {
+	if l.pending[i] != nil {
+		return
+	}
+	c := &loadingChunk{done: make(chan struct{})}
+	l.pending[i] = c
+	go func() {
+		defer close(c.done)
+		select {
+		case l.sem <- struct{}{}:
+			defer func() { <-l.sem }()
+		case <-l.ctx.Done():
+			c.err = l.ctx.Err()
+			return
+		}
+		c.data, c.err = store.Load(l.ctx, l.s, store.ID(l.x.Chunks[i].ID))
+	}()
+}
