@@ -7,6 +7,10 @@
 // condition before the average size, an easier one after), rolled two bytes
 // per step as in the 2020 follow-up paper. Boundaries depend only on the
 // bytes, never on how the reads that feed the chunker are sized.
+//
+// The boundaries are part of the chunk format: changing the gear table, the
+// thresholds or the roll changes chunk IDs and so loses dedup against every
+// existing store.
 package chunker
 
 import (
@@ -17,12 +21,12 @@ import (
 )
 
 // Params are the chunk size bounds. Every chunk but the last of a stream is
-// at least Min and at most Max bytes; sizes cluster around Avg.
+// at least Min and at most Max bytes; on random data the mean size is Avg.
 type Params struct {
 	Min, Avg, Max int
 }
 
-// DefaultParams are casync's defaults: 16/64/256 KiB.
+// DefaultParams are casync's defaults, 16/64/256 KiB.
 var DefaultParams = Params{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
 
 // Validate reports whether the bounds are usable.
@@ -38,64 +42,123 @@ func (p Params) Validate() error {
 	return nil
 }
 
-// masks returns the cut conditions before and after the average size:
-// a cut happens where the hash's top bits are all zero.
-func (p Params) masks() (small, large uint64) {
-	b := bits.Len(uint(p.Avg)) - 1 // log2 of the average
-	top := func(n int) uint64 { return ^uint64(0) << (64 - n) }
-	return top(b + 2), top(b - 2)
+// thresholds returns the cut conditions before and after Avg: a byte ends
+// a chunk where the hash is below the threshold, with probability
+// threshold/2^64.
+//
+// This is normalized chunking level 2 (the condition before Avg is 16 times
+// harder than after it), but the two probabilities are scaled to the span
+// Avg-Min rather than to Avg: FastCDC's masks ignore the bytes that
+// cut-point skipping adds, and gave a mean of 90 KiB for 16/64/256 KiB. With
+// a mean gap of 16/5·span before Avg and span/5 after, the expected size
+// is Min + (16/5·(1-e^(-5/16)) + e^(-5/16)/5)·span = Min + 1.005·span.
+func (p Params) thresholds() (small, large uint64) {
+	span := uint64(p.Avg - p.Min)
+	large = ^uint64(0)
+	if span > 5 {
+		large, _ = bits.Div64(5, 0, span) // 2^64 / (span/5)
+	}
+	return large / 16, large
 }
 
 // Cut returns the length of the first chunk of data. When data is shorter
 // than Max and more data may follow, the result is only final if it is
 // below len(data); see Chunker for the streaming form.
 func (p Params) Cut(data []byte) int {
-	small, large := p.masks()
-	return cut(data, p.Min, p.Avg, p.Max, small, large)
+	small, large := p.thresholds()
+	return cut(data, p, small, large)
 }
 
-func cut(data []byte, minSize, avgSize, maxSize int, maskS, maskL uint64) int {
+func cut(data []byte, p Params, small, large uint64) int {
 	n := len(data)
-	if n <= minSize {
+	if n <= p.Min {
 		return n
 	}
-	if n > maxSize {
-		n = maxSize
+	n = min(n, p.Max)
+	normal := min(p.Avg, n)
+	i, fp := roll(data[p.Min:normal], 0, small)
+	if i >= 0 {
+		return p.Min + i
 	}
-	normal := avgSize
-	if normal > n {
-		normal = n
-	}
-	var fp uint64
-	i := minSize
-	for ; i+1 < normal; i += 2 {
-		fp = fp<<2 + gearShifted[data[i]] + gear[data[i+1]]
-		if fp&maskS == 0 {
-			return i + 2
-		}
-	}
-	for ; i+1 < n; i += 2 {
-		fp = fp<<2 + gearShifted[data[i]] + gear[data[i+1]]
-		if fp&maskL == 0 {
-			return i + 2
-		}
+	if i, _ = roll(data[normal:n], fp, large); i >= 0 {
+		return normal + i
 	}
 	return n
+}
+
+// roll continues the gear hash fp over d and returns the length of d up to
+// the first byte that leaves fp below threshold, or -1 and the hash over d.
+//
+// The hash rolls one byte as fp<<1 + gear[x], and every byte is tested:
+// testing only every other byte would put all boundaries at even offsets,
+// and after an insertion of odd length they would never line up again. The loop still rolls two bytes per step on the loop-carried chain,
+// fp<<2 + (gear[a]<<1 + gear[b]), with the hash after a computed off the
+// chain; unrolling by four steps and slicing b to 8 bytes leaves one bounds
+// check per 8 bytes.
+func roll(d []byte, fp, threshold uint64) (int, uint64) {
+	var g0, g1, h1 uint64
+	i := 0
+	for ; i+8 <= len(d); i += 8 {
+		b := d[i : i+8 : i+8]
+		g0, g1 = gear[b[0]], gear[b[1]]
+		h1 = fp<<1 + g0
+		fp = fp<<2 + (g0<<1 + g1)
+		if h1 < threshold {
+			return i + 1, h1
+		}
+		if fp < threshold {
+			return i + 2, fp
+		}
+		g0, g1 = gear[b[2]], gear[b[3]]
+		h1 = fp<<1 + g0
+		fp = fp<<2 + (g0<<1 + g1)
+		if h1 < threshold {
+			return i + 3, h1
+		}
+		if fp < threshold {
+			return i + 4, fp
+		}
+		g0, g1 = gear[b[4]], gear[b[5]]
+		h1 = fp<<1 + g0
+		fp = fp<<2 + (g0<<1 + g1)
+		if h1 < threshold {
+			return i + 5, h1
+		}
+		if fp < threshold {
+			return i + 6, fp
+		}
+		g0, g1 = gear[b[6]], gear[b[7]]
+		h1 = fp<<1 + g0
+		fp = fp<<2 + (g0<<1 + g1)
+		if h1 < threshold {
+			return i + 7, h1
+		}
+		if fp < threshold {
+			return i + 8, fp
+		}
+	}
+	for ; i < len(d); i++ {
+		if fp = fp<<1 + gear[d[i]]; fp < threshold {
+			return i + 1, fp
+		}
+	}
+	return -1, fp
 }
 
 // Chunker splits a stream read from an io.Reader.
 type Chunker struct {
 	r            io.Reader
 	p            Params
-	maskS, maskL uint64
-	buf          []byte
+	small, large uint64
+	bufSize      int
+	buf          []byte // buf[start:end] is read but not yet chunked
 	start, end   int
-	err          error
+	err          error // io.EOF, or the wrapped read error; sticky
 }
 
-// bufSize is how much the chunker reads ahead: several maximum chunks, so
-// that refills, which copy the unchunked tail, stay rare.
-func (p Params) bufSize() int { return max(4*p.Max, 4<<20) }
+// maxEmptyReads bounds how often a reader may return 0, nil in a row before
+// the chunker gives up, as bufio does.
+const maxEmptyReads = 100
 
 // New returns a Chunker that reads r.
 func New(r io.Reader, p Params) (*Chunker, error) {
@@ -103,48 +166,57 @@ func New(r io.Reader, p Params) (*Chunker, error) {
 		return nil, err
 	}
 	c := &Chunker{r: r, p: p}
-	c.maskS, c.maskL = p.masks()
+	c.small, c.large = p.thresholds()
+	// Several maximum chunks per buffer, so that moving the unchunked tail
+	// to a new buffer, the only copy, stays rare.
+	c.bufSize = max(4*p.Max, 4<<20)
 	return c, nil
 }
 
 // Next returns the next chunk, or io.EOF after the last one. The returned
-// slice is never reused by the Chunker: callers may keep it.
+// slice is never reused by the Chunker: callers may keep it. After a read
+// error, Next returns the chunks that do not depend on the missing bytes,
+// then the error, wrapped.
 func (c *Chunker) Next() ([]byte, error) {
 	if c.end-c.start < c.p.Max && c.err == nil {
 		c.fill()
 	}
-	if c.start == c.end {
-		if c.err == io.EOF {
-			return nil, io.EOF
-		}
+	if c.start == c.end || (c.end-c.start < c.p.Max && c.err != io.EOF) {
 		return nil, c.err
 	}
-	if c.end-c.start < c.p.Max && c.err != io.EOF {
-		return nil, c.err // a read failed: the boundary would depend on it
-	}
-	data := c.buf[c.start:c.end]
-	n := cut(data, c.p.Min, c.p.Avg, c.p.Max, c.maskS, c.maskL)
+	n := cut(c.buf[c.start:c.end], c.p, c.small, c.large)
+	chunk := c.buf[c.start : c.start+n : c.start+n]
 	c.start += n
-	return data[:n:n], nil
+	return chunk, nil
 }
 
-// fill moves the unchunked tail into a fresh buffer, so that chunks already
-// handed out stay valid, and reads until the buffer is full or the stream ends.
+// fill reads until a maximum chunk is buffered or the stream ends. Reads
+// only ever append after end: the bytes before start belong to chunks
+// already handed out, so when the buffer has no room left the tail moves to
+// a fresh one.
 func (c *Chunker) fill() {
-	buf := make([]byte, c.p.bufSize())
-	n := copy(buf, c.buf[c.start:c.end])
-	c.buf, c.start, c.end = buf, 0, n
-	for c.end < len(c.buf) && c.err == nil {
-		var m int
-		m, c.err = c.r.Read(c.buf[c.end:])
-		c.end += m
-		if c.err == nil && m == 0 {
-			c.err = io.ErrNoProgress
-		}
+	if len(c.buf)-c.start < c.p.Max {
+		buf := make([]byte, c.bufSize)
+		c.end = copy(buf, c.buf[c.start:c.end])
+		c.buf, c.start = buf, 0
 	}
-	if c.err != nil && !errors.Is(c.err, io.EOF) {
-		c.err = fmt.Errorf("chunker: read: %w", c.err)
-	} else if c.err != nil {
-		c.err = io.EOF
+	for empty := 0; c.end-c.start < c.p.Max; {
+		n, err := c.r.Read(c.buf[c.end:])
+		c.end += n
+		switch {
+		case errors.Is(err, io.EOF):
+			c.err = io.EOF
+			return
+		case err != nil:
+			c.err = fmt.Errorf("chunker: read: %w", err)
+			return
+		case n > 0:
+			empty = 0
+		default:
+			if empty++; empty == maxEmptyReads {
+				c.err = fmt.Errorf("chunker: read: %w", io.ErrNoProgress)
+				return
+			}
+		}
 	}
 }

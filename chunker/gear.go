@@ -3,7 +3,7 @@ package chunker
 // gear maps each byte to a random 64-bit value. The values are part of the
 // chunk format: changing them changes every boundary and so every chunk ID.
 // They come from splitmix64 seeded with a fixed constant.
-var gear, gearShifted [256]uint64
+var gear [256]uint64
 
 func init() {
 	x := uint64(0x6d6b626f6f746673) // "mkbootfs"
@@ -13,6 +13,5 @@ func init() {
 		z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
 		z = (z ^ z>>27) * 0x94d049bb133111eb
 		gear[i] = z ^ z>>31
-		gearShifted[i] = gear[i] << 1
 	}
 }
