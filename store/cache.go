@@ -1,0 +1,264 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/sys/unix"
+)
+
+// CacheDir is the local side of a Cache: a store in a directory, such as
+// store/local's, that the cache fills and keeps its lock file in.
+type CacheDir interface {
+	Store
+	// Dir is the store's directory.
+	Dir() string
+	// Path is the file that holds chunk id.
+	Path(id ID) string
+	// PutNoSync is Put without fsync: a chunk torn by a crash fails
+	// verification on its next read and is fetched again.
+	PutNoSync(ctx context.Context, id ID, compressed []byte) error
+}
+
+// lockName is the cache's lock file: one byte-range lock per chunk (at an
+// offset taken from the chunk ID) serialises fetches of a chunk across every
+// process sharing the directory, without a lock file per chunk to clean up.
+const lockName = ".mkbootfs-cache.lock"
+
+// Cache is a Store that layers a local directory over a remote store. A
+// chunk is fetched from the remote once, verified, and kept in the
+// directory; many processes (the mounts of a node) may share one directory,
+// and each chunk is fetched once among all of them.
+//
+// Cache implements Loader: a miss decodes and verifies the chunk once,
+// writes the compressed bytes to the directory and returns the decoded ones.
+type Cache struct {
+	local  CacheDir
+	remote Store
+	lock   *os.File // open description holding this process's chunk locks
+	lockFd uintptr
+
+	flight singleflight.Group // in-process: one fetch per chunk at a time
+	// Fetches hold closing for reading, so Close waits for them.
+	closing sync.RWMutex
+	closed  bool
+
+	hits, misses, fetched, fetchErrs, repaired, writeErrs atomic.Int64
+}
+
+// CacheStats counts what a Cache did since it was opened.
+type CacheStats struct {
+	Hits         int64 // chunks served from the directory
+	Misses       int64 // chunks fetched from the remote
+	FetchedBytes int64 // compressed bytes fetched from the remote
+	FetchErrors  int64 // fetches that failed (missing, corrupt, unreachable)
+	Repaired     int64 // corrupt chunks found in the directory and replaced
+	WriteErrors  int64 // chunks fetched but not kept (disk full, read-only)
+}
+
+// NewCache returns a cache of remote in local. Close closes both.
+func NewCache(local CacheDir, remote Store) (*Cache, error) {
+	name := filepath.Join(local.Dir(), lockName)
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: lock file: %w (the cache directory must be writable)", local.Dir(), err)
+	}
+	return &Cache{local: local, remote: remote, lock: f, lockFd: f.Fd()}, nil
+}
+
+func (c *Cache) String() string { return c.local.Dir() + " (cache of " + c.remote.String() + ")" }
+
+// Remote returns the store the cache fetches from.
+func (c *Cache) Remote() Store { return c.remote }
+
+// Stats returns the counters.
+func (c *Cache) Stats() CacheStats {
+	return CacheStats{
+		Hits:         c.hits.Load(),
+		Misses:       c.misses.Load(),
+		FetchedBytes: c.fetched.Load(),
+		FetchErrors:  c.fetchErrs.Load(),
+		Repaired:     c.repaired.Load(),
+		WriteErrors:  c.writeErrs.Load(),
+	}
+}
+
+// Close waits for the fetches under way, then closes the lock file, the
+// directory store and the remote.
+func (c *Cache) Close() error {
+	c.closing.Lock()
+	c.closed = true
+	c.closing.Unlock()
+	return errors.Join(c.lock.Close(), c.local.Close(), c.remote.Close())
+}
+
+// Load implements Loader: chunk id, verified, from the directory or else
+// fetched from the remote and kept.
+func (c *Cache) Load(ctx context.Context, id ID) ([]byte, error) {
+	if _, data, ok := c.readLocal(ctx, id); ok {
+		c.hits.Add(1)
+		return data, nil
+	}
+	_, data, err := c.fill(ctx, id)
+	return data, err
+}
+
+// Get implements Store: the compressed bytes, from the directory (as stored,
+// unverified, like any Get) or else fetched, verified and kept.
+func (c *Cache) Get(ctx context.Context, id ID) ([]byte, error) {
+	if raw, err := c.local.Get(ctx, id); err == nil {
+		c.hits.Add(1)
+		return raw, nil
+	}
+	raw, _, err := c.fill(ctx, id)
+	return raw, err
+}
+
+// Has implements Store: the directory or the remote holds id.
+func (c *Cache) Has(ctx context.Context, id ID) (bool, error) {
+	if ok, err := c.local.Has(ctx, id); err == nil && ok {
+		return true, nil
+	}
+	return c.remote.Has(ctx, id)
+}
+
+// Put implements Store: the chunk goes to the remote, then the directory.
+func (c *Cache) Put(ctx context.Context, id ID, compressed []byte) error {
+	if err := c.remote.Put(ctx, id, compressed); err != nil {
+		return err
+	}
+	return c.local.PutNoSync(ctx, id, compressed)
+}
+
+// readLocal returns chunk id from the directory if it is there and sound.
+func (c *Cache) readLocal(ctx context.Context, id ID) (raw, data []byte, ok bool) {
+	raw, err := c.local.Get(ctx, id)
+	if err != nil {
+		return nil, nil, false
+	}
+	data, err = Decode(id, raw)
+	if err != nil {
+		return nil, nil, false
+	}
+	return raw, data, true
+}
+
+type filled struct{ raw, data []byte }
+
+// fill fetches chunk id into the directory, once per chunk among the
+// goroutines of this process and, through the chunk's lock, among the
+// processes sharing the directory.
+func (c *Cache) fill(ctx context.Context, id ID) (raw, data []byte, err error) {
+	// The fetch is shared, so one caller giving up must not cancel it for
+	// the others; it keeps the caller's deadline, so it cannot hang.
+	fctx := context.WithoutCancel(ctx)
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		fctx, cancel = context.WithDeadline(fctx, d)
+		defer cancel()
+	}
+	ch := c.flight.DoChan(string(id[:]), func() (any, error) {
+		c.closing.RLock()
+		defer c.closing.RUnlock()
+		if c.closed {
+			return nil, &ChunkError{ID: id, Store: c.String(), Err: errors.New("cache closed")}
+		}
+		raw, data, err := c.fetch(fctx, id)
+		return filled{raw, data}, err
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, nil, r.Err
+		}
+		f := r.Val.(filled)
+		if r.Shared {
+			// Each caller owns what Load returns.
+			return f.raw, bytes.Clone(f.data), nil
+		}
+		return f.raw, f.data, nil
+	case <-ctx.Done():
+		return nil, nil, &ChunkError{ID: id, Store: c.remote.String(), Err: ctx.Err()}
+	}
+}
+
+func (c *Cache) fetch(ctx context.Context, id ID) (raw, data []byte, err error) {
+	unlock, err := c.lockChunk(ctx, id)
+	if err != nil {
+		c.fetchErrs.Add(1)
+		return nil, nil, err
+	}
+	defer unlock()
+
+	// Another process may have fetched it while we waited for the lock; a
+	// corrupt copy (a crash tore it, a disk flipped bits) is replaced.
+	if raw, data, ok := c.readLocal(ctx, id); ok {
+		c.hits.Add(1)
+		return raw, data, nil
+	}
+	if err := os.Remove(c.local.Path(id)); err == nil {
+		c.repaired.Add(1)
+	}
+
+	raw, err = c.remote.Get(ctx, id)
+	if err == nil {
+		data, err = Decode(id, raw)
+	}
+	if err != nil {
+		c.fetchErrs.Add(1)
+		var ce *ChunkError
+		if errors.As(err, &ce) {
+			return nil, nil, err
+		}
+		return nil, nil, &ChunkError{ID: id, Store: c.remote.String(), Err: err}
+	}
+	c.misses.Add(1)
+	c.fetched.Add(int64(len(raw)))
+	// Failing to keep the chunk costs a later refetch, not this read.
+	if err := c.local.PutNoSync(ctx, id, raw); err != nil {
+		c.writeErrs.Add(1)
+	}
+	return raw, data, nil
+}
+
+// lockChunk takes the chunk's lock in the cache's lock file: an open file
+// description lock (released when this process dies, even by SIGKILL) on
+// one byte at an offset drawn from the ID. It polls rather than blocks, so
+// that it gives up when ctx ends.
+func (c *Cache) lockChunk(ctx context.Context, id ID) (unlock func(), err error) {
+	lk := unix.Flock_t{
+		Type:   unix.F_WRLCK,
+		Whence: 0,
+		Start:  int64(binary.BigEndian.Uint64(id[:8]) >> 1),
+		Len:    1,
+	}
+	wait := 500 * time.Microsecond
+	for {
+		err := unix.FcntlFlock(c.lockFd, unix.F_OFD_SETLK, &lk)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EINTR) {
+			return nil, &ChunkError{ID: id, Store: c.local.Dir(), Err: fmt.Errorf("locking the chunk in %s: %w", lockName, err)}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, &ChunkError{ID: id, Store: c.local.Dir(), Err: fmt.Errorf("waiting for another process fetching the chunk: %w", ctx.Err())}
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 20*time.Millisecond)
+	}
+	return func() {
+		lk.Type = unix.F_UNLCK
+		unix.FcntlFlock(c.lockFd, unix.F_OFD_SETLK, &lk)
+	}, nil
+}
