@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -196,9 +197,9 @@ func (d *dirFile) open() (readerCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	runs := d.extents
-	if runs == nil {
-		runs = []index.Extent{{Off: 0, Len: d.size}}
+	runs := []index.Extent{{Off: 0, Len: d.size}}
+	if d.extents != nil {
+		runs = slices.Clone(d.extents) // the reader consumes its copy
 	}
 	return &extentReader{f: f, path: d.path, runs: runs}, nil
 }

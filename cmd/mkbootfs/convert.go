@@ -49,9 +49,8 @@ SOURCE uses skopeo's transport names:
 			}
 			defer s.Close()
 			opts.Source, opts.Store = args[0], s
-			opts.StoreURLs = stores
-			if len(opts.StoreURLs) == 0 {
-				opts.StoreURLs = []string{defaultStore()}
+			if opts.StoreURLs, err = storeURLs(stores); err != nil {
+				return err
 			}
 			if term.IsTerminal(int(os.Stderr.Fd())) {
 				opts.Progress = os.Stderr

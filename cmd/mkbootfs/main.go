@@ -27,6 +27,7 @@ func newRootCmd() *cobra.Command {
 		newVersionCmd,
 		newConvertCmd,
 		newExtractCmd,
+		newInspectCmd,
 	} {
 		root.AddCommand(newCmd())
 	}

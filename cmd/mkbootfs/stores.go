@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -35,6 +37,26 @@ func openStore(ctx context.Context, urls []string, create bool) (store.Store, er
 		return stores[0], nil
 	}
 	return store.Failover(stores...), nil
+}
+
+// storeURLs returns the store URLs to record in an index: directories
+// made absolute, so the index can be used from anywhere.
+func storeURLs(urls []string) ([]string, error) {
+	if len(urls) == 0 {
+		urls = []string{defaultStore()}
+	}
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = u
+		if !strings.Contains(u, "://") {
+			abs, err := filepath.Abs(u)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = abs
+		}
+	}
+	return out, nil
 }
 
 // loadIndex reads an index file.
