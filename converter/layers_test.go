@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/index"
@@ -32,10 +32,14 @@ type entry struct {
 	mode             int64
 }
 
-func file(name, body string) entry  { return entry{name: name, body: body, typ: tar.TypeReg, mode: 0o644} }
+func file(name, body string) entry {
+	return entry{name: name, body: body, typ: tar.TypeReg, mode: 0o644}
+}
 func dir(name string) entry          { return entry{name: name, typ: tar.TypeDir, mode: 0o755} }
 func hardlink(name, to string) entry { return entry{name: name, link: to, typ: tar.TypeLink} }
-func symlink(name, to string) entry  { return entry{name: name, link: to, typ: tar.TypeSymlink, mode: 0o777} }
+func symlink(name, to string) entry {
+	return entry{name: name, link: to, typ: tar.TypeSymlink, mode: 0o777}
+}
 
 func layerOf(t *testing.T, entries ...entry) v1.Layer {
 	t.Helper()
