@@ -19,11 +19,17 @@ const headerLen = len(magic) + 4
 // ErrCorrupt is wrapped by every decoding error.
 var ErrCorrupt = errors.New("corrupt index")
 
-// MarshalBinary encodes the index.
+// MarshalBinary checks and encodes the index. It refreshes the tables
+// validation derives, so it must not run while other goroutines read x.
 func (x *Index) MarshalBinary() ([]byte, error) {
 	if err := x.validate(); err != nil {
 		return nil, err
 	}
+	return x.encode(), nil
+}
+
+// encode writes x as is; MarshalBinary validates first.
+func (x *Index) encode() []byte {
 	w := &writer{buf: make([]byte, 0, 64*len(x.Entries)+40*len(x.Chunks)+1024)}
 	w.buf = append(w.buf, magic[:]...)
 	w.buf = binary.LittleEndian.AppendUint32(w.buf, Version)
@@ -87,7 +93,7 @@ func (x *Index) MarshalBinary() ([]byte, error) {
 	}
 
 	sum := sha256.Sum256(w.buf)
-	return append(w.buf, sum[:]...), nil
+	return append(w.buf, sum[:]...)
 }
 
 type writer struct{ buf []byte }

@@ -238,6 +238,9 @@ type ChunkFunc func(i int) ([]byte, error)
 // end of the file.
 func (x *Index) ReadAt(ino uint32, p []byte, off int64, chunk ChunkFunc) (int, error) {
 	n := &x.Inodes[ino]
+	if !n.IsRegular() {
+		return 0, fmt.Errorf("index: reading inode %d: not a regular file", ino)
+	}
 	if off >= n.Size || off < 0 {
 		return 0, nil
 	}

@@ -40,6 +40,9 @@ func (x *Index) validate() error {
 		default:
 			return bad("inode %d: unknown file type %#o", i, n.Type())
 		}
+		if err := n.checkFields(); err != nil {
+			return bad("inode %d: %v", i, err)
+		}
 		if n.Mode&^(syscall.S_IFMT|0o7777) != 0 {
 			return bad("inode %d: mode %#o has unknown bits", i, n.Mode)
 		}
@@ -124,6 +127,22 @@ func (n *Inode) checkData(streamSize int64) error {
 	}
 	if n.Offset > streamSize-data {
 		return fmt.Errorf("data [%d, +%d) is past the data stream (%d bytes)", n.Offset, data, streamSize)
+	}
+	return nil
+}
+
+// checkFields refuses a field the inode's type does not have: it would not
+// be encoded, so the index would not decode to what was marshalled.
+func (n *Inode) checkFields() error {
+	t := n.Type()
+	switch {
+	case t == syscall.S_IFLNK && n.Size != int64(len(n.Target)):
+		return fmt.Errorf("symlink size %d is not its target's length %d", n.Size, len(n.Target))
+	case t != syscall.S_IFREG && (n.Offset != 0 || n.Extents != nil),
+		t != syscall.S_IFREG && t != syscall.S_IFLNK && n.Size != 0,
+		t != syscall.S_IFLNK && n.Target != "",
+		t != syscall.S_IFCHR && t != syscall.S_IFBLK && n.Rdev != 0:
+		return fmt.Errorf("file type %#o does not have the size, target, device number or data offset set", t)
 	}
 	return nil
 }
