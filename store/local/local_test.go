@@ -334,3 +334,37 @@ func TestWalkMissingStore(t *testing.T) {
 		t.Fatalf("Walk of a removed store = %v, want an error naming it", err)
 	}
 }
+
+// A Commit that fails on one chunk returns an error naming it and leaves no
+// temp file; every chunk it did make visible is whole.
+func TestCommitFailsMidway(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	var ids []store.ID
+	for k := range 8 {
+		data := chunk(uint64(200+k), 4<<10)
+		ids = append(ids, store.Sum(data))
+		if err := s.Stage(ctx, ids[k], store.Encode(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A file where chunk 3's directory belongs makes its rename fail.
+	blocker := filepath.Dir(s.Path(ids[3]))
+	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Commit(ctx)
+	if err == nil || !strings.Contains(err.Error(), ids[3].Short()) || !strings.Contains(err.Error(), s.Dir()) {
+		t.Fatalf("Commit = %v; want an error naming chunk %s and the store", err, ids[3].Short())
+	}
+	os.Remove(blocker)
+	for _, id := range walk(t, s) {
+		if !slices.Contains(ids, id) || id == ids[3] {
+			t.Errorf("chunk %s visible after the failed Commit", id.Short())
+		}
+	}
+	checkClean(t, s)
+	if err := s.Commit(ctx); err != nil {
+		t.Fatalf("Commit after a failed one: %v", err)
+	}
+}
