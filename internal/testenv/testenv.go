@@ -4,9 +4,12 @@
 package testenv
 
 import (
+	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run on CI.
@@ -71,4 +74,46 @@ func DebianRootfs(t testing.TB) string {
 		Missing(t, "the Debian rootfs "+dir, "scripts/debian-rootfs.sh builds it")
 	}
 	return dir
+}
+
+// RegistryAddr is where scripts/setup.sh runs Debian's docker-registry.
+const RegistryAddr = "127.0.0.1:5000"
+
+// Registry requires the local test registry and returns its address.
+func Registry(t testing.TB) string {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + RegistryAddr + "/v2/")
+	if err != nil {
+		Missing(t, "a registry at "+RegistryAddr, "scripts/setup.sh starts Debian's docker-registry")
+	}
+	resp.Body.Close()
+	return RegistryAddr
+}
+
+// DebianImage returns a docker image of the Debian rootfs, importing it
+// into the daemon when it is missing.
+func DebianImage(t testing.TB) string {
+	t.Helper()
+	const name = "mkbootfs-test/debian:minbase"
+	rootfs := DebianRootfs(t)
+	Docker(t)
+	if exec.Command("docker", "image", "inspect", name).Run() == nil {
+		return name
+	}
+	cmd := exec.Command("sh", "-c", `tar -C "$1" --xattrs --xattrs-include='*' -cf - . | docker import - "$2"`, "sh", rootfs, name)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("docker import of %s: %v\n%s", rootfs, err, out)
+	}
+	return name
+}
+
+// Run runs a command and fails the test with its output when it fails.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
