@@ -1,0 +1,121 @@
+package lazyfs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// MountOptions configure Mount.
+type MountOptions struct {
+	// AllowOther lets users other than the mounter use the mount (the
+	// processes of a container run as any user).
+	AllowOther bool
+	// FsName is the source shown in /proc/mounts; default "mkbootfs".
+	FsName string
+	// Debug logs every FUSE request.
+	Debug bool
+}
+
+// Kernel caching: the tree never changes, so the kernel may keep entries,
+// attributes and negative lookups as long as it likes.
+const cacheTimeout = 24 * time.Hour
+
+// Server is a mounted filesystem.
+type Server struct {
+	*FS
+	dir string
+	srv *fuse.Server
+}
+
+// Mount mounts f at dir and serves it in the background until Unmount. A
+// dead mount left at dir by a killed server is detached first.
+func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
+	if stale, err := RecoverStale(dir); err != nil {
+		return nil, err
+	} else if stale {
+		f.log.Printf("lazyfs: detached the dead mount a killed server left at %s", dir)
+	}
+	name := o.FsName
+	if name == "" {
+		name = "mkbootfs"
+	}
+	timeout := cacheTimeout
+	opts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther: o.AllowOther,
+			// suid and dev undo go-fuse's default MS_NOSUID|MS_NODEV: an
+			// image's setuid binaries and device nodes must work.
+			Options:     []string{"ro", "suid", "dev", "default_permissions"},
+			FsName:      name,
+			Name:        "mkbootfs",
+			DirectMount: true, // no fusermount3 in a container; it falls back to it
+			// One request per MiB, and room for the kernel's readahead.
+			MaxWrite:      1 << 20,
+			MaxReadAhead:  1 << 20,
+			MaxBackground: 64,
+			EnableAcl:     true, // the kernel enforces the image's POSIX ACLs
+
+			EnableSymlinkCaching:     true,
+			ExplicitDataCacheControl: true,
+			Debug:                    o.Debug,
+		},
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		NullPermissions: true, // mode 000 stays 000
+		RootStableAttr:  &fs.StableAttr{Ino: 1},
+	}
+	srv, err := fs.Mount(dir, f.Root(), opts)
+	if err != nil {
+		return nil, fmt.Errorf("mounting %s: %w", dir, err)
+	}
+	return &Server{FS: f, dir: dir, srv: srv}, nil
+}
+
+// Dir returns the mount point.
+func (s *Server) Dir() string { return s.dir }
+
+// Wait returns when the filesystem is unmounted.
+func (s *Server) Wait() { s.srv.Wait() }
+
+// Unmount unmounts the filesystem. If files are still open in it, it is
+// detached lazily instead: gone from the tree at once, served until the
+// last file is closed (Wait returns then).
+func (s *Server) Unmount() error {
+	err := s.srv.Unmount()
+	if err == nil {
+		return nil
+	}
+	if lerr := unix.Unmount(s.dir, unix.MNT_DETACH); lerr != nil {
+		return fmt.Errorf("unmounting %s: %v; detaching it: %w", s.dir, err, lerr)
+	}
+	return nil
+}
+
+// RecoverStale detaches a dead FUSE mount at dir (its server was killed,
+// so every access fails with ENOTCONN), as `umount -l` would, and reports
+// whether there was one; a live mount or an ordinary directory is left alone.
+func RecoverStale(dir string) (bool, error) {
+	// statfs, unlike stat, always asks the server: the kernel may answer
+	// a stat of a dead mount from its attribute cache.
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); !errors.Is(err, syscall.ENOTCONN) {
+		return false, nil
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		// Not root: fusermount3 may detach the user's own mounts.
+		if out, ferr := exec.Command("fusermount3", "-uz", dir).CombinedOutput(); ferr != nil {
+			return false, fmt.Errorf("%s holds a dead FUSE mount (its server was killed) that could not be detached: %v; %v %s; run `umount -l %s` as root",
+				dir, err, ferr, bytes.TrimSpace(out), dir)
+		}
+	}
+	return true, nil
+}

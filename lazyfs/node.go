@@ -1,0 +1,174 @@
+package lazyfs
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/mkbootfs/mkbootfs/index"
+)
+
+// node is a file, directory, link or device of the tree. Hard links share
+// one node: the kernel sees one inode number, and go-fuse keeps one node
+// per number.
+type node struct {
+	fs.Inode
+	fs    *FS
+	entry uint32 // the entry it was first found by, for its path in messages
+	ino   uint32 // index in the index's Inodes
+
+	next atomic.Int64 // where the last read ended, to spot sequential reads
+}
+
+// The read-only operations, and nothing else.
+var (
+	_ fs.NodeLookuper    = (*node)(nil)
+	_ fs.NodeGetattrer   = (*node)(nil)
+	_ fs.NodeReaddirer   = (*node)(nil)
+	_ fs.NodeOpener      = (*node)(nil)
+	_ fs.NodeReader      = (*node)(nil)
+	_ fs.NodeReadlinker  = (*node)(nil)
+	_ fs.NodeGetxattrer  = (*node)(nil)
+	_ fs.NodeListxattrer = (*node)(nil)
+	_ fs.NodeStatfser    = (*node)(nil)
+)
+
+func (n *node) inode() *index.Inode { return &n.fs.x.Inodes[n.ino] }
+
+// Lookup implements fs.NodeLookuper.
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	x := n.fs.x
+	e, ok := x.Lookup(n.entry, name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	ino := x.Entries[e].Inode
+	n.fs.attr(ino, &out.Attr)
+	child := &node{fs: n.fs, entry: e, ino: ino}
+	return n.NewInode(ctx, child, fs.StableAttr{Mode: x.Inodes[ino].Type(), Ino: n.fs.ino(ino)}), 0
+}
+
+// Getattr implements fs.NodeGetattrer.
+func (n *node) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fs.attr(n.ino, &out.Attr)
+	return 0
+}
+
+// Readdir implements fs.NodeReaddirer.
+func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	first, count := n.fs.x.Children(n.entry)
+	return &dirStream{n: n, next: int64(first) - 2, end: int64(first + count)}, 0
+}
+
+// dirStream lists ".", ".." and a directory's entries, straight from the index.
+type dirStream struct {
+	n         *node
+	next, end int64 // entry numbers; first-2 and first-1 stand for "." and ".."
+}
+
+func (d *dirStream) HasNext() bool { return d.next < d.end }
+
+func (d *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
+	f, x := d.n.fs, d.n.fs.x
+	first, _ := x.Children(d.n.entry)
+	e := d.next
+	d.next++
+	switch e {
+	case int64(first) - 2:
+		return fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: f.ino(d.n.ino)}, 0
+	case int64(first) - 1:
+		parent := x.Entries[x.Entries[d.n.entry].Parent].Inode
+		return fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: f.ino(parent)}, 0
+	}
+	ent := &x.Entries[e]
+	return fuse.DirEntry{Name: ent.Name, Mode: x.Inodes[ent.Inode].Type(), Ino: f.ino(ent.Inode)}, 0
+}
+
+func (d *dirStream) Close() {}
+
+// Open implements fs.NodeOpener: no handle, and the page cache is kept
+// across opens, since the file never changes.
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// Read implements fs.NodeReader: it loads the chunks the range needs and,
+// when the file is read sequentially, starts loading the ones after them.
+func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f := n.fs
+	last := -1
+	k, err := f.x.ReadAt(n.ino, dest, off, func(i int) ([]byte, error) {
+		last = i
+		return f.chunks.get(ctx, i)
+	})
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return nil, syscall.EINTR
+		}
+		f.readErrs.Add(1)
+		f.log.Printf("lazyfs: %s: read of %d bytes at %d failed (EIO): stream chunk %d: %v",
+			f.x.Path(n.entry), len(dest), off, last, err)
+		return nil, syscall.EIO
+	}
+	f.reads.Add(1)
+	f.readBytes.Add(int64(k))
+	if prev := n.next.Swap(off + int64(k)); last >= 0 && (off == 0 || off == prev) {
+		f.chunks.readahead(last)
+	}
+	return fuse.ReadResultData(dest[:k]), 0
+}
+
+// Readlink implements fs.NodeReadlinker.
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if n.inode().Type() != syscall.S_IFLNK {
+		return nil, syscall.EINVAL
+	}
+	return []byte(n.inode().Target), 0
+}
+
+// Getxattr implements fs.NodeGetxattrer.
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	for _, a := range n.inode().Xattrs {
+		if a.Name == attr {
+			if len(dest) < len(a.Value) {
+				return uint32(len(a.Value)), syscall.ERANGE
+			}
+			return uint32(copy(dest, a.Value)), 0
+		}
+	}
+	return 0, syscall.ENODATA
+}
+
+// Listxattr implements fs.NodeListxattrer: the names, each ended by a NUL.
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	size := 0
+	for _, a := range n.inode().Xattrs {
+		size += len(a.Name) + 1
+	}
+	if len(dest) < size {
+		return uint32(size), syscall.ERANGE
+	}
+	dest = dest[:0]
+	for _, a := range n.inode().Xattrs {
+		dest = append(append(dest, a.Name...), 0)
+	}
+	return uint32(size), 0
+}
+
+// Statfs implements fs.NodeStatfser: a full, read-only filesystem the
+// size of the data stream.
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	x := n.fs.x
+	*out = fuse.StatfsOut{
+		Blocks:  uint64((x.StreamSize() + blockSize - 1) / blockSize),
+		Files:   uint64(len(x.Inodes)),
+		Bsize:   blockSize,
+		Frsize:  blockSize,
+		NameLen: 255,
+	}
+	return 0
+}
