@@ -229,7 +229,7 @@ func hint(err error) error {
 	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
 		return fmt.Errorf("%w: free space on the store's disk, or use another store", err)
 	case errors.Is(err, unix.EROFS), errors.Is(err, fs.ErrPermission):
-		return fmt.Errorf("%w: the store is not writable; use a writable directory", err)
+		return fmt.Errorf("%w: %w; use a writable directory", err, store.ErrReadOnly)
 	}
 	return err
 }

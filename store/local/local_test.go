@@ -80,8 +80,15 @@ func sorted(ids ...store.ID) []store.ID {
 }
 
 func TestRoundTrip(t *testing.T) {
+	for _, put := range []string{"Put", "PutNoSync"} {
+		t.Run(put, func(t *testing.T) { testRoundTrip(t, put) })
+	}
+}
+
+func testRoundTrip(t *testing.T, put string) {
 	ctx := context.Background()
 	s := open(t, filepath.Join(t.TempDir(), "new", "store"))
+	putFn := map[string]func(context.Context, store.ID, []byte) error{"Put": s.Put, "PutNoSync": s.PutNoSync}[put]
 	var want []store.ID
 	for i, n := range []int{0, 1, 100, 64 << 10, 300 << 10} {
 		data := chunk(uint64(i), n)
@@ -93,11 +100,11 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatalf("Get(%s) before Put = %v, want ErrNotFound", id.Short(), err)
 		}
 		raw := store.Encode(data)
-		if err := s.Put(ctx, id, raw); err != nil {
+		if err := putFn(ctx, id, raw); err != nil {
 			t.Fatal(err)
 		}
 		// A second Put of the same chunk is not an error.
-		if err := s.Put(ctx, id, raw); err != nil {
+		if err := putFn(ctx, id, raw); err != nil {
 			t.Fatal(err)
 		}
 		if ok, err := s.Has(ctx, id); err != nil || !ok {

@@ -14,6 +14,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/local"
+	"github.com/mkbootfs/mkbootfs/store/storetest"
 )
 
 // mount mounts a file system on a new temp dir and unmounts it when the
@@ -110,14 +111,17 @@ func TestReadOnlyStore(t *testing.T) {
 			data := chunk(99, 5000)
 			id := store.Sum(data)
 			err := s.Put(ctx, id, store.Encode(data))
-			checkErr(t, err, unix.EROFS, "not writable", id.Short(), dir)
+			checkErr(t, err, unix.EROFS, "store is read-only; use a writable directory", id.Short(), dir)
+			if !errors.Is(err, store.ErrReadOnly) {
+				t.Errorf("Put error %v does not wrap store.ErrReadOnly", err)
+			}
 			err = s.Stage(ctx, id, store.Encode(data))
-			checkErr(t, err, unix.EROFS, "not writable", id.Short(), dir)
+			checkErr(t, err, unix.EROFS, "store is read-only; use a writable directory", id.Short(), dir)
 			if err := s.Commit(ctx); err != nil {
 				t.Fatalf("Commit with nothing staged: %v", err)
 			}
 			_, err = local.Open(filepath.Join(dir, "sub"), true)
-			checkErr(t, err, unix.EROFS, "not writable", dir)
+			checkErr(t, err, unix.EROFS, "store is read-only; use a writable directory", dir)
 			if after := files(t, dir); !slices.Equal(after, before) {
 				t.Fatalf("failed writes changed the store:\nbefore %v\nafter  %v", before, after)
 			}
@@ -158,6 +162,9 @@ func TestFullDisk(t *testing.T) {
 		{"put until full", func(t *testing.T, s *local.Store) ([]store.ID, store.ID, error) {
 			return fill(t, func(id store.ID, b []byte) error { return s.Put(ctx, id, b) })
 		}},
+		{"put without sync until full", func(t *testing.T, s *local.Store) ([]store.ID, store.ID, error) {
+			return fill(t, func(id store.ID, b []byte) error { return s.PutNoSync(ctx, id, b) })
+		}},
 		{"stage until full, commit", func(t *testing.T, s *local.Store) ([]store.ID, store.ID, error) {
 			done, id, err := fill(t, func(id store.ID, b []byte) error { return s.Stage(ctx, id, b) })
 			if cerr := s.Commit(ctx); cerr != nil {
@@ -185,4 +192,19 @@ func TestFullDisk(t *testing.T) {
 			checkClean(t, s)
 		})
 	}
+}
+
+// The conformance suite on a read-only bind mount of a store, written
+// through the writable original.
+func TestConformanceReadOnly(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) *storetest.Backend {
+		w := open(t, t.TempDir())
+		dir := mount(t, w.Dir(), "", unix.MS_BIND, "")
+		remountRO(t, dir, unix.MS_BIND)
+		s, err := local.Open(dir, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &storetest.Backend{Store: s, Writer: w, ReadOnly: true, Corrupt: storetest.CorruptLocal(w)}
+	})
 }
