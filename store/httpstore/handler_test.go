@@ -85,9 +85,8 @@ func TestServe(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- httpstore.Serve(ctx, ln, httpstore.NewHandler(openLocal(t), httpstore.HandlerOptions{}), nil)
-	}()
+	h := httpstore.NewHandler(openLocal(t), httpstore.HandlerOptions{})
+	go func() { done <- httpstore.Serve(ctx, ln, h, nil) }()
 	c := &http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get("http://" + ln.Addr().String() + "/healthz")
 	if err != nil {

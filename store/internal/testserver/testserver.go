@@ -305,6 +305,17 @@ func NewProxy(t testing.TB, target string) *Proxy {
 // Stall stops all forwarding, on open and new connections.
 func (p *Proxy) Stall() { p.stall.Do(func() { close(p.stalled) }) }
 
+// CloseAll drops every open connection, like a server that restarts; new
+// connections are forwarded as before.
+func (p *Proxy) CloseAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
 func (p *Proxy) track(c net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
