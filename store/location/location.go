@@ -1,0 +1,96 @@
+// Package location maps a store location — a plain path or a file://,
+// http(s):// or ssh:// URL — to the chunk store that serves it, and a list
+// of locations to one store that fails over between them and retries.
+package location
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/httpstore"
+	"github.com/mkbootfs/mkbootfs/store/local"
+	"github.com/mkbootfs/mkbootfs/store/sshstore"
+)
+
+// Options configure the stores Open makes. Zero fields take each store's
+// defaults.
+type Options struct {
+	// Create makes a local store directory that does not exist.
+	Create bool
+	// Timeout bounds each request to a remote store.
+	Timeout time.Duration
+	// Parallelism is how many requests a caller runs at once on a remote
+	// store: connections are pooled and requests bounded to match.
+	Parallelism int
+	// SSHKey and KnownHosts are the SSH private key file and known_hosts
+	// file; see sshstore.Options.
+	SSHKey, KnownHosts string
+	// Retry bounds the retries of OpenList.
+	Retry store.RetryOptions
+}
+
+// Schemes lists the location forms Open accepts, for messages.
+const Schemes = "a directory, file:///dir, http://host/path, https://host/path or ssh://[user@]host[:port]/path"
+
+// Open returns the store at loc.
+func Open(ctx context.Context, loc string, opt Options) (store.Store, error) {
+	scheme, _, ok := strings.Cut(loc, "://")
+	if !ok {
+		return local.Open(loc, opt.Create)
+	}
+	switch strings.ToLower(scheme) {
+	case "file":
+		u, err := url.Parse(loc)
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", loc, err)
+		}
+		if u.Host != "" && u.Host != "localhost" {
+			return nil, fmt.Errorf("store %s: a file:// URL names a local directory (file:///dir); for another host use ssh://", loc)
+		}
+		return local.Open(u.Path, opt.Create)
+	case "http", "https":
+		return httpstore.New(loc, httpstore.Options{Timeout: opt.Timeout, Parallelism: opt.Parallelism})
+	case "ssh":
+		return sshstore.Open(loc, sshstore.Options{
+			KeyFile: opt.SSHKey, KnownHosts: opt.KnownHosts, Timeout: opt.Timeout, Parallelism: opt.Parallelism,
+		})
+	case "oci":
+		return nil, fmt.Errorf("store %s: oci:// stores are not supported yet; use %s", loc, Schemes)
+	}
+	return nil, fmt.Errorf("store %s: unknown scheme %q; want %s", loc, scheme, Schemes)
+}
+
+// OpenList returns one store over locs: reads try each in order (a store
+// that fails moves behind the others for a while), writes go to the first,
+// and transient errors are retried with backoff.
+func OpenList(ctx context.Context, locs []string, opt Options) (store.Store, error) {
+	if len(locs) == 0 {
+		return nil, errors.New("no store given; want " + Schemes)
+	}
+	stores := make([]store.Store, 0, len(locs))
+	for _, loc := range locs {
+		s, err := Open(ctx, loc, opt)
+		if err != nil {
+			for _, s := range stores {
+				s.Close()
+			}
+			return nil, err
+		}
+		stores = append(stores, s)
+	}
+	retry := opt.Retry
+	if retry.Timeout == 0 {
+		// One attempt may ask every store once, each within its timeout.
+		per := opt.Timeout
+		if per <= 0 {
+			per = time.Minute
+		}
+		retry.Timeout = per * time.Duration(len(stores))
+	}
+	return store.Retry(store.Failover(stores...), retry), nil
+}
