@@ -75,9 +75,9 @@ func (s *Store) Get(ctx context.Context, id store.ID) ([]byte, error) {
 	return b, nil
 }
 
-// Has implements store.Store.
+// Has implements store.Store. It follows symlinks, as Get does.
 func (s *Store) Has(ctx context.Context, id store.ID) (bool, error) {
-	_, err := os.Lstat(s.Path(id))
+	_, err := os.Stat(s.Path(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
