@@ -28,6 +28,7 @@ func newRootCmd() *cobra.Command {
 		newConvertCmd,
 		newExtractCmd,
 		newInspectCmd,
+		newServeCmd,
 	} {
 		root.AddCommand(newCmd())
 	}

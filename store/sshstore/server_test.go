@@ -12,7 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"github.com/mkbootfs/mkbootfs/store/internal/testserver"
+	"github.com/mkbootfs/mkbootfs/internal/testserver"
 )
 
 // escapeTree makes tmp/secret, tmp/store and, inside the store, links

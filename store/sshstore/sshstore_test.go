@@ -17,7 +17,7 @@ import (
 	"golang.org/x/crypto/ssh/agent"
 
 	"github.com/mkbootfs/mkbootfs/store"
-	"github.com/mkbootfs/mkbootfs/store/internal/testserver"
+	"github.com/mkbootfs/mkbootfs/internal/testserver"
 	"github.com/mkbootfs/mkbootfs/store/local"
 	"github.com/mkbootfs/mkbootfs/store/sshstore"
 	"github.com/mkbootfs/mkbootfs/store/storetest"
