@@ -166,7 +166,9 @@ func (x *Index) Lookup(dir uint32, name string) (uint32, bool) {
 // following symlinks.
 func (x *Index) Resolve(path string) (uint32, error) {
 	e := uint32(Root)
-	for _, name := range strings.Split(path, "/") {
+	for rest := path; rest != ""; {
+		var name string
+		name, rest, _ = strings.Cut(rest, "/")
 		if name == "" || name == "." {
 			continue
 		}
