@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -17,32 +20,53 @@ func newConvertCmd() *cobra.Command {
 	var (
 		stores    []string
 		indexPath string
+		bootinit  string
 		opts      converter.Options
 	)
 	cmd := &cobra.Command{
 		Use:   "convert [flags] SOURCE [TARGET]",
-		Short: "Convert an image or a directory into chunks and an index",
+		Short: "Convert an image into chunks, an index and a lazily pulled boot image",
 		Long: `Convert flattens SOURCE, cuts its files into content-defined chunks in the
-chunk store, and writes the index of the tree.
+chunk store, and writes a boot image to TARGET: one small layer with bootinit
+and the index, and SOURCE's config. Run it as you would run SOURCE, with
+  docker run --device /dev/fuse --cap-add SYS_ADMIN -v mkbootfs-cache:/.bootfs/cache TARGET
+and, for a directory store on this host, -v STORE:/.bootfs/store:ro.
 
-SOURCE uses skopeo's transport names:
-  IMAGE[:TAG]             the local docker daemon's image, else the registry's (--pull: the registry's)
+SOURCE and TARGET use skopeo's transport names:
+  IMAGE[:TAG]             SOURCE: the local docker daemon's image, else the registry's (--pull: the registry's)
+                          TARGET: a registry
   docker://IMAGE[:TAG]    a registry
   docker-daemon:IMAGE     the local docker daemon
   docker-archive:PATH     a 'docker save' tarball
   oci:PATH[:TAG]          an OCI image layout
-  dir:PATH                a root directory on this machine`,
-		Example: `  mkbootfs convert --index debian.idx dir:/srv/rootfs
-  mkbootfs convert --store /srv/chunks --index app.idx docker-archive:app.tar`,
+  dir:PATH                SOURCE only: a root directory on this machine
+With no TARGET, the boot image goes to the docker daemon as IMAGE:TAG-bootfs
+(a dir: SOURCE needs TARGET or --index).`,
+		Example: `  mkbootfs convert 127.0.0.1:5000/app:1 127.0.0.1:5000/app:1-bootfs
+  mkbootfs convert ubuntu:latest                  # -> ubuntu:latest-bootfs in the docker daemon
+  mkbootfs convert --index debian.idx dir:/srv/rootfs`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 2 {
-				return errors.New("boot image targets are not supported by this build: use --index FILE")
-			}
-			if indexPath == "" {
-				return errors.New("nothing to write: give --index FILE")
-			}
 			ctx := cmd.Context()
+			target := ""
+			if len(args) == 2 {
+				target = args[1]
+			} else if !strings.HasPrefix(args[0], "dir:") {
+				var err error
+				if target, err = defaultTarget(args[0]); err != nil {
+					return err
+				}
+			}
+			if target == "" && indexPath == "" {
+				return errors.New("nothing to write: give a TARGET image or --index FILE")
+			}
+			var bootBinary []byte
+			if target != "" {
+				var err error
+				if bootBinary, err = readBootinit(bootinit); err != nil {
+					return err
+				}
+			}
 			s, err := openStore(ctx, stores, true)
 			if err != nil {
 				return err
@@ -60,24 +84,81 @@ SOURCE uses skopeo's transport names:
 			if err != nil {
 				return err
 			}
-			b, err := res.Index.MarshalBinary()
+			if indexPath != "" {
+				b, err := res.Index.MarshalBinary()
+				if err != nil {
+					return err
+				}
+				if err := atomicfile.Write(indexPath, b, 0o644); err != nil {
+					return err
+				}
+			}
+			st := res.Stats
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "%s: %d entries, %.1f MB in %d chunks (%d new, %.1f MB written), %.2fs\n",
+				args[0], st.Entries, float64(st.DataBytes)/1e6, st.Chunks, st.NewChunks, float64(st.NewBytes)/1e6, time.Since(start).Seconds())
+			if target == "" {
+				return nil
+			}
+			img, err := converter.BootImage(ctx, res, bootBinary, s, opts.StoreURLs)
 			if err != nil {
 				return err
 			}
-			if err := atomicfile.Write(indexPath, b, 0o644); err != nil {
+			if err := converter.WriteImage(ctx, img, target); err != nil {
 				return err
 			}
-			st := res.Stats
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d entries, %.1f MB in %d chunks (%d new, %.1f MB written), index %s (%d KB), %.2fs\n",
-				args[0], st.Entries, float64(st.DataBytes)/1e6, st.Chunks, st.NewChunks, float64(st.NewBytes)/1e6,
-				indexPath, len(b)/1024, time.Since(start).Seconds())
+			size, err := converter.LayerSize(img)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "boot image %s: one layer of %.2f MB\n", target, float64(size)/1e6)
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.StringArrayVar(&stores, "store", nil, "chunk store URL or directory (repeatable; default $MKBOOTFS_STORE_DIR or /var/lib/mkbootfs/store)")
-	f.StringVar(&indexPath, "index", "", "write the index to `FILE`")
+	f.StringVar(&indexPath, "index", "", "also write the bare index to `FILE`")
+	f.StringVar(&bootinit, "bootinit", "", "the bootinit `binary` to put in the boot image (default: $MKBOOTFS_BOOTINIT, or bootinit next to mkbootfs)")
 	f.StringVar(&opts.Platform, "platform", "", "pick `OS/ARCH[/VARIANT]` from a multi-platform image (default: this machine's)")
 	f.BoolVar(&opts.Pull, "pull", false, "read a bare reference from its registry even if the docker daemon has it")
 	return cmd
+}
+
+// defaultTarget names the boot image of SOURCE in the docker daemon:
+// IMAGE:TAG-bootfs, as docker users tag variants.
+func defaultTarget(source string) (string, error) {
+	ref := source
+	if t, rest, ok := strings.Cut(source, ":"); ok && (t == "docker-daemon" || t == "docker") {
+		ref = strings.TrimPrefix(rest, "//")
+	} else if ok && (t == "docker-archive" || t == "oci") {
+		return "", fmt.Errorf("give a TARGET for %s sources (or --index FILE)", t)
+	}
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return "", fmt.Errorf("source %q has no tag to derive a target from: give a TARGET", source)
+	}
+	return "docker-daemon:" + tag.Context().Name() + ":" + tag.TagStr() + "-bootfs", nil
+}
+
+// readBootinit finds the bootinit binary: the flag, $MKBOOTFS_BOOTINIT,
+// next to this executable, or where packages install it.
+func readBootinit(flag string) ([]byte, error) {
+	candidates := []string{flag, os.Getenv("MKBOOTFS_BOOTINIT")}
+	if exe, err := os.Executable(); err == nil {
+		candidates = append(candidates, filepath.Join(filepath.Dir(exe), "bootinit"))
+	}
+	candidates = append(candidates, "/usr/local/lib/mkbootfs/bootinit", "/usr/lib/mkbootfs/bootinit")
+	for _, c := range candidates {
+		if c == "" {
+			continue
+		}
+		b, err := os.ReadFile(c)
+		if err == nil {
+			return b, nil
+		}
+		if c == flag {
+			return nil, fmt.Errorf("--bootinit: %w", err)
+		}
+	}
+	return nil, errors.New("no bootinit binary found next to mkbootfs: build it (`make build` puts bin/bootinit beside bin/mkbootfs) or pass --bootinit PATH")
 }

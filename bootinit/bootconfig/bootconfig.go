@@ -1,0 +1,62 @@
+// Package bootconfig is the contract between the converter, which writes a
+// boot image, and bootinit, which boots it: where things sit in the boot
+// layer and what the boot config holds. It knows nothing of FUSE.
+package bootconfig
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+)
+
+// Paths in a boot image. Everything of mkbootfs lives under Dir, which the
+// converted image's root never shows.
+const (
+	Dir        = "/.bootfs"
+	Bootinit   = Dir + "/bootinit" // PID 1
+	Index      = Dir + "/index"    // the rootfs index
+	ConfigFile = Dir + "/boot.json"
+	// CacheDir is the node-shared chunk cache: mount a named volume here.
+	CacheDir = Dir + "/cache"
+	// StoreDir is where a local store recorded at convert time is looked
+	// for: bind-mount the host's store directory here.
+	StoreDir = Dir + "/store"
+	// LowerDir, UpperDir and RootDir are bootinit's mount points: the lazy
+	// image, the writable layer, and the overlay of both that becomes /.
+	LowerDir = Dir + "/lower"
+	UpperDir = Dir + "/rw"
+	RootDir  = Dir + "/root"
+)
+
+// Env variables that change a boot at run time.
+const (
+	// EnvStore overrides the stores recorded at convert time: URLs,
+	// comma-separated, tried in order.
+	EnvStore = "MKBOOTFS_STORE"
+	// EnvPrefetch set to "all" fetches the whole image in the background.
+	EnvPrefetch = "MKBOOTFS_PREFETCH"
+	// EnvDebug set to 1 makes bootinit say what it does.
+	EnvDebug = "MKBOOTFS_DEBUG"
+)
+
+// Config is the boot config at ConfigFile.
+type Config struct {
+	// Source is the image the boot image was converted from.
+	Source string `json:"source"`
+	// Stores are the chunk store URLs recorded at convert time, tried in
+	// order. A local directory store is looked for at StoreDir.
+	Stores []string `json:"stores"`
+}
+
+// Load reads the boot config.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("boot config: %w (is this a converted image?)", err)
+	}
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("boot config %s: %w", path, err)
+	}
+	return &c, nil
+}

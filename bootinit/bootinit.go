@@ -1,0 +1,170 @@
+// Package bootinit is PID 1 of a converted container. It mounts the image
+// lazily (lazyfs over the chunk stores, through the node-shared cache),
+// stacks a writable overlay on it, carries over every mount docker made,
+// moves the result onto / so that the app and `docker exec` see the
+// original image, and runs the original entrypoint as docker would have:
+// same argv, env, user, working directory and TTY. It then forwards
+// signals, reaps zombies and exits with the app's status.
+//
+// bootinit itself never enters the new root: its own root stays the boot
+// layer, so no path it opens (cache, stores, DNS files) can resolve through
+// its own FUSE mount, which would deadlock the container.
+package bootinit
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/lazyfs"
+)
+
+// Exit codes for failures of bootinit itself, as docker uses them.
+const (
+	exitBoot     = 125 // the boot failed
+	exitNotExec  = 126 // the command cannot be run
+	exitNotFound = 127 // the command does not exist
+)
+
+// exitError carries an exit code with a message.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// Main boots the image and runs its command; it returns the exit code.
+// args is os.Args: "bootinit -- ENTRYPOINT... CMD..." as the boot image's
+// entrypoint runs it.
+func Main(args []string) int {
+	debug := os.Getenv(bootconfig.EnvDebug) == "1"
+	logw := io.Discard
+	if debug {
+		logw = os.Stderr
+	}
+	b := &boot{log: log.New(logw, "bootinit: ", log.Lmicroseconds)}
+	code, err := b.run(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bootinit:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		return exitBoot
+	}
+	return code
+}
+
+type boot struct {
+	log *log.Logger
+	srv *lazyfs.Server
+}
+
+func (b *boot) run(args []string) (int, error) {
+	argv, err := command(args)
+	if err != nil {
+		return 0, err
+	}
+	dir, err := os.Getwd() // docker's working directory, to enter in the image
+	if err != nil {
+		dir = "/"
+	}
+	if unix.Geteuid() != 0 {
+		return 0, errors.New("bootinit runs as root to mount the image, but runs as uid " +
+			fmt.Sprint(unix.Geteuid()) + ": is --security-opt no-new-privileges set? It keeps bootinit's setuid bit from working")
+	}
+	app, err := appIdentity()
+	if err != nil {
+		return 0, err
+	}
+	if err := checkFUSE(); err != nil {
+		return 0, err
+	}
+	cfg, err := bootconfig.Load(bootconfig.ConfigFile)
+	if err != nil {
+		return 0, err
+	}
+	raw, err := os.ReadFile(bootconfig.Index)
+	if err != nil {
+		return 0, fmt.Errorf("reading the index: %w", err)
+	}
+	x, err := index.Decode(raw)
+	if err != nil {
+		return 0, err
+	}
+	st, err := openStores(cfg)
+	if err != nil {
+		return 0, err
+	}
+	f := lazyfs.New(x, st, lazyfs.Options{Log: log.New(os.Stderr, "bootinit: ", 0)})
+	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs"})
+	if err != nil {
+		return 0, mountHint(err)
+	}
+	b.log.Printf("mounted %s (%d entries) at %s from %s", cfg.Source, len(x.Entries), bootconfig.LowerDir, st)
+	if err := checkStore(x, st, storeURLs(cfg)); err != nil {
+		return 0, err
+	}
+	root, err := b.switchRoot()
+	if err != nil {
+		return 0, err
+	}
+	return b.runApp(root, argv, app, dir)
+}
+
+// command returns the argv to run: after "--" when started as the boot
+// image's entrypoint.
+func command(args []string) ([]string, error) {
+	if len(args) >= 2 && args[1] == "--" {
+		args = args[2:]
+	} else {
+		args = args[1:]
+	}
+	if len(args) == 0 {
+		return nil, &exitError{exitBoot, errors.New("no command: the image has no entrypoint or cmd; give one after the image name")}
+	}
+	return args, nil
+}
+
+// identity is who the app runs as: the user docker started bootinit as
+// (its setuid bit made it root meanwhile).
+type identity struct {
+	uid, gid uint32
+	groups   []uint32
+}
+
+func appIdentity() (identity, error) {
+	id := identity{uid: uint32(unix.Getuid()), gid: uint32(unix.Getgid())}
+	groups, err := unix.Getgroups()
+	if err != nil {
+		return id, err
+	}
+	for _, g := range groups {
+		id.groups = append(id.groups, uint32(g))
+	}
+	return id, nil
+}
+
+func checkFUSE() error {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("cannot open /dev/fuse (%v): run the container with --device /dev/fuse --cap-add SYS_ADMIN", err)
+	}
+	return unix.Close(fd)
+}
+
+func mountHint(err error) error {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) || strings.Contains(err.Error(), "permission denied") || strings.Contains(err.Error(), "operation not permitted") {
+		return fmt.Errorf("%w: mounting needs --cap-add SYS_ADMIN (and --security-opt apparmor=unconfined on AppArmor hosts)", err)
+	}
+	return err
+}

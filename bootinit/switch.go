@@ -1,0 +1,133 @@
+package bootinit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+)
+
+// switchRoot stacks the writable overlay on the lazy image, moves docker's
+// mounts into it and moves it onto /. It returns the new root, opened
+// before the move: bootinit's own root stays the boot layer.
+func (b *boot) switchRoot() (*os.File, error) {
+	if err := b.mountOverlay(); err != nil {
+		return nil, err
+	}
+	// A mount under a shared parent cannot be moved.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return nil, fmt.Errorf("making / private: %w", err)
+	}
+	points, err := mountPoints("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	carried := toCarry(points, bootconfig.Dir)
+	// /proc goes last: moving a mount targets /proc/self/fd.
+	for i, p := range carried {
+		if p == "/proc" {
+			carried = append(append(carried[:i:i], carried[i+1:]...), p)
+			break
+		}
+	}
+	dnsFiles := b.saveDNSFiles(carried)
+	root, err := os.OpenRoot(bootconfig.RootDir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	for _, p := range carried {
+		if err := carry(p, root); err != nil {
+			return nil, err
+		}
+		b.log.Printf("carried mount %s", p)
+	}
+	restoreDNSFiles(dnsFiles)
+	keepDevices()
+
+	newRoot, err := os.Open(bootconfig.RootDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Fchdir(int(newRoot.Fd())); err != nil {
+		return nil, err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return nil, fmt.Errorf("moving the image onto /: %w", err)
+	}
+	return newRoot, nil
+}
+
+// mountOverlay mounts the image with a writable layer at RootDir. The
+// writable layer lives on the container's own (disk-backed, per-container)
+// layer when the kernel accepts that as an upper directory, else on a tmpfs.
+func (b *boot) mountOverlay() error {
+	upper, work := filepath.Join(bootconfig.UpperDir, "upper"), filepath.Join(bootconfig.UpperDir, "work")
+	try := func() error {
+		for _, d := range []string{upper, work} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+		opts := "lowerdir=" + bootconfig.LowerDir + ",upperdir=" + upper + ",workdir=" + work
+		return unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, opts)
+	}
+	err := try()
+	if err == nil {
+		b.log.Printf("writable layer on the container's layer")
+		return nil
+	}
+	b.log.Printf("the container's layer cannot hold the writable layer (%v): using a tmpfs", err)
+	if err := unix.Mount("tmpfs", bootconfig.UpperDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+		return fmt.Errorf("mounting a tmpfs for the writable layer: %w", err)
+	}
+	if err := try(); err != nil {
+		return fmt.Errorf("mounting the overlay: %w", err)
+	}
+	return nil
+}
+
+// keepDevices makes the device nodes bootinit itself opens by path (the
+// FUSE library opens /dev/null) in its own root, whose /dev moved away.
+func keepDevices() {
+	for _, d := range []struct {
+		path         string
+		major, minor uint32
+	}{{"/dev/null", 1, 3}, {"/dev/zero", 1, 5}, {"/dev/urandom", 1, 9}} {
+		os.MkdirAll("/dev", 0o755)
+		if err := unix.Mknod(d.path, unix.S_IFCHR|0o666, int(unix.Mkdev(d.major, d.minor))); err != nil && !errors.Is(err, os.ErrExist) {
+			fmt.Fprintf(os.Stderr, "bootinit: making %s for bootinit itself: %v\n", d.path, err)
+		}
+	}
+}
+
+// dnsFiles are the files bootinit's own resolver reads. docker bind-mounts
+// them; once the mounts move into the image, bootinit still needs their
+// content at the same paths in its own root.
+var dnsFiles = []string{"/etc/resolv.conf", "/etc/hosts"}
+
+func (b *boot) saveDNSFiles(carried []string) map[string][]byte {
+	saved := map[string][]byte{}
+	for _, f := range dnsFiles {
+		for _, p := range carried {
+			if p == f {
+				if data, err := os.ReadFile(f); err == nil {
+					saved[f] = data
+				}
+			}
+		}
+	}
+	return saved
+}
+
+func restoreDNSFiles(saved map[string][]byte) {
+	for f, data := range saved {
+		if err := os.WriteFile(f, data, 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(os.Stderr, "bootinit: keeping %s for bootinit's own lookups: %v\n", f, err)
+		}
+	}
+}

@@ -1,0 +1,212 @@
+package converter
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/daemon"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// Labels the boot image carries.
+const (
+	LabelSource = "org.mkbootfs.source"
+	LabelStores = "org.mkbootfs.stores"
+)
+
+// BootImage builds the boot image of a conversion: one small layer with
+// bootinit, the index and the boot config, and the source image's config
+// with bootinit in front of its entrypoint. s is read for the few files
+// the container runtime itself reads before bootinit runs (/etc/passwd and
+// /etc/group, which resolve `docker run -u NAME`).
+func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store, stores []string) (v1.Image, error) {
+	idx, err := res.Index.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	source := res.Index.Meta[MetaSource]
+	cfgJSON, err := json.MarshalIndent(bootconfig.Config{Source: source, Stores: stores}, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	// Fixed times keep the layer, and so the image digest, reproducible.
+	epoch := time.Unix(0, 0)
+	dir := func(p string, mode int64) error {
+		return tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(p, "/") + "/", Typeflag: tar.TypeDir, Mode: mode, ModTime: epoch, Format: tar.FormatPAX})
+	}
+	file := func(p string, mode int64, data []byte) error {
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(p, "/"), Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data)), ModTime: epoch, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
+	steps := []func() error{
+		func() error { return dir(bootconfig.Dir, 0o755) },
+		// setuid root: under `docker run -u USER` bootinit still mounts, then
+		// runs the app as the user docker resolved.
+		func() error { return file(bootconfig.Bootinit, 0o4755, bootinit) },
+		func() error { return file(bootconfig.Index, 0o644, idx) },
+		func() error { return file(bootconfig.ConfigFile, 0o644, cfgJSON) },
+		func() error { return dir(bootconfig.CacheDir, 0o755) },
+		func() error { return dir(bootconfig.StoreDir, 0o755) },
+		func() error { return dir(bootconfig.LowerDir, 0o755) },
+		func() error { return dir(bootconfig.UpperDir, 0o755) },
+		func() error { return dir(bootconfig.RootDir, 0o755) },
+		func() error { return dir("/etc", 0o755) },
+	}
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		data, err := readFile(ctx, res.Index, s, f)
+		if err != nil {
+			return nil, err
+		}
+		if data != nil {
+			steps = append(steps, func() error { return file(f, 0o644, data) })
+		}
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	layerBytes := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(layerBytes)), nil
+	}, tarball.WithMediaType(types.DockerLayer))
+	if err != nil {
+		return nil, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	if res.Image != nil {
+		orig := res.Image.Config
+		cfg.Architecture, cfg.OS, cfg.Variant, cfg.OSVersion = orig.Architecture, orig.OS, orig.Variant, orig.OSVersion
+		cfg.Config = *orig.Config.DeepCopy()
+	} else {
+		cfg.Architecture, cfg.OS = "amd64", "linux"
+	}
+	cfg.Config.Entrypoint = append([]string{bootconfig.Bootinit, "--"}, cfg.Config.Entrypoint...)
+	if cfg.Config.Labels == nil {
+		cfg.Config.Labels = map[string]string{}
+	}
+	cfg.Config.Labels[LabelSource] = source
+	cfg.Config.Labels[LabelStores] = strings.Join(stores, ",")
+	cfg.Created = v1.Time{Time: epoch}
+	cfg.History = []v1.History{{Created: v1.Time{Time: epoch}, CreatedBy: "mkbootfs convert " + source}}
+	return mutate.ConfigFile(img, cfg)
+}
+
+// readFile returns the content of the regular file at p in x, nil when x
+// has none there.
+func readFile(ctx context.Context, x *index.Index, s store.Store, p string) ([]byte, error) {
+	e, err := x.Resolve(p)
+	if err != nil {
+		return nil, nil
+	}
+	ino := x.Entries[e].Inode
+	n := &x.Inodes[ino]
+	if !n.IsRegular() || n.Size > 1<<20 {
+		return nil, nil
+	}
+	data := make([]byte, n.Size)
+	_, err = x.ReadAt(ino, data, 0, func(i int) ([]byte, error) {
+		return store.Load(ctx, s, store.ID(x.Chunks[i].ID))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading %s for the boot layer: %w", p, err)
+	}
+	return data, nil
+}
+
+// WriteImage writes img to target, in skopeo's transport syntax: a bare
+// reference or docker://REF (a registry), docker-daemon:REF,
+// docker-archive:PATH[:REF], oci:PATH[:TAG].
+func WriteImage(ctx context.Context, img v1.Image, target string) error {
+	transport, rest, _ := strings.Cut(target, ":")
+	switch transport {
+	case "docker-daemon":
+		tag, err := name.NewTag(rest)
+		if err != nil {
+			return fmt.Errorf("target %q: %w", target, err)
+		}
+		if _, err := daemon.Write(tag, img, daemon.WithContext(ctx)); err != nil {
+			return fmt.Errorf("loading the boot image into the docker daemon: %w", err)
+		}
+		return nil
+	case "docker-archive":
+		path, ref, _ := strings.Cut(rest, ":")
+		var tag name.Tag
+		if ref != "" {
+			var err error
+			if tag, err = name.NewTag(ref); err != nil {
+				return fmt.Errorf("target %q: %w", target, err)
+			}
+		} else {
+			tag, _ = name.NewTag("mkbootfs/boot:latest")
+		}
+		return tarball.WriteToFile(path, tag, img)
+	case "oci":
+		path, tag, _ := strings.Cut(rest, ":")
+		p, err := layout.FromPath(path)
+		if err != nil {
+			if p, err = layout.Write(path, empty.Index); err != nil {
+				return fmt.Errorf("target %q: %w", target, err)
+			}
+		}
+		var opts []layout.Option
+		if tag != "" {
+			opts = append(opts, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag}))
+		}
+		return p.AppendImage(img, opts...)
+	case "docker":
+		target = strings.TrimPrefix(rest, "//")
+	}
+	ref, err := name.ParseReference(target)
+	if err != nil {
+		return fmt.Errorf("target %q: %w", target, err)
+	}
+	if err := remote.Write(ref, img, remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)); err != nil {
+		return fmt.Errorf("pushing the boot image to %s: %w", ref, err)
+	}
+	return nil
+}
+
+// LayerSize returns the compressed size of the boot image's one layer.
+func LayerSize(img v1.Image) (int64, error) {
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 1 {
+		return 0, fmt.Errorf("boot image: want one layer: %v", err)
+	}
+	return layers[0].Size()
+}
+
