@@ -29,6 +29,7 @@ func newRootCmd() *cobra.Command {
 		newExtractCmd,
 		newInspectCmd,
 		newServeCmd,
+		newMountCmd,
 	} {
 		root.AddCommand(newCmd())
 	}
