@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mkbootfs/mkbootfs/internal/testserver"
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/httpstore"
-	"github.com/mkbootfs/mkbootfs/internal/testserver"
 	"github.com/mkbootfs/mkbootfs/store/local"
 	"github.com/mkbootfs/mkbootfs/store/storetest"
 )

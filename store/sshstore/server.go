@@ -213,7 +213,7 @@ func (s *Server) session(ch ssh.Channel, reqs <-chan *ssh.Request, log *slog.Log
 		req.Reply(true, nil)
 		go ssh.DiscardRequests(reqs)
 		h := &files{root: s.root, writable: s.opt.Writable}
-		rs := sftp.NewRequestServer(ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h})
+		rs := sftp.NewRequestServer(ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h}, sftp.WithRSMaxTxPacket(maxPacket))
 		if err := rs.Serve(); err != nil && !errors.Is(err, io.EOF) {
 			log.Warn("sftp session ended", "err", err)
 		}

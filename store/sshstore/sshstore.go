@@ -50,6 +50,9 @@ type Options struct {
 // of MaxChunkSize by a little.
 const maxStored = store.MaxChunkSize + 1<<20
 
+// maxPacket is the SFTP read and write size.
+const maxPacket = 255 << 10
+
 // tmpDir holds chunks being written, as in store/local.
 const tmpDir = ".tmp"
 
@@ -190,25 +193,22 @@ func (s *Store) Get(ctx context.Context, id store.ID) ([]byte, error) {
 	})
 }
 
-// readAll reads a file without asking its size first: a window of reads
-// is sent at once and grows until a short read.
+// readAll reads a whole chunk file: its size first, so that the read
+// asks for exactly that, in as few requests as the packet size allows.
 func readAll(f *sftp.File) ([]byte, error) {
-	buf := make([]byte, 128<<10)
-	n := 0
-	for {
-		m, err := f.ReadAt(buf[n:], int64(n))
-		n += m
-		if errors.Is(err, io.EOF) || err == nil && n < len(buf) {
-			return buf[:n], nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n > maxStored {
-			return nil, fmt.Errorf("more than %d bytes, more than any chunk: %w", maxStored, store.ErrCorrupt)
-		}
-		buf = append(buf, make([]byte, len(buf))...)
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
+	if fi.Size() > maxStored {
+		return nil, fmt.Errorf("%d bytes, more than any chunk: %w", fi.Size(), store.ErrCorrupt)
+	}
+	buf := make([]byte, fi.Size())
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+		return nil, err
+	}
+	return buf, nil
 }
 
 // Has implements store.Store.
@@ -446,8 +446,11 @@ func (s *Store) dial(ctx context.Context) (*conn, error) {
 		return nil, s.dialErr(ctx, who, err)
 	}
 	c := &conn{ssh: ssh.NewClient(cc, chans, reqs)}
+	// Packets of 255 KiB carry most chunks in one read: OpenSSH's
+	// sftp-server (limits@openssh.com) and ours take them; a server that
+	// reads less answers short, and the client asks for the rest.
 	for range s.opt.Sessions {
-		sc, err := sftp.NewClient(c.ssh, sftp.UseConcurrentWrites(true))
+		sc, err := sftp.NewClient(c.ssh, sftp.UseConcurrentWrites(true), sftp.MaxPacketUnchecked(maxPacket))
 		if err != nil {
 			c.Close()
 			return nil, s.dialErr(ctx, who, fmt.Errorf("starting the SFTP subsystem: %w (does the server have sftp-server or internal-sftp as its sftp Subsystem?)", err))
