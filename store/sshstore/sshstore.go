@@ -345,6 +345,18 @@ func do[T any](ctx context.Context, s *Store, id store.ID, fn func(*sftp.Client)
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			go s.probe(c)
+		} else {
+			// The caller gave up, which says nothing of the link, unless
+			// the abandoned request never ends.
+			go func() {
+				t := time.NewTimer(s.opt.Timeout)
+				defer t.Stop()
+				select {
+				case <-done:
+				case <-t.C:
+					s.probe(c)
+				}
+			}()
 		}
 		return fail(ctx.Err())
 	}

@@ -244,14 +244,14 @@ func testConcurrent(t *testing.T, b *Backend) {
 	run("concurrent Has and Load", func(i int) error {
 		id := store.Sum(data[i])
 		if ok, err := b.Store.Has(ctx, id); err != nil || !ok {
-			return fmt.Errorf("Has %s = %v, %v", id.Short(), ok, err)
+			return fmt.Errorf("concurrent Has %s = %v, %v", id.Short(), ok, err)
 		}
 		got, err := store.Load(ctx, b.Store, id)
 		if err != nil {
 			return err
 		}
 		if !bytes.Equal(got, data[i]) {
-			return fmt.Errorf("Load %s: wrong bytes", id.Short())
+			return fmt.Errorf("concurrent Load %s: wrong bytes", id.Short())
 		}
 		return nil
 	})
