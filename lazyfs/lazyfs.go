@@ -39,7 +39,7 @@ import (
 // Options configure a filesystem. The zero value of a field picks its default.
 type Options struct {
 	// MemCache bounds the decoded chunks kept in memory, in bytes; default
-	// 8 MiB. The kernel's page cache holds file data once read, so this
+	// 4 MiB. The kernel's page cache holds file data once read, so this
 	// only serves chunks shared by several files and readahead.
 	MemCache int64
 	// Readahead is how many chunks past a sequential read are fetched in
@@ -55,7 +55,7 @@ type Options struct {
 
 func (o *Options) setDefaults() {
 	if o.MemCache == 0 {
-		o.MemCache = 8 << 20
+		o.MemCache = 4 << 20
 	}
 	if o.Readahead == 0 {
 		o.Readahead = 8
@@ -81,6 +81,8 @@ type FS struct {
 	log    *log.Logger
 	chunks *chunks
 	root   uint32 // the root directory's inode
+	// dirEntry[i] is the entry of directory inode i (directories have one).
+	dirEntry []uint32
 
 	reads, readBytes, readErrs atomic.Int64
 }
@@ -88,13 +90,20 @@ type FS struct {
 // New returns the filesystem of x whose chunks come from st.
 func New(x *index.Index, st store.Store, o Options) *FS {
 	o.setDefaults()
-	return &FS{
-		x:      x,
-		st:     st,
-		log:    o.Log,
-		chunks: newChunks(x, st, &o),
-		root:   x.Entries[index.Root].Inode,
+	f := &FS{
+		x:        x,
+		st:       st,
+		log:      o.Log,
+		chunks:   newChunks(x, st, &o),
+		root:     x.Entries[index.Root].Inode,
+		dirEntry: make([]uint32, len(x.Inodes)),
 	}
+	for e, ent := range x.Entries {
+		if x.Inodes[ent.Inode].IsDir() {
+			f.dirEntry[ent.Inode] = uint32(e)
+		}
+	}
+	return f
 }
 
 // Root returns the root directory's node, for fs.Mount.
@@ -145,6 +154,20 @@ func (f *FS) ino(i uint32) uint64 {
 		return uint64(f.root) + 1
 	}
 	return uint64(i) + 1
+}
+
+// inode is the inode whose number the kernel knows as n; ok is false for
+// a number that is none of them.
+func (f *FS) inode(n uint64) (i uint32, ok bool) {
+	switch {
+	case n == 1:
+		return f.root, true
+	case n == uint64(f.root)+1:
+		return 0, true
+	case n == 0 || n > uint64(len(f.x.Inodes)):
+		return 0, false
+	}
+	return uint32(n - 1), true
 }
 
 // blockSize is the unit of st_blocks accounting of the filesystems images

@@ -24,18 +24,16 @@ type node struct {
 	next atomic.Int64 // where the last read ended, to spot sequential reads
 }
 
-// The read-only operations, and nothing else.
+// The read-only operations, and nothing else; opening files and listing
+// directories are rawFS's.
 var (
-	_ fs.NodeLookuper       = (*node)(nil)
-	_ fs.NodeGetattrer      = (*node)(nil)
-	_ fs.NodeOpendirHandler = (*node)(nil)
-	_ fs.NodeOpener         = (*node)(nil)
-	_ fs.NodeFlusher        = (*node)(nil)
-	_ fs.NodeReader         = (*node)(nil)
-	_ fs.NodeReadlinker     = (*node)(nil)
-	_ fs.NodeGetxattrer     = (*node)(nil)
-	_ fs.NodeListxattrer    = (*node)(nil)
-	_ fs.NodeStatfser       = (*node)(nil)
+	_ fs.NodeLookuper    = (*node)(nil)
+	_ fs.NodeGetattrer   = (*node)(nil)
+	_ fs.NodeReader      = (*node)(nil)
+	_ fs.NodeReadlinker  = (*node)(nil)
+	_ fs.NodeGetxattrer  = (*node)(nil)
+	_ fs.NodeListxattrer = (*node)(nil)
+	_ fs.NodeStatfser    = (*node)(nil)
 )
 
 func (n *node) inode() *index.Inode { return &n.fs.x.Inodes[n.ino] }
@@ -57,65 +55,6 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 func (n *node) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	n.fs.attr(n.ino, &out.Attr)
 	return 0
-}
-
-// OpendirHandle implements fs.NodeOpendirHandler: it lists the directory
-// from the index, and lets the kernel cache the listing (FOPEN_CACHE_DIR),
-// which NodeReaddirer cannot ask for.
-func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return &dirHandle{n: n}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
-}
-
-// dirHandle lists ".", ".." and a directory's entries, straight from the
-// index; pos counts the names already listed.
-type dirHandle struct {
-	n   *node
-	pos uint64
-}
-
-var (
-	_ fs.FileReaddirenter = (*dirHandle)(nil)
-	_ fs.FileSeekdirer    = (*dirHandle)(nil)
-)
-
-// Readdirent implements fs.FileReaddirenter.
-func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	f, x := d.n.fs, d.n.fs.x
-	first, count := x.Children(d.n.entry)
-	pos := d.pos
-	if pos >= uint64(count)+2 {
-		return nil, 0
-	}
-	d.pos++
-	switch pos {
-	case 0:
-		return &fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: f.ino(d.n.ino), Off: d.pos}, 0
-	case 1:
-		parent := x.Entries[x.Entries[d.n.entry].Parent].Inode
-		return &fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: f.ino(parent), Off: d.pos}, 0
-	}
-	e := &x.Entries[first+uint32(pos-2)]
-	return &fuse.DirEntry{Name: e.Name, Mode: x.Inodes[e.Inode].Type(), Ino: f.ino(e.Inode), Off: d.pos}, 0
-}
-
-// Seekdir implements fs.FileSeekdirer: offsets are positions in the listing.
-func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	d.pos = off
-	return 0
-}
-
-// Open implements fs.NodeOpener by declining: ENOSYS tells the kernel to
-// stop sending OPEN and RELEASE for every file (FUSE's no_open), and to keep
-// files' pages cached across opens, which suits an immutable tree. Flush
-// declines likewise for FLUSH at every close. A warm full-tree read makes
-// 2 fewer round trips per file.
-func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return nil, 0, syscall.ENOSYS
-}
-
-// Flush implements fs.NodeFlusher by declining; see Open.
-func (n *node) Flush(ctx context.Context, _ fs.FileHandle) syscall.Errno {
-	return syscall.ENOSYS
 }
 
 // Read implements fs.NodeReader: it loads the chunks the range needs and,

@@ -39,8 +39,10 @@ const lockName = ".mkbootfs-cache.lock"
 // directory; many processes (the mounts of a node) may share one directory,
 // and each chunk is fetched once among all of them.
 //
-// Cache implements Loader: a miss decodes and verifies the chunk once,
-// writes the compressed bytes to the directory and returns the decoded ones.
+// Cache implements Loader: a miss decodes and verifies the chunk once and
+// returns the decoded bytes, while writers keep the compressed bytes in the
+// directory behind it: a file creation costs about as much as the fetch from
+// a local store, and the read need not wait for it.
 type Cache struct {
 	local  CacheDir
 	remote Store
@@ -48,6 +50,14 @@ type Cache struct {
 	lockFd uintptr
 
 	flight singleflight.Group // in-process: one fetch per chunk at a time
+
+	// Chunks fetched but not yet in the directory; a writer holds each
+	// one's lock until its file is in place.
+	mu      sync.Mutex
+	pending map[ID][]byte
+	writes  chan write
+	writers sync.WaitGroup
+
 	// Fetches hold closing for reading, so Close waits for them.
 	closing sync.RWMutex
 	closed  bool
@@ -72,7 +82,19 @@ func NewCache(local CacheDir, remote Store) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache %s: lock file: %w (the cache directory must be writable)", local.Dir(), err)
 	}
-	return &Cache{local: local, remote: remote, lock: f, lockFd: f.Fd()}, nil
+	c := &Cache{
+		local: local, remote: remote, lock: f, lockFd: f.Fd(),
+		pending: map[ID][]byte{},
+		writes:  make(chan write, queuedWrites),
+	}
+	for range cacheWriters {
+		c.writers.Go(func() {
+			for w := range c.writes {
+				c.keep(w)
+			}
+		})
+	}
+	return c, nil
 }
 
 func (c *Cache) String() string { return c.local.Dir() + " (cache of " + c.remote.String() + ")" }
@@ -92,12 +114,18 @@ func (c *Cache) Stats() CacheStats {
 	}
 }
 
-// Close waits for the fetches under way, then closes the lock file, the
-// directory store and the remote.
+// Close waits for the fetches and writes under way, then closes the lock
+// file, the directory store and the remote.
 func (c *Cache) Close() error {
 	c.closing.Lock()
+	if c.closed {
+		c.closing.Unlock()
+		return nil
+	}
 	c.closed = true
+	close(c.writes)
 	c.closing.Unlock()
+	c.writers.Wait()
 	return errors.Join(c.lock.Close(), c.local.Close(), c.remote.Close())
 }
 
@@ -115,6 +143,10 @@ func (c *Cache) Load(ctx context.Context, id ID) ([]byte, error) {
 // Get implements Store: the compressed bytes, from the directory (as stored,
 // unverified, like any Get) or else fetched, verified and kept.
 func (c *Cache) Get(ctx context.Context, id ID) ([]byte, error) {
+	if raw, ok := c.pendingRaw(id); ok {
+		c.hits.Add(1)
+		return raw, nil
+	}
 	if raw, err := c.local.Get(ctx, id); err == nil {
 		c.hits.Add(1)
 		return raw, nil
@@ -139,13 +171,25 @@ func (c *Cache) Put(ctx context.Context, id ID, compressed []byte) error {
 	return c.local.PutNoSync(ctx, id, compressed)
 }
 
-// readLocal returns chunk id from the directory if it is there and sound.
+func (c *Cache) pendingRaw(id ID) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	raw, ok := c.pending[id]
+	return raw, ok
+}
+
+// readLocal returns chunk id from the directory, or on its way there, if it
+// is there and sound. Pending chunks are looked at first: a writer removes
+// one only once its file is in place.
 func (c *Cache) readLocal(ctx context.Context, id ID) (raw, data []byte, ok bool) {
-	raw, err := c.local.Get(ctx, id)
-	if err != nil {
-		return nil, nil, false
+	raw, ok = c.pendingRaw(id)
+	if !ok {
+		var err error
+		if raw, err = c.local.Get(ctx, id); err != nil {
+			return nil, nil, false
+		}
 	}
-	data, err = Decode(id, raw)
+	data, err := Decode(id, raw)
 	if err != nil {
 		return nil, nil, false
 	}
@@ -191,13 +235,32 @@ func (c *Cache) fill(ctx context.Context, id ID) (raw, data []byte, err error) {
 	}
 }
 
+// Writes wait in a queue of queuedWrites chunks for cacheWriters writers;
+// when it is full, the fetch writes its chunk itself.
+const (
+	queuedWrites = 32
+	cacheWriters = 2
+)
+
+// write is a chunk to keep in the directory, and the unlock of its lock.
+type write struct {
+	id     ID
+	raw    []byte
+	unlock func()
+}
+
 func (c *Cache) fetch(ctx context.Context, id ID) (raw, data []byte, err error) {
 	unlock, err := c.lockChunk(ctx, id)
 	if err != nil {
 		c.fetchErrs.Add(1)
 		return nil, nil, err
 	}
-	defer unlock()
+	kept := false // the chunk's lock passes to its writer
+	defer func() {
+		if !kept {
+			unlock()
+		}
+	}()
 
 	// Another process may have fetched it while we waited for the lock; a
 	// corrupt copy (a crash tore it, a disk flipped bits) is replaced.
@@ -223,11 +286,29 @@ func (c *Cache) fetch(ctx context.Context, id ID) (raw, data []byte, err error) 
 	}
 	c.misses.Add(1)
 	c.fetched.Add(int64(len(raw)))
-	// Failing to keep the chunk costs a later refetch, not this read.
-	if err := c.local.PutNoSync(ctx, id, raw); err != nil {
-		c.writeErrs.Add(1)
+	c.mu.Lock()
+	c.pending[id] = raw
+	c.mu.Unlock()
+	kept = true
+	w := write{id, raw, unlock}
+	select {
+	case c.writes <- w:
+	default:
+		c.keep(w)
 	}
 	return raw, data, nil
+}
+
+// keep writes a fetched chunk to the directory, then releases it. Failing
+// to keep it costs a later refetch, not a read.
+func (c *Cache) keep(w write) {
+	if err := c.local.PutNoSync(context.Background(), w.id, w.raw); err != nil {
+		c.writeErrs.Add(1)
+	}
+	c.mu.Lock()
+	delete(c.pending, w.id)
+	c.mu.Unlock()
+	w.unlock()
 }
 
 // lockChunk takes the chunk's lock in the cache's lock file: an open file

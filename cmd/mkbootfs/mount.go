@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -24,7 +25,7 @@ func newMountCmd() *cobra.Command {
 		stats      bool
 		statsFile  string
 		allowOther bool
-		debug      bool
+		fuseDebug  bool
 		opts       lazyfs.Options
 	)
 	cmd := &cobra.Command{
@@ -48,6 +49,9 @@ place detaches it first; to clear it by hand, run
   mkbootfs mount --store /srv/chunks --stats-file /run/debian.stats debian.idx /mnt/debian`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Getenv("GOMEMLIMIT") == "" {
+				debug.SetMemoryLimit(lazyfs.MemoryLimit)
+			}
 			ctx := cmd.Context()
 			x, err := loadIndex(args[0])
 			if err != nil {
@@ -77,7 +81,7 @@ place detaches it first; to clear it by hand, run
 			defer st.Close()
 
 			srv, err := lazyfs.Mount(args[1], lazyfs.New(x, st, opts), lazyfs.MountOptions{
-				AllowOther: allowOther, FsName: args[0], Debug: debug,
+				AllowOther: allowOther, FsName: args[0], Debug: fuseDebug,
 			})
 			if err != nil {
 				return err
@@ -125,8 +129,8 @@ place detaches it first; to clear it by hand, run
 	f.BoolVar(&stats, "stats", false, "print what the mount fetched and served when it ends")
 	f.StringVar(&statsFile, "stats-file", "", "keep the stats, as JSON, in `FILE` (rewritten every 2 seconds)")
 	f.BoolVar(&allowOther, "allow-other", os.Geteuid() == 0, "let every user use the mount (default: when run as root)")
-	f.BoolVar(&debug, "debug", false, "log every FUSE request")
-	f.Int64Var(&opts.MemCache, "mem-cache", 0, "bytes of decoded chunks kept in memory (default 8 MiB)")
+	f.BoolVar(&fuseDebug, "debug", false, "log every FUSE request")
+	f.Int64Var(&opts.MemCache, "mem-cache", 0, "bytes of decoded chunks kept in memory (default 4 MiB)")
 	f.IntVar(&opts.Readahead, "readahead", 0, "chunks fetched ahead of sequential reads (default 8; -1: none)")
 	f.DurationVar(&opts.FetchTimeout, "fetch-timeout", 0, "give up on one chunk fetch after this long (default 30s)")
 	return cmd
