@@ -37,8 +37,9 @@ step_source() {
 	fi
 	[ -d "$src" ] || die "sample tree $src is not a directory"
 	src_entries=$(find "$src" | wc -l)
-	src_bytes=$(du -sb "$src" | cut -f1)
-	step "source $src: $src_entries entries, $(human "$src_bytes")"
+	# Hard links count once, as in the index.
+	src_bytes=$(find "$src" -type f -printf '%i %s\n' | sort -u | awk '{ n += $2 } END { print n + 0 }')
+	step "source $src: $src_entries entries, $(human "$src_bytes") in files"
 	rm -rf --one-file-system "$work"
 	mkdir -p "$work"
 }
@@ -47,7 +48,7 @@ step_convert() {
 	"$mkbootfs" convert --store "$store" --index "$index" "dir:$src" ||
 		die "mkbootfs convert --store $store --index $index dir:$src"
 	chunks=$(find "$store" -name '*.cacnk' | wc -l)
-	store_bytes=$(du -sb "$store" | cut -f1)
+	store_bytes=$(find "$store" -name '*.cacnk' -printf '%s\n' | awk '{ n += $1 } END { print n + 0 }')
 	step "store $store: $chunks chunks, $(human "$store_bytes"); index $index: $(human "$(stat -c %s "$index")")"
 }
 
@@ -69,7 +70,7 @@ step_verify() {
 	step "rsync -naHAXc --delete $src/ $out/: no difference"
 }
 
-human() { numfmt --to=iec-i --suffix=B "$1"; }
+human() { numfmt --to=si --format=%.1f --suffix=B "$1"; }
 
 steps=(source convert inspect extract verify)
 total_start=$(date +%s.%N)
