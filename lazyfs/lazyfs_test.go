@@ -533,3 +533,43 @@ func startChild(t *testing.T, storeDir, mnt string) *exec.Cmd {
 	}
 	return cmd
 }
+
+// TestInodeNumbers mounts an index whose root is not inode 0: the root is
+// still inode 1 for the kernel, and the numbers stay distinct and stable.
+func TestInodeNumbers(t *testing.T) {
+	storeDir := t.TempDir()
+	s, err := local.Open(storeDir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, err := store.Save(context.Background(), s, []byte("data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes := []index.Inode{
+		{Mode: syscall.S_IFREG | 0o644, Size: 4},
+		{Mode: syscall.S_IFDIR | 0o755},
+		{Mode: syscall.S_IFDIR | 0o755},
+	}
+	root := &index.Node{Inode: 1, Children: []*index.Node{{Name: "file", Inode: 0}, {Name: "sub", Inode: 2}}}
+	x, err := index.Build(root, inodes, []index.Chunk{{ID: id, Size: 4}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, mnt := mountFS(t, x, s, lazyfs.Options{})
+	for _, tc := range []struct {
+		path string
+		ino  uint64
+	}{{"", 1}, {"/file", 2}, {"/sub", 3}} {
+		var st unix.Stat_t
+		if err := unix.Lstat(mnt+tc.path, &st); err != nil || st.Ino != tc.ino {
+			t.Errorf("%s: inode %d, %v; want %d", tc.path, st.Ino, err, tc.ino)
+		}
+	}
+	if b, err := os.ReadFile(mnt + "/file"); err != nil || string(b) != "data" {
+		t.Errorf("read %q, %v", b, err)
+	}
+	if ents, err := os.ReadDir(mnt + "/sub"); err != nil || len(ents) != 0 {
+		t.Errorf("readdir of an empty directory: %v, %v", ents, err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/lazyfs"
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/local"
+	"github.com/mkbootfs/mkbootfs/store/location"
 )
 
 func newMountCmd() *cobra.Command {
@@ -60,7 +61,10 @@ place detaches it first; to clear it by hand, run
 			if len(stores) == 0 && x.Meta[converter.MetaStores] != "" {
 				stores = strings.Split(x.Meta[converter.MetaStores], ",")
 			}
-			st, err := openStore(ctx, stores, false)
+			if len(stores) == 0 {
+				stores = []string{defaultStore()}
+			}
+			st, err := location.OpenList(ctx, stores, location.Options{Timeout: opts.FetchTimeout})
 			if err != nil {
 				return err
 			}
@@ -124,7 +128,7 @@ place detaches it first; to clear it by hand, run
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&stores, "store", nil, "chunk store URL or directory (repeatable; default: the stores recorded in the index)")
+	f.StringArrayVar(&stores, "store", nil, "chunk store: "+location.Schemes+" (repeatable, tried in order; default: the stores recorded in the index)")
 	f.StringVar(&cacheDir, "cache", "", "keep fetched chunks in the cache `DIR`, shared with other mounts")
 	f.BoolVar(&stats, "stats", false, "print what the mount fetched and served when it ends")
 	f.StringVar(&statsFile, "stats-file", "", "keep the stats, as JSON, in `FILE` (rewritten every 2 seconds)")
