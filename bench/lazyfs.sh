@@ -91,6 +91,13 @@ for round in $(seq "$RUNS"); do
 	hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$MOUNT_PID/status")
 	[ "$hwm" -gt "$HWM" ] && HWM=$hwm
 	unmount
+
+	# The same without the cache directory: what keeping chunks costs.
+	"$MKBOOTFS" mount --store "$WORK/store" "$WORK/debian.idx" "$MNT" 2>>"$WORK/mount.log" &
+	MOUNT_PID=$!
+	wait_mount
+	drop; add nocache_cold "$(secs "$TAR")"
+	unmount
 done
 echo "lazyfs mount stats (last round):"
 sed 's/^/  /' "$WORK/stats.txt"
@@ -118,6 +125,8 @@ for what in cold warm find lslr; do
 		"$(awk -v a="${M[lazyfs_$what]}" -v b="${M[native_$what]}" 'BEGIN { print a / b }')" \
 		"$(awk -v a="${M[casync_$what]}" -v b="${M[native_$what]}" 'BEGIN { print a / b }')"
 done
+printf '%-22s %9s %9s %9s %12.2fx\n' "tar, cold, no cache" "${M[native_cold]}" "${M[nocache_cold]}" - \
+	"$(awk -v a="${M[nocache_cold]}" -v b="${M[native_cold]}" 'BEGIN { print a / b }')"
 printf 'mount process peak RSS (VmHWM): %.1f MiB\n' "$(awk -v k="$HWM" 'BEGIN { print k / 1024 }')"
 
 bar() { # name ratio limit

@@ -43,9 +43,10 @@ type Options struct {
 	// only serves chunks shared by several files and readahead.
 	MemCache int64
 	// Readahead is how many chunks past a sequential read are fetched in
-	// the background; default 8, negative: none.
+	// the background; default 16, negative: none.
 	Readahead int
-	// Fetchers bounds the readahead fetches under way; default 4.
+	// Fetchers bounds the readahead fetches under way; default 8: a fetch
+	// mostly waits (for a disk or a network), so more than the CPUs.
 	Fetchers int
 	// FetchTimeout bounds one chunk fetch; default 30s.
 	FetchTimeout time.Duration
@@ -58,13 +59,13 @@ func (o *Options) setDefaults() {
 		o.MemCache = 4 << 20
 	}
 	if o.Readahead == 0 {
-		o.Readahead = 8
+		o.Readahead = 16
 	}
 	if o.Readahead < 0 {
 		o.Readahead = 0
 	}
 	if o.Fetchers <= 0 {
-		o.Fetchers = 4
+		o.Fetchers = 8
 	}
 	if o.FetchTimeout <= 0 {
 		o.FetchTimeout = 30 * time.Second

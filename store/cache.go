@@ -132,7 +132,7 @@ func (c *Cache) Close() error {
 // Load implements Loader: chunk id, verified, from the directory or else
 // fetched from the remote and kept.
 func (c *Cache) Load(ctx context.Context, id ID) ([]byte, error) {
-	if _, data, ok := c.readLocal(ctx, id); ok {
+	if _, data, ok, _ := c.readLocal(ctx, id); ok {
 		c.hits.Add(1)
 		return data, nil
 	}
@@ -179,21 +179,22 @@ func (c *Cache) pendingRaw(id ID) ([]byte, bool) {
 }
 
 // readLocal returns chunk id from the directory, or on its way there, if it
-// is there and sound. Pending chunks are looked at first: a writer removes
-// one only once its file is in place.
-func (c *Cache) readLocal(ctx context.Context, id ID) (raw, data []byte, ok bool) {
+// is there and sound; corrupt reports a file that is there but unsound.
+// Pending chunks are looked at first: a writer removes one only once its
+// file is in place.
+func (c *Cache) readLocal(ctx context.Context, id ID) (raw, data []byte, ok, corrupt bool) {
 	raw, ok = c.pendingRaw(id)
 	if !ok {
 		var err error
 		if raw, err = c.local.Get(ctx, id); err != nil {
-			return nil, nil, false
+			return nil, nil, false, !errors.Is(err, ErrNotFound)
 		}
 	}
 	data, err := Decode(id, raw)
 	if err != nil {
-		return nil, nil, false
+		return nil, nil, false, true
 	}
-	return raw, data, true
+	return raw, data, true, false
 }
 
 type filled struct{ raw, data []byte }
@@ -264,11 +265,12 @@ func (c *Cache) fetch(ctx context.Context, id ID) (raw, data []byte, err error) 
 
 	// Another process may have fetched it while we waited for the lock; a
 	// corrupt copy (a crash tore it, a disk flipped bits) is replaced.
-	if raw, data, ok := c.readLocal(ctx, id); ok {
+	raw, data, ok, corrupt := c.readLocal(ctx, id)
+	if ok {
 		c.hits.Add(1)
 		return raw, data, nil
 	}
-	if err := os.Remove(c.local.Path(id)); err == nil {
+	if corrupt && os.Remove(c.local.Path(id)) == nil {
 		c.repaired.Add(1)
 	}
 

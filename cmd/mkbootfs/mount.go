@@ -135,7 +135,7 @@ place detaches it first; to clear it by hand, run
 	f.BoolVar(&allowOther, "allow-other", os.Geteuid() == 0, "let every user use the mount (default: when run as root)")
 	f.BoolVar(&fuseDebug, "debug", false, "log every FUSE request")
 	f.Int64Var(&opts.MemCache, "mem-cache", 0, "bytes of decoded chunks kept in memory (default 4 MiB)")
-	f.IntVar(&opts.Readahead, "readahead", 0, "chunks fetched ahead of sequential reads (default 8; -1: none)")
+	f.IntVar(&opts.Readahead, "readahead", 0, "chunks fetched ahead of sequential reads (default 16; -1: none)")
 	f.DurationVar(&opts.FetchTimeout, "fetch-timeout", 0, "give up on one chunk fetch after this long (default 30s)")
 	return cmd
 }
