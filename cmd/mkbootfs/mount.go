@@ -33,7 +33,8 @@ func newMountCmd() *cobra.Command {
 		Use:   "mount [flags] INDEX MOUNTPOINT",
 		Short: "Mount the tree of an index read-only, fetching chunks as they are read",
 		Long: `Mount serves the tree of INDEX at MOUNTPOINT until interrupted (SIGINT or
-SIGTERM), then unmounts it. Names, attributes, listings, links and xattrs come
+SIGTERM), then unmounts it (if files are still open in it, it is detached at
+once and served until they are closed). Names, attributes, listings, links and xattrs come
 from the index in memory; a read fetches only the chunks it needs from the
 stores, through the cache directory when --cache is given. The cache is a
 chunk store directory that any number of mounts on the machine may share:
