@@ -6,8 +6,9 @@
 //
 // The tree is immutable, so the mount tells the kernel to cache everything
 // (long entry and attribute timeouts, page cache kept across opens, cached
-// directories); setuid binaries and device nodes work (no nosuid, nodev),
-// and the kernel checks permissions (default_permissions, POSIX ACLs).
+// directory listings, no OPEN or OPENDIR round trips: Linux 5.1 or later);
+// setuid binaries and device nodes work (no nosuid, nodev), and the kernel
+// checks permissions (default_permissions, POSIX ACLs).
 //
 // A chunk that cannot be fetched fails the read that needs it with EIO and
 // one log line naming the file, the chunk and the store; everything else
@@ -15,11 +16,12 @@
 //
 // # Stale mounts
 //
-// A server killed with SIGKILL leaves its mount point dead: every access
-// fails with ENOTCONN ("transport endpoint is not connected"). Mount
-// detects that and detaches the dead mount lazily (umount -l) before
-// mounting again; by hand, `fusermount3 -uz DIR` or `umount -l DIR` does
-// the same.
+// A server killed with SIGKILL leaves its mount point dead: accesses fail
+// with ENOTCONN ("transport endpoint is not connected"), though a stat may
+// still be answered from the kernel's attribute cache. Mount detects a dead
+// mount (statfs fails with ENOTCONN) and detaches it lazily (umount -l)
+// before mounting again; by hand, `fusermount3 -uz DIR` or `umount -l DIR`
+// does the same.
 package lazyfs
 
 import (
