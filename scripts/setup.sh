@@ -9,10 +9,10 @@ need_root
 
 packages=(
 	docker.io docker-registry  # container engine, and a real registry to push to
-	casync rsync attr fuse3    # peers and checkers of the chunk store, tree and mounts
+	casync rsync attr acl fuse3 # peers and checkers of the chunk store, tree and mounts
 	debootstrap busybox-static # sample trees and images, made offline
 	openssh-server nginx       # chunk servers over SFTP and HTTP
-	iproute2 procps curl ca-certificates util-linux
+	iproute2 procps kmod curl ca-certificates util-linux
 	git make gcc libc6-dev # go test -race needs cgo
 )
 registry_addr=127.0.0.1:5000
@@ -39,20 +39,27 @@ if [ ${#missing[@]} -eq 0 ]; then
 	step "packages: all ${#packages[@]} installed"
 else
 	step "packages: installing ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
+	# needrestart, if installed, reads every process's /proc/PID/maps and
+	# hangs on one blocked on a dead FUSE mount: keep it out of the way.
+	export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
 	# Keep package scripts from starting their services (nginx on :80, sshd
 	# on :22, a dockerd): tests start their own on loopback ports.
+	# A policy-rc.d already there is the machine's: leave it alone.
+	made_policy=
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
 		chmod +x /usr/sbin/policy-rc.d
+		made_policy=1
 		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 	fi
 	apt-get update -q </dev/null >/var/log/mkbootfs-apt.log 2>&1 ||
 		die "apt-get update failed; see /var/log/mkbootfs-apt.log"
 	apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >>/var/log/mkbootfs-apt.log 2>&1 ||
 		die "apt-get install ${missing[*]} failed; see /var/log/mkbootfs-apt.log"
-	rm -f /usr/sbin/policy-rc.d
-	trap - EXIT
+	if [ -n "$made_policy" ]; then
+		rm -f /usr/sbin/policy-rc.d
+		trap - EXIT
+	fi
 fi
 # sshd refuses to start without its privilege separation directory.
 mkdir -p /run/sshd
@@ -82,7 +89,7 @@ else
 fi
 
 "$here/busybox-image.sh" "$busybox_image"
-docker run --rm --device /dev/fuse --cap-add SYS_ADMIN "$busybox_image" \
+timeout 120 docker run --rm --device /dev/fuse --cap-add SYS_ADMIN "$busybox_image" \
 	sh -c 'test -c /dev/fuse && mount -t tmpfs none /mnt' ||
 	die "docker run --device /dev/fuse --cap-add SYS_ADMIN $busybox_image could not see /dev/fuse or mount"
 step "docker: a container with /dev/fuse and CAP_SYS_ADMIN can mount"
@@ -118,8 +125,8 @@ else
 fi
 pushed=$registry_addr/$busybox_image
 docker tag "$busybox_image" "$pushed"
-docker push -q "$pushed" >/dev/null || die "docker push $pushed failed"
-docker pull -q "$pushed" >/dev/null || die "docker pull $pushed failed"
+timeout 120 docker push -q "$pushed" >/dev/null || die "docker push $pushed failed"
+timeout 120 docker pull -q "$pushed" >/dev/null || die "docker pull $pushed failed"
 step "registry: pushed and pulled $pushed"
 
 "$here/debian-rootfs.sh"
