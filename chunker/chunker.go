@@ -4,9 +4,11 @@
 //
 // It is FastCDC (Xia et al., USENIX ATC'16): a gear rolling hash, cut-point
 // skipping below the minimum size, and normalized chunking (a harder
-// condition before the average size, an easier one after), rolled two bytes
-// per step as in the 2020 follow-up paper. Boundaries depend only on the
-// bytes, never on how the reads that feed the chunker are sized.
+// condition before the average size, an easier one after), with the hash
+// advanced two bytes per step as in the 2020 follow-up paper and tested at
+// every byte. The conditions are scaled so that the mean chunk size is the
+// average asked for. Boundaries depend only on the bytes, never on how the
+// reads that feed the chunker are sized.
 //
 // The boundaries are part of the chunk format: changing the gear table, the
 // thresholds or the roll changes chunk IDs and so loses dedup against every
