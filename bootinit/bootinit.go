@@ -52,7 +52,13 @@ func Main(args []string) int {
 		logw = os.Stderr
 	}
 	b := &boot{log: log.New(logw, "bootinit: ", log.Lmicroseconds)}
-	code, err := b.run(args)
+	var code int
+	var err error
+	if len(args) == 3 && args[1] == launchFlag {
+		err = runLaunch(args[2])
+	} else {
+		code, err = b.run(args)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bootinit:", err)
 		var ee *exitError
@@ -138,18 +144,19 @@ func command(args []string) ([]string, error) {
 // identity is who the app runs as: the user docker started bootinit as
 // (its setuid bit made it root meanwhile).
 type identity struct {
-	uid, gid uint32
-	groups   []uint32
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups"`
 }
 
 func appIdentity() (identity, error) {
-	id := identity{uid: uint32(unix.Getuid()), gid: uint32(unix.Getgid())}
+	id := identity{UID: uint32(unix.Getuid()), GID: uint32(unix.Getgid())}
 	groups, err := unix.Getgroups()
 	if err != nil {
 		return id, err
 	}
 	for _, g := range groups {
-		id.groups = append(id.groups, uint32(g))
+		id.Groups = append(id.Groups, uint32(g))
 	}
 	return id, nil
 }

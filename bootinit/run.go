@@ -10,38 +10,41 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 )
 
 // runApp starts argv in the new root as the app's user and waits for it,
 // forwarding signals and reaping orphans. It returns the app's exit code.
+//
+// The app is started through a launcher, bootinit itself in launch mode:
+// Go starts processes with vfork, which stops the forking thread until the
+// child has exec'd, and a garbage collection meanwhile waits for that
+// thread. Were the child to exec the app, the exec would read the app from
+// this process's FUSE mount, whose server the collection has stopped: a
+// deadlock. The launcher's own binary is in the boot layer; once running,
+// it enters the new root and execs the app while bootinit serves the reads.
 func (b *boot) runApp(root *os.File, argv []string, id identity, dir string) (int, error) {
 	env := os.Environ()
 	exe, err := lookPath(int(root.Fd()), argv[0], envPath(env))
 	if err != nil {
 		return 0, err
 	}
-	attr := &syscall.SysProcAttr{
-		// The child's cwd is the new root (inherited): chroot(".") enters
-		// it, then Dir is resolved inside.
-		Chroot:     ".",
-		Credential: &syscall.Credential{Uid: id.uid, Gid: id.gid, Groups: id.groups},
-	}
-	if isTerminal(0) {
-		// -t: the app gets the terminal, as the foreground process group.
-		attr.Setpgid, attr.Foreground, attr.Ctty = true, true, 0
-	}
-	if id.uid == 0 && id.gid == 0 {
-		attr.Credential = nil // keep root's supplementary groups as they are
+	root.Close()
+	l := launch{Exe: exe, Argv: argv, Dir: dir, ID: id, Foreground: isTerminal(0)}
+	largs, err := l.args()
+	if err != nil {
+		return 0, err
 	}
 	sigs := make(chan os.Signal, 64)
 	signal.Notify(sigs)
 	defer signal.Stop(sigs)
-	proc, err := os.StartProcess(exe, argv, &os.ProcAttr{Dir: dir, Env: env, Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}, Sys: attr})
+	// No Dir: the launcher inherits bootinit's cwd, the new root.
+	proc, err := os.StartProcess(bootconfig.Bootinit, largs, &os.ProcAttr{Env: env, Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}})
 	if err != nil {
-		return 0, &exitError{exitNotExec, fmt.Errorf("starting %s: %w", argv[0], err)}
+		return 0, fmt.Errorf("starting the launcher: %w", err)
 	}
-	root.Close()
-	b.log.Printf("started %q as pid %d (uid %d)", argv, proc.Pid, id.uid)
+	b.log.Printf("started %q as pid %d (uid %d)", argv, proc.Pid, id.UID)
 	go forward(sigs, proc.Pid)
 	return reap(proc.Pid), nil
 }

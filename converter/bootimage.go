@@ -209,4 +209,3 @@ func LayerSize(img v1.Image) (int64, error) {
 	}
 	return layers[0].Size()
 }
-
