@@ -9,7 +9,7 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/store"
-	"github.com/mkbootfs/mkbootfs/store/local"
+	"github.com/mkbootfs/mkbootfs/store/location"
 )
 
 // defaultStore is where chunks go when no --store is given.
@@ -25,18 +25,10 @@ func openStore(ctx context.Context, urls []string, create bool) (store.Store, er
 	if len(urls) == 0 {
 		urls = []string{defaultStore()}
 	}
-	var stores []store.Store
-	for _, u := range urls {
-		s, err := local.Open(u, create)
-		if err != nil {
-			return nil, err
-		}
-		stores = append(stores, s)
+	if len(urls) == 1 {
+		return location.Open(ctx, urls[0], location.Options{Create: create})
 	}
-	if len(stores) == 1 {
-		return stores[0], nil
-	}
-	return store.Failover(stores...), nil
+	return location.OpenList(ctx, urls, location.Options{Create: create})
 }
 
 // storeURLs returns the store URLs to record in an index: directories
