@@ -463,6 +463,8 @@ func must[T any](v T, err error) T {
 func TestKilledServer(t *testing.T) {
 	testenv.FUSE(t)
 	storeDir, mnt := t.TempDir(), t.TempDir()
+	// A failing test must not leave the dead mount behind.
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	x := buildTree(t, storeDir, edgeTree())
 	os.WriteFile(filepath.Join(storeDir, "index"), must(x.MarshalBinary()), 0o644)
 
