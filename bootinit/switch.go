@@ -63,32 +63,36 @@ func (b *boot) switchRoot() (*os.File, error) {
 }
 
 // mountOverlay mounts the image with a writable layer at RootDir. The
-// writable layer lives on the container's own (disk-backed, per-container)
-// layer when the kernel accepts that as an upper directory, else on a tmpfs.
+// writable layer is a tmpfs, cleaned up with the container and fast, but
+// held in memory; the kernel refuses docker's own overlay layer as an upper
+// directory (EINVAL), so to keep large writes on disk give the container a
+// volume at UpperDir (-v /.bootfs/rw), which is used when it is a mount.
 func (b *boot) mountOverlay() error {
-	upper, work := filepath.Join(bootconfig.UpperDir, "upper"), filepath.Join(bootconfig.UpperDir, "work")
-	try := func() error {
-		for _, d := range []string{upper, work} {
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				return err
-			}
+	if !isMountPoint(bootconfig.UpperDir) {
+		if err := unix.Mount("tmpfs", bootconfig.UpperDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+			return fmt.Errorf("mounting a tmpfs for the writable layer: %w", err)
 		}
-		opts := "lowerdir=" + bootconfig.LowerDir + ",upperdir=" + upper + ",workdir=" + work
-		return unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, opts)
+		b.log.Printf("writable layer on a tmpfs")
+	} else {
+		b.log.Printf("writable layer on the volume at %s", bootconfig.UpperDir)
 	}
-	err := try()
-	if err == nil {
-		b.log.Printf("writable layer on the container's layer")
-		return nil
+	upper, work := filepath.Join(bootconfig.UpperDir, "upper"), filepath.Join(bootconfig.UpperDir, "work")
+	for _, d := range []string{upper, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("writable layer: %w", err)
+		}
 	}
-	b.log.Printf("the container's layer cannot hold the writable layer (%v): using a tmpfs", err)
-	if err := unix.Mount("tmpfs", bootconfig.UpperDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
-		return fmt.Errorf("mounting a tmpfs for the writable layer: %w", err)
-	}
-	if err := try(); err != nil {
-		return fmt.Errorf("mounting the overlay: %w", err)
+	opts := "lowerdir=" + bootconfig.LowerDir + ",upperdir=" + upper + ",workdir=" + work
+	if err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mounting the overlay (%s): %w", opts, err)
 	}
 	return nil
+}
+
+// isMountPoint reports whether p is on another file system than its parent.
+func isMountPoint(p string) bool {
+	var st, parent unix.Stat_t
+	return unix.Stat(p, &st) == nil && unix.Stat(filepath.Dir(p), &parent) == nil && st.Dev != parent.Dev
 }
 
 // keepDevices makes the device nodes bootinit itself opens by path (the
