@@ -99,9 +99,6 @@ func NewCache(local CacheDir, remote Store) (*Cache, error) {
 
 func (c *Cache) String() string { return c.local.Dir() + " (cache of " + c.remote.String() + ")" }
 
-// Remote returns the store the cache fetches from.
-func (c *Cache) Remote() Store { return c.remote }
-
 // Stats returns the counters.
 func (c *Cache) Stats() CacheStats {
 	return CacheStats{
