@@ -18,6 +18,7 @@ import (
 	"log"
 	"os"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -91,6 +92,18 @@ func (b *boot) run(args []string) (int, error) {
 	app, err := appIdentity()
 	if err != nil {
 		return 0, err
+	}
+	if unix.Getuid() != unix.Geteuid() {
+		// Started setuid (docker run -u): become root through and through,
+		// so the launcher is no setuid start either, and drop what the Go
+		// runtime adds to the environment of one (GOTRACEBACK=none).
+		if err := syscall.Setresgid(0, 0, 0); err != nil {
+			return 0, fmt.Errorf("setresgid: %w", err)
+		}
+		if err := syscall.Setresuid(0, 0, 0); err != nil {
+			return 0, fmt.Errorf("setresuid: %w", err)
+		}
+		os.Unsetenv("GOTRACEBACK")
 	}
 	if err := checkFUSE(); err != nil {
 		return 0, err

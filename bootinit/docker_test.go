@@ -1,0 +1,295 @@
+package bootinit_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/internal/testenv"
+	"github.com/mkbootfs/mkbootfs/store/httpstore"
+	"github.com/mkbootfs/mkbootfs/store/local"
+)
+
+// The converted Debian image, made once per test binary.
+var (
+	bootOnce  sync.Once
+	bootImg   string // the boot image in the docker daemon
+	bootStore string // its local store on the host
+	bootErr   error
+	origImg   string
+)
+
+func converted(t *testing.T) (orig, boot, storeDir string) {
+	t.Helper()
+	testenv.FUSE(t)
+	img := testenv.DebianImage(t)
+	bootOnce.Do(func() {
+		origImg = img
+		bootImg, bootStore, bootErr = convertImage(img, "mkbootfs-test/debian:e2e-bootfs")
+	})
+	if bootErr != nil {
+		t.Fatal(bootErr)
+	}
+	return origImg, bootImg, bootStore
+}
+
+// convertImage converts src into a fresh store and loads its boot image into
+// the daemon as target.
+func convertImage(src, target string) (string, string, error) {
+	dir, err := os.MkdirTemp("", "mkbootfs-e2e-")
+	if err != nil {
+		return "", "", err
+	}
+	bootinit := filepath.Join(dir, "bootinit")
+	build := exec.Command("go", "build", "-trimpath", "-o", bootinit, "../cmd/bootinit")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", "", errors.New("building bootinit: " + err.Error() + "\n" + string(out))
+	}
+	bin, err := os.ReadFile(bootinit)
+	if err != nil {
+		return "", "", err
+	}
+	storeDir := filepath.Join(dir, "store")
+	s, err := local.Open(storeDir, true)
+	if err != nil {
+		return "", "", err
+	}
+	ctx := context.Background()
+	res, err := converter.Convert(ctx, converter.Options{Source: "docker-daemon:" + src, Store: s})
+	if err != nil {
+		return "", "", err
+	}
+	img, err := converter.BootImage(ctx, res, bin, s, []string{storeDir})
+	if err != nil {
+		return "", "", err
+	}
+	if err := converter.WriteImage(ctx, img, "docker-daemon:"+target); err != nil {
+		return "", "", err
+	}
+	return target, storeDir, nil
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// docker runs the docker CLI, bounded in time: a wedged container fails
+// the test instead of hanging it.
+func docker(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("docker %s: timed out\nstderr: %s", strings.Join(args, " "), stderr.String())
+	}
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("docker %s: %v", strings.Join(args, " "), err)
+	}
+	return result{stdout.String(), stderr.String(), code}
+}
+
+// runFlags are what a converted image needs, given to the original too so
+// that the two runs differ only in the image.
+func runFlags(storeDir string) []string {
+	return []string{"run", "--rm", "--hostname", "e2e", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-v", storeDir + ":/.bootfs/store:ro"}
+}
+
+func TestRunsLikeTheOriginal(t *testing.T) {
+	orig, boot, storeDir := converted(t)
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		cmd   []string
+	}{
+		{"file", nil, []string{"cat", "/etc/os-release"}},
+		{"exit code", nil, []string{"sh", "-c", "echo out; echo err >&2; exit 3"}},
+		{"user workdir env", []string{"-u", "nobody", "-w", "/tmp", "-e", "FOO=bar"}, []string{"sh", "-c", "id; pwd; echo $FOO; env | sort"}},
+		{"uid:gid", []string{"-u", "1234:5678"}, []string{"id"}},
+		{"init", []string{"--init"}, []string{"sh", "-c", "echo under init; exit 5"}},
+		{"tty", []string{"-t"}, []string{"sh", "-c", "test -t 0 && test -t 1 && echo terminal"}},
+		// The app is never PID 1 (bootinit is), so it dies of signals that
+		// PID 1 would ignore: compare with --init, where the same holds.
+		{"signal exit", []string{"--init"}, []string{"sh", "-c", "kill -TERM $$"}},
+		{"setuid binary", []string{"-u", "nobody"}, []string{"sh", "-c", "ls -l /usr/bin/passwd | cut -c1-10"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := append(runFlags(storeDir), tc.flags...)
+			want := docker(t, append(append(append([]string{}, base...), orig), tc.cmd...)...)
+			got := docker(t, append(append(append([]string{}, base...), boot), tc.cmd...)...)
+			if got.stdout != want.stdout || got.code != want.code {
+				t.Fatalf("converted: exit %d, stdout:\n%s\nstderr: %s\noriginal: exit %d, stdout:\n%s", got.code, got.stdout, got.stderr, want.code, want.stdout)
+			}
+		})
+	}
+}
+
+func TestExecAndStop(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	name := "mkbootfs-e2e-exec"
+	docker(t, "rm", "-f", name)
+	flags := append(runFlags(storeDir)[2:], "-d", "--name", name, boot, "sleep", "600")
+	if r := docker(t, append([]string{"run"}, flags...)...); r.code != 0 {
+		t.Fatalf("docker run: %s", r.stderr)
+	}
+	defer docker(t, "rm", "-f", name)
+	r := docker(t, "exec", name, "cat", "/etc/debian_version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "12.") {
+		t.Fatalf("docker exec sees %q (exit %d, %s): not the converted image's files", r.stdout, r.code, r.stderr)
+	}
+	if r := docker(t, "exec", name, "ls", "/.bootfs"); r.code == 0 {
+		t.Fatalf("docker exec sees the boot layer: %s", r.stdout)
+	}
+	if r := docker(t, "stop", name); r.code != 0 {
+		t.Fatalf("docker stop: %s", r.stderr)
+	}
+	if r := docker(t, "inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name); r.stdout != "false 143\n" {
+		t.Fatalf("after docker stop: %q; want the app killed by the forwarded SIGTERM", r.stdout)
+	}
+}
+
+func TestMountsAndPrivateWrites(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	vol := "mkbootfs-e2e-vol"
+	docker(t, "volume", "rm", "-f", vol)
+	defer docker(t, "volume", "rm", "-f", vol)
+	script := `set -e
+grep -q ' /var/lib/app ' /proc/mounts && echo volume
+grep -q ' /scratch tmpfs ' /proc/mounts && echo tmpfs
+echo data > /var/lib/app/f
+echo mine > /etc/written && cat /etc/written
+rm /etc/debian_version && echo removed`
+	r := docker(t, append(runFlags(storeDir), "-v", vol+":/var/lib/app", "--tmpfs", "/scratch", boot, "sh", "-c", script)...)
+	if r.code != 0 || r.stdout != "volume\ntmpfs\nmine\nremoved\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
+	}
+	// A second container sees the image as it was and the volume's data.
+	r = docker(t, append(runFlags(storeDir), "-v", vol+":/var/lib/app", boot, "sh", "-c", "cat /var/lib/app/f; test -e /etc/written || echo private; cat /etc/debian_version")...)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "data\nprivate\n12.") {
+		t.Fatalf("second container: exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestHeavyReadsNeverWedge(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	// GOGC=1 makes bootinit collect garbage all the time, the case in which
+	// starting a process from the FUSE server's own process deadlocked.
+	for i := 0; i < 3; i++ {
+		r := docker(t, append(runFlags(storeDir), "-e", "GOGC=1", boot, "sh", "-c", "tar -cf - /usr /etc 2>/dev/null | wc -c; kill -9 -1; echo alive")...)
+		if r.code != 0 || !strings.HasSuffix(r.stdout, "alive\n") {
+			t.Fatalf("run %d: exit %d, stdout %q, stderr %s", i, r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
+func TestClearFailures(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		wants []string
+	}{
+		{"no fuse", []string{"run", "--rm", boot, "true"}, []string{"--device /dev/fuse", "--cap-add SYS_ADMIN"}},
+		{"no store mounted", []string{"run", "--rm", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", boot, "true"}, []string{"/.bootfs/store"}},
+		{"loopback store", []string{"run", "--rm", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://127.0.0.1:1/store", boot, "true"}, []string{"127.0.0.1", "--network host"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := docker(t, tc.args...)
+			if r.code != 125 {
+				t.Errorf("exit %d, want 125", r.code)
+			}
+			for _, w := range tc.wants {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr %q does not mention %q", r.stderr, w)
+				}
+			}
+			if n := strings.Count(strings.TrimSpace(r.stderr), "\n"); n > 0 {
+				t.Errorf("stderr has %d lines, want one: %q", n+1, r.stderr)
+			}
+		})
+	}
+	_ = storeDir
+}
+
+// countingHandler counts GETs per chunk path.
+type countingHandler struct {
+	h    http.Handler
+	mu   sync.Mutex
+	gets map[string]int
+}
+
+func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		c.mu.Lock()
+		c.gets[r.URL.Path]++
+		c.mu.Unlock()
+	}
+	c.h.ServeHTTP(w, r)
+}
+
+func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	s, err := local.Open(storeDir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := &countingHandler{h: httpstore.NewHandler(s, httpstore.HandlerOptions{}), gets: map[string]int{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: ch}
+	go srv.Serve(ln)
+	defer srv.Close()
+	vol := "mkbootfs-e2e-cache"
+	docker(t, "volume", "rm", "-f", vol)
+	defer docker(t, "volume", "rm", "-f", vol)
+
+	var wg sync.WaitGroup
+	results := make([]result, 3)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+				"-e", "MKBOOTFS_STORE=http://"+ln.Addr().String(), "-v", vol+":/.bootfs/cache",
+				boot, "sh", "-c", "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | md5sum")
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.code != 0 || r.stdout != results[0].stdout {
+			t.Fatalf("container %d: exit %d, %q (first: %q), stderr %s", i, r.code, r.stdout, results[0].stdout, r.stderr)
+		}
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if len(ch.gets) == 0 {
+		t.Fatal("no chunk was fetched from the HTTP store")
+	}
+	for p, n := range ch.gets {
+		if n > 1 {
+			t.Errorf("%s fetched %d times by containers sharing one cache", p, n)
+		}
+	}
+	t.Logf("%d chunks fetched once each by 3 containers sharing a cache volume", len(ch.gets))
+}
