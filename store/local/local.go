@@ -5,6 +5,8 @@ package local
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,8 +20,9 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
-// tmpDir holds chunks being written; the casync layout ignores it.
-const tmpDir = ".tmp"
+// tmpSuffix ends the names of chunks being written; the casync layout
+// ignores them.
+const tmpSuffix = ".tmp"
 
 // Store is a local directory store.
 type Store struct {
@@ -164,43 +167,56 @@ func (s *Store) discard(staged map[store.ID]string) {
 }
 
 func (s *Store) writeTemp(id store.ID, data []byte, sync bool) (string, error) {
-	dir := filepath.Join(s.dir, tmpDir)
-	f, err := os.CreateTemp(dir, id.String()+".*")
-	if errors.Is(err, fs.ErrNotExist) {
-		if err = os.MkdirAll(dir, 0o755); err == nil {
-			f, err = os.CreateTemp(dir, id.String()+".*")
+	// The temporary file sits beside its final name, so the rename stays in
+	// one directory, and parallel writers spread over many directories
+	// instead of contending for one. Walk and readers ignore its name.
+	dst := s.Path(id)
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := dst + "." + hex.EncodeToString(rnd[:]) + tmpSuffix
+	// 0644 like casync and desync, so a file server can serve the store.
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC
+	fd, err := unix.Open(tmp, flags, 0o644)
+	if errors.Is(err, unix.ENOENT) {
+		if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
+			fd, err = unix.Open(tmp, flags, 0o644)
 		}
 	}
 	if err != nil {
 		return "", s.writeErr(id, err)
 	}
-	// 0644 like casync and desync, so a file server can serve the store.
-	err = f.Chmod(0o644)
-	if err == nil {
-		_, err = f.Write(data)
+	if err = unix.Fchmod(fd, 0o644); err == nil { // the umask may have narrowed it
+		err = writeAll(fd, data)
 	}
 	if err == nil && sync {
-		err = f.Sync()
+		err = unix.Fsync(fd)
 	}
-	if cerr := f.Close(); err == nil {
+	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(f.Name())
+		os.Remove(tmp)
 		return "", s.writeErr(id, err)
 	}
-	return f.Name(), nil
+	return tmp, nil
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 func (s *Store) commit(id store.ID, tmp string) error {
-	dst := s.Path(id)
-	err := os.Rename(tmp, dst)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
-			err = os.Rename(tmp, dst)
-		}
-	}
-	if err != nil {
+	if err := os.Rename(tmp, s.Path(id)); err != nil {
 		os.Remove(tmp)
 		return s.writeErr(id, err)
 	}
@@ -242,9 +258,6 @@ func (s *Store) Walk(fn func(id store.ID) error) error {
 			return fmt.Errorf("store %s: %w", s.dir, err)
 		}
 		if d.IsDir() {
-			if d.Name() == tmpDir {
-				return filepath.SkipDir
-			}
 			return nil
 		}
 		name, ok := strings.CutSuffix(d.Name(), ".cacnk")

@@ -355,16 +355,16 @@ func TestCommitFailsMidway(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// A file where chunk 3's directory belongs makes its rename fail.
-	blocker := filepath.Dir(s.Path(ids[3]))
-	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+	// A directory where chunk 3 belongs makes its rename fail.
+	blocker := s.Path(ids[3])
+	if err := os.MkdirAll(filepath.Join(blocker, "x"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	err := s.Commit(ctx)
 	if err == nil || !strings.Contains(err.Error(), ids[3].Short()) || !strings.Contains(err.Error(), s.Dir()) {
 		t.Fatalf("Commit = %v; want an error naming chunk %s and the store", err, ids[3].Short())
 	}
-	os.Remove(blocker)
+	os.RemoveAll(blocker)
 	for _, id := range walk(t, s) {
 		if !slices.Contains(ids, id) || id == ids[3] {
 			t.Errorf("chunk %s visible after the failed Commit", id.Short())
