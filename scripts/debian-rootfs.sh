@@ -3,6 +3,7 @@
 # (default /var/cache/mkbootfs/rootfs/bookworm-minbase; tests read it through
 # testenv.DebianRootfs). Built in DIR.tmp and renamed, so DIR is either
 # absent or complete. Does nothing when DIR is complete. Takes ~2 minutes.
+# DEBOOTSTRAP_INCLUDE=PKG,... adds packages (scripts/tools-rootfs.sh).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -32,8 +33,9 @@ cleanup() {
 cleanup
 trap cleanup EXIT
 mkdir -p "$(dirname "$dir")"
-step "debootstrap --variant=minbase bookworm $dir (log: $tmp.log, ~2 minutes)"
-debootstrap --variant=minbase bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
+include=${DEBOOTSTRAP_INCLUDE:+--include=$DEBOOTSTRAP_INCLUDE}
+step "debootstrap --variant=minbase $include bookworm $dir (log: $tmp.log, ~2 minutes)"
+debootstrap --variant=minbase $include bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
 	die "debootstrap into $tmp failed; last lines of $tmp.log: $(tail -n 5 "$tmp.log")"
 complete "$tmp" || die "debootstrap finished but $tmp is incomplete; see $tmp.log"
 mv -T "$tmp" "$dir"

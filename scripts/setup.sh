@@ -130,4 +130,5 @@ timeout 120 docker pull -q "$pushed" >/dev/null || die "docker pull $pushed fail
 step "registry: pushed and pulled $pushed"
 
 "$here/debian-rootfs.sh"
+"$here/tools-rootfs.sh"
 step "done"
