@@ -46,9 +46,9 @@ func freePort(t testing.TB) string {
 }
 
 // start runs a server in the foreground, waits until addr accepts, and
-// stops it in t.Cleanup. log is the file the server writes its errors to,
-// shown when it fails to start.
-func start(t testing.TB, addr, log string, name string, args ...string) {
+// stops it in t.Cleanup, or earlier with the function it returns. log is
+// the file the server writes its errors to, shown when it fails to start.
+func start(t testing.TB, addr, log string, name string, args ...string) (stop func()) {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	var out bytes.Buffer
@@ -58,15 +58,9 @@ func start(t testing.TB, addr, log string, name string, args ...string) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(startLimit):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	var once sync.Once
+	stop = func() { once.Do(func() { stopProcess(cmd, exited) }) }
+	t.Cleanup(stop)
 	logs := func() string {
 		b, _ := os.ReadFile(log)
 		return strings.TrimSpace(out.String() + "\n" + string(b))
@@ -76,7 +70,7 @@ func start(t testing.TB, addr, log string, name string, args ...string) {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return
+			return stop
 		}
 		select {
 		case err := <-exited:
@@ -87,6 +81,19 @@ func start(t testing.TB, addr, log string, name string, args ...string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s did not listen on %s within %v:\n%s", name, addr, startLimit, logs())
 		}
+	}
+}
+
+// stopProcess signals a server to stop and waits for it, killing it when
+// it takes too long.
+func stopProcess(cmd *exec.Cmd, exited chan error) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		exited <- err
+	case <-time.After(startLimit):
+		cmd.Process.Kill()
+		exited <- <-exited
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package location maps a store location — a plain path or a file://,
-// http(s):// or ssh:// URL — to the chunk store that serves it, and a list
+// http(s)://, ssh:// or oci:// URL — to the chunk store that serves it, and a list
 // of locations to one store that fails over between them and retries.
 package location
 
@@ -14,6 +14,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/httpstore"
 	"github.com/mkbootfs/mkbootfs/store/local"
+	"github.com/mkbootfs/mkbootfs/store/ocistore"
 	"github.com/mkbootfs/mkbootfs/store/sshstore"
 )
 
@@ -30,12 +31,15 @@ type Options struct {
 	// SSHKey and KnownHosts are the SSH private key file and known_hosts
 	// file; see sshstore.Options.
 	SSHKey, KnownHosts string
+	// RegistryAuth is a docker config file whose credentials an oci://
+	// store tries before docker's usual places; see ocistore.Options.
+	RegistryAuth string
 	// Retry bounds the retries of OpenList.
 	Retry store.RetryOptions
 }
 
 // Schemes lists the location forms Open accepts, for messages.
-const Schemes = "a directory, file:///dir, http://host/path, https://host/path or ssh://[user@]host[:port]/path"
+const Schemes = "a directory, file:///dir, http://host/path, https://host/path, ssh://[user@]host[:port]/path or oci://registry/repo[@sha256:digest]"
 
 // Open returns the store at loc.
 func Open(ctx context.Context, loc string, opt Options) (store.Store, error) {
@@ -60,7 +64,10 @@ func Open(ctx context.Context, loc string, opt Options) (store.Store, error) {
 			KeyFile: opt.SSHKey, KnownHosts: opt.KnownHosts, Timeout: opt.Timeout, Parallelism: opt.Parallelism,
 		})
 	case "oci":
-		return nil, fmt.Errorf("store %s: oci:// stores are not supported yet; use %s", loc, Schemes)
+		// Create means the store will be written: ask for push access.
+		return ocistore.Open(loc, ocistore.Options{
+			Timeout: opt.Timeout, Parallelism: opt.Parallelism, AuthFile: opt.RegistryAuth, Push: opt.Create,
+		})
 	}
 	return nil, fmt.Errorf("store %s: unknown scheme %q; want %s", loc, scheme, Schemes)
 }

@@ -36,6 +36,10 @@ type Backend struct {
 	// Stall makes the server stop answering while it keeps connections
 	// open, to show that requests end with their context. Nil skips it.
 	Stall func()
+	// LocalHas says Has answers from what the store learned before (an OCI
+	// store's chunk manifests) without a request, so a stalled server
+	// cannot hold it up: the stalled behaviour checks Get alone.
+	LocalHas bool
 }
 
 // hangLimit is how long an operation may take before the suite calls it
@@ -299,6 +303,9 @@ func testStalled(t *testing.T, b *Backend) {
 		{"Has", func(ctx context.Context) error { _, err := b.Store.Has(ctx, id); return err }},
 		{"Get again", func(ctx context.Context) error { _, err := b.Store.Get(ctx, id); return err }},
 	} {
+		if op.name == "Has" && b.LocalHas {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		err := noHang(t, op.name, func() error { return op.fn(ctx) })
 		cancel()

@@ -1,0 +1,307 @@
+package ocistore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/docker/cli/cli/config"
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// manifestTypes are the manifests a chunk manifest may be found in.
+var manifestTypes = []string{
+	string(types.OCIManifestSchema1), string(types.OCIImageIndex),
+	string(types.DockerManifestSchema2), string(types.DockerManifestList),
+}
+
+// lookup returns the blob of chunk id, learning the chunk manifests first.
+func (s *Store) lookup(ctx context.Context, id store.ID) (v1.Descriptor, bool, error) {
+	if err := s.load(ctx); err != nil {
+		return v1.Descriptor{}, false, err
+	}
+	s.mu.RLock()
+	d, ok := s.chunks[id]
+	s.mu.RUnlock()
+	return d, ok, nil
+}
+
+// load reads the chunk manifests once: the pinned one and its parts, or
+// every one the repository's tags reach. A load that fails is tried again
+// by the next caller.
+func (s *Store) load(ctx context.Context) error {
+	s.mu.RLock()
+	loaded := s.loaded
+	s.mu.RUnlock()
+	if loaded {
+		return nil
+	}
+	select {
+	case s.loadSem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.loadSem }()
+	s.mu.RLock()
+	loaded = s.loaded
+	s.mu.RUnlock()
+	if loaded {
+		return nil
+	}
+	l := &learner{s: s, found: map[store.ID]v1.Descriptor{}, seen: map[v1.Hash]bool{}}
+	var err error
+	if s.pin != "" {
+		h, _ := v1.NewHash(s.pin) // checked by Open
+		err = l.chain(ctx, h)
+	} else {
+		err = l.tags(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for id, d := range l.found {
+		if _, ok := s.chunks[id]; !ok {
+			s.chunks[id] = d
+		}
+	}
+	s.loaded = true
+	s.mu.Unlock()
+	return nil
+}
+
+// learner collects the chunks of chunk manifests.
+type learner struct {
+	s     *Store
+	mu    sync.Mutex
+	found map[store.ID]v1.Descriptor
+	seen  map[v1.Hash]bool // manifests read or being read
+}
+
+// first reports whether manifest h is new to the learner.
+func (l *learner) first(h v1.Hash) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.seen[h] {
+		return false
+	}
+	l.seen[h] = true
+	return true
+}
+
+// chain reads the chunk manifest h and the parts that follow it.
+func (l *learner) chain(ctx context.Context, h v1.Hash) error {
+	for l.first(h) {
+		body, err := l.s.manifest(ctx, h.String())
+		if err != nil {
+			return err
+		}
+		next, err := l.add(h.String(), body)
+		if err != nil {
+			return err
+		}
+		if next == nil {
+			return nil
+		}
+		h = *next
+	}
+	return nil
+}
+
+// add records the chunks of a chunk manifest and returns its next part.
+func (l *learner) add(ref string, body []byte) (*v1.Hash, error) {
+	var m v1.Manifest
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, fmt.Errorf("chunk manifest %s@%s: %w", l.s.repo.Name(), ref, err)
+	}
+	if m.ArtifactType != ChunksArtifactType {
+		return nil, store.Permanent(fmt.Errorf("%s@%s is not a chunk manifest (artifact type %q, want %s): pin the store to the digest a boot image records", l.s.repo.Name(), ref, m.ArtifactType, ChunksArtifactType))
+	}
+	found := make(map[store.ID]v1.Descriptor, len(m.Layers))
+	for i, d := range m.Layers {
+		id, err := store.ParseID(d.Annotations[AnnotationChunk])
+		if err != nil || d.MediaType != ChunkMediaType {
+			return nil, store.Permanent(fmt.Errorf("chunk manifest %s@%s, layer %d: want media type %s and the %s annotation (%v)", l.s.repo.Name(), ref, i, ChunkMediaType, AnnotationChunk, err))
+		}
+		d.Annotations = map[string]string{AnnotationChunk: id.String()}
+		found[id] = d
+	}
+	l.mu.Lock()
+	for id, d := range found {
+		l.found[id] = d
+	}
+	l.mu.Unlock()
+	next, ok := m.Annotations[AnnotationNext]
+	if !ok {
+		return nil, nil
+	}
+	h, err := v1.NewHash(next)
+	if err != nil {
+		return nil, fmt.Errorf("chunk manifest %s@%s: next part: %w", l.s.repo.Name(), ref, err)
+	}
+	return &h, nil
+}
+
+// tags reads the chunk manifests every tag reaches: a tagged chunk
+// manifest, or those an index lists (a boot image's index).
+func (l *learner) tags(ctx context.Context) error {
+	tags, err := l.s.tags(ctx)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(l.s.opt.Parallelism)
+	for _, tag := range tags {
+		g.Go(func() error {
+			body, err := l.s.manifest(ctx, tag)
+			if errors.Is(err, store.ErrNotFound) {
+				return nil // deleted since the listing
+			}
+			if err != nil {
+				return err
+			}
+			var m struct {
+				MediaType    types.MediaType `json:"mediaType"`
+				ArtifactType string          `json:"artifactType"`
+				Manifests    []v1.Descriptor `json:"manifests"`
+			}
+			if err := json.Unmarshal(body, &m); err != nil {
+				return fmt.Errorf("manifest %s:%s: %w", l.s.repo.Name(), tag, err)
+			}
+			if !m.MediaType.IsIndex() && m.ArtifactType == ChunksArtifactType {
+				if !l.first(digest(body)) {
+					return nil
+				}
+				next, err := l.add(tag, body)
+				if err != nil || next == nil {
+					return err
+				}
+				return l.chain(ctx, *next)
+			}
+			for _, d := range m.Manifests {
+				if d.ArtifactType == ChunksArtifactType {
+					if err := l.chain(ctx, d.Digest); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// tags lists the repository's tags; a repository that does not exist
+// has none.
+func (s *Store) tags(ctx context.Context) ([]string, error) {
+	var all []string
+	next := s.url("/tags/list?n=1000")
+	for next != "" {
+		var page struct {
+			Tags []string `json:"tags"`
+		}
+		body, link, err := s.fetchPage(ctx, next)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(body, &page); err != nil {
+			return nil, fmt.Errorf("tags of %s: %w", s.repo.Name(), err)
+		}
+		all = append(all, page.Tags...)
+		next = link
+	}
+	return all, nil
+}
+
+// fetchPage GETs a page of the tag list and returns it with the URL of
+// the next page, from the Link header.
+func (s *Store) fetchPage(ctx context.Context, u string) ([]byte, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	resp, err := s.do(ctx, http.MethodGet, u, nil, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, "", s.status(resp, "the tag list")
+	}
+	body, err := readAll(resp.Body, nil, maxManifest)
+	if err != nil {
+		return nil, "", fmt.Errorf("GET %s: %w", u, err)
+	}
+	link := resp.Header.Get("Link")
+	if link == "" {
+		return body, "", nil
+	}
+	// Link: </v2/repo/tags/list?last=x&n=1000>; rel="next"
+	target, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(link), "<"), ">")
+	next, err := resp.Request.URL.Parse(target)
+	if err != nil {
+		return nil, "", fmt.Errorf("GET %s: Link header %q: %w", u, link, err)
+	}
+	return body, next.String(), nil
+}
+
+// manifest GETs the manifest at ref, a tag or a digest; one fetched by
+// digest is checked against it.
+func (s *Store) manifest(ctx context.Context, ref string) ([]byte, error) {
+	u := s.url("/manifests/" + url.PathEscape(ref))
+	body, err := s.fetch(ctx, u, manifestTypes, maxManifest, "the manifest")
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxManifest {
+		return nil, store.Permanent(fmt.Errorf("GET %s: a manifest of more than %d bytes", u, maxManifest))
+	}
+	if h, err := v1.NewHash(ref); err == nil && digest(body) != h {
+		return nil, fmt.Errorf("GET %s: the manifest does not match its digest: %w", u, store.ErrCorrupt)
+	}
+	return body, nil
+}
+
+// fileKeychain reads credentials from a docker config file each time it
+// is asked, so a rotated secret is picked up on the next authentication.
+type fileKeychain string
+
+func (f fileKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	fh, err := os.Open(string(f))
+	if errors.Is(err, os.ErrNotExist) {
+		return authn.Anonymous, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	cf, err := config.LoadFromReader(fh)
+	if err != nil {
+		return nil, fmt.Errorf("docker config %s: %w", f, err)
+	}
+	for _, key := range []string{r.String(), r.RegistryStr()} {
+		c, err := cf.GetAuthConfig(key)
+		if err != nil {
+			return nil, fmt.Errorf("docker config %s: %w", f, err)
+		}
+		if c.Username != "" || c.Password != "" || c.Auth != "" || c.IdentityToken != "" || c.RegistryToken != "" {
+			return authn.FromConfig(authn.AuthConfig{
+				Username: c.Username, Password: c.Password, Auth: c.Auth,
+				IdentityToken: c.IdentityToken, RegistryToken: c.RegistryToken,
+			}), nil
+		}
+	}
+	return authn.Anonymous, nil
+}

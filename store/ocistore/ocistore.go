@@ -1,0 +1,445 @@
+// Package ocistore owns chunk stores in an OCI registry repository: the
+// chunks live next to the boot image, so no chunk server is needed.
+//
+// Each chunk is one blob (its zstd bytes, media type ChunkMediaType). A
+// blob's digest is the SHA-256 of the compressed bytes while a chunk's ID
+// is that of the uncompressed ones, so chunk manifests map one to the
+// other: OCI image manifests of artifact type ChunksArtifactType, an empty
+// config, and one layer per chunk annotated with its ID. A manifest holds
+// at most Options.PartChunks layers; a longer list is split into parts chained by
+// the AnnotationNext annotation.
+//
+// A store URL is oci://REGISTRY/REPO, which knows the chunks of every
+// chunk manifest the repository's tags reach (what a conversion reuses),
+// or oci://REGISTRY/REPO@sha256:HEX, pinned to one chunk manifest (what a
+// boot image records: one manifest request, then one blob request per
+// chunk read). The registry's garbage collector keeps a chunk as long as a
+// tagged manifest or index reaches a chunk manifest that lists it.
+//
+// Credentials come from a docker config file (Options.AuthFile), then
+// docker's usual places (go-containerregistry's default keychain:
+// ~/.docker/config.json, $DOCKER_CONFIG, $REGISTRY_AUTH_FILE). A 401 in
+// the middle of a run re-reads them and authenticates again, so an expired
+// token or a rotated secret does not fail a read.
+package ocistore
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// Media types and annotations of chunk manifests.
+const (
+	// ChunkMediaType is the media type of a chunk blob: zstd, as stored.
+	ChunkMediaType = "application/vnd.mkbootfs.chunk.v1.zstd"
+	// ChunksArtifactType marks a chunk manifest, and its descriptor in an index.
+	ChunksArtifactType = "application/vnd.mkbootfs.chunks.v1"
+	// AnnotationChunk on a layer descriptor is the chunk ID, 64 hex digits.
+	AnnotationChunk = "org.mkbootfs.chunk"
+	// AnnotationNext on a chunk manifest is the digest of its next part.
+	AnnotationNext = "org.mkbootfs.chunks.next"
+)
+
+// PartChunks is the default bound on the layers of one chunk manifest:
+// about 2.5 MB of JSON, under the 4 MiB that registries commonly accept
+// for a manifest.
+const PartChunks = 10000
+
+// maxStored bounds a stored chunk: zstd may grow an incompressible chunk
+// of MaxChunkSize by a little.
+const maxStored = store.MaxChunkSize + 1<<20
+
+// maxManifest bounds a manifest or tag list read.
+const maxManifest = 16 << 20
+
+// Options tune a Store. Zero fields take the defaults.
+type Options struct {
+	// Timeout bounds each request, from dial to the last byte (default 1 minute).
+	Timeout time.Duration
+	// Parallelism is how many requests run at once: the uploads Stage
+	// starts, the manifests read when learning a repository, and the idle
+	// connections kept for a caller's parallel reads (default 16).
+	Parallelism int
+	// AuthFile is a docker config file (config.json) whose credentials
+	// come before those of the default keychain, when it exists.
+	AuthFile string
+	// Push asks for push access when authenticating, for a store that
+	// will be written.
+	Push bool
+	// PartChunks bounds the chunks of one chunk manifest (default
+	// PartChunks); a longer list is split into chained parts.
+	PartChunks int
+	// Transport, if set, replaces the HTTP transport under the
+	// authentication (TLS settings, tests).
+	Transport http.RoundTripper
+}
+
+// Store is a chunk store in a registry repository.
+type Store struct {
+	repo    name.Repository
+	pin     string // digest of the pinned chunk manifest, or ""
+	name    string // the URL, for messages
+	opt     Options
+	base    http.RoundTripper
+	timeout time.Duration
+
+	authMu sync.Mutex // held while authenticating
+	auth   *authState
+
+	loadSem chan struct{} // held while learning the chunk map
+	mu      sync.RWMutex
+	loaded  bool
+	chunks  map[store.ID]v1.Descriptor
+
+	stageMu sync.Mutex
+	staging *uploads
+}
+
+// authState is one authentication: a client and the generation it is,
+// so that concurrent 401s re-authenticate once.
+type authState struct {
+	client *http.Client
+	gen    int
+}
+
+// Open returns the store at rawURL (oci://REGISTRY/REPO[@sha256:HEX]). It
+// does not contact the registry: the first request authenticates and
+// reads the chunk manifests.
+func Open(rawURL string, opt Options) (*Store, error) {
+	rest, ok := strings.CutPrefix(rawURL, "oci://")
+	if !ok {
+		return nil, fmt.Errorf("store %s: want oci://REGISTRY/REPO[@sha256:DIGEST]", rawURL)
+	}
+	ref, pin, _ := strings.Cut(rest, "@")
+	repo, err := name.NewRepository(ref, name.StrictValidation)
+	if err != nil || !strings.Contains(ref, "/") {
+		return nil, fmt.Errorf("store %s: want oci://REGISTRY/REPO[@sha256:DIGEST], with the registry named (%v)", rawURL, err)
+	}
+	if pin != "" {
+		if _, err := v1.NewHash(pin); err != nil {
+			return nil, fmt.Errorf("store %s: pinned chunk manifest: %w", rawURL, err)
+		}
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = time.Minute
+	}
+	if opt.Parallelism <= 0 {
+		opt.Parallelism = 16
+	}
+	if opt.PartChunks <= 0 {
+		opt.PartChunks = PartChunks
+	}
+	base := opt.Transport
+	if base == nil {
+		dialer := &net.Dialer{Timeout: min(opt.Timeout, 30*time.Second), KeepAlive: 30 * time.Second}
+		base = &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           dialer.DialContext,
+			ForceAttemptHTTP2:     true,
+			MaxIdleConnsPerHost:   opt.Parallelism,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   min(opt.Timeout, 30*time.Second),
+			ExpectContinueTimeout: time.Second,
+			// Chunks are zstd already.
+			DisableCompression: true,
+		}
+	}
+	return &Store{
+		repo:    repo,
+		pin:     pin,
+		name:    rawURL,
+		opt:     opt,
+		base:    base,
+		timeout: opt.Timeout,
+		loadSem: make(chan struct{}, 1),
+		chunks:  map[store.ID]v1.Descriptor{},
+	}, nil
+}
+
+func (s *Store) String() string { return s.name }
+
+// Repository returns the registry repository the store is in.
+func (s *Store) Repository() name.Repository { return s.repo }
+
+// Pinned returns the URL of the store pinned to the chunk manifest digest.
+func (s *Store) Pinned(digest v1.Hash) string {
+	return "oci://" + s.repo.Name() + "@" + digest.String()
+}
+
+// Close waits for staged uploads to end and drops idle connections.
+func (s *Store) Close() error {
+	s.Abort()
+	if t, ok := s.base.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+	return nil
+}
+
+// Get implements store.Store: one GET of the chunk's blob, checked
+// against the blob digest.
+func (s *Store) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	d, ok, err := s.lookup(ctx, id)
+	if err != nil {
+		return nil, s.fail(ctx, id, err)
+	}
+	if !ok {
+		return nil, &store.ChunkError{ID: id, Store: s.name, Err: fmt.Errorf("%w: no chunk manifest of %s lists it", store.ErrNotFound, s.where())}
+	}
+	u := s.url("/blobs/" + d.Digest.String())
+	raw, err := s.fetch(ctx, u, nil, min(d.Size, maxStored), "the chunk's blob")
+	if err != nil {
+		return nil, s.fail(ctx, id, err)
+	}
+	if int64(len(raw)) != d.Size {
+		return nil, s.fail(ctx, id, fmt.Errorf("GET %s: %d bytes or more, want %d: %w", u, len(raw), d.Size, store.ErrCorrupt))
+	}
+	if digest(raw) != d.Digest {
+		return nil, s.fail(ctx, id, fmt.Errorf("GET %s: the bytes do not match the digest: %w", u, store.ErrCorrupt))
+	}
+	return raw, nil
+}
+
+// digest returns the sha256 digest of b.
+func digest(b []byte) v1.Hash {
+	sum := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+// fetch GETs url within the request timeout and returns the body: all of
+// it when it has at most limit bytes, else limit+1 bytes (the caller
+// decides what too long means). A status other than 200 is an error.
+func (s *Store) fetch(ctx context.Context, url string, accept []string, limit int64, what string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var h http.Header
+	if len(accept) > 0 {
+		h = http.Header{"Accept": {strings.Join(accept, ", ")}}
+	}
+	resp, err := s.do(ctx, http.MethodGet, url, h, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, s.status(resp, what)
+	}
+	size := limit + 1
+	if resp.ContentLength >= 0 {
+		size = min(size, resp.ContentLength)
+	}
+	body, err := readAll(resp.Body, make([]byte, 0, size), limit+1)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: reading %s: %w", url, what, err)
+	}
+	return body, nil
+}
+
+// readAll appends r to buf, up to limit bytes.
+func readAll(r io.Reader, buf []byte, limit int64) ([]byte, error) {
+	for int64(len(buf)) < limit {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):min(int64(cap(buf)), limit)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
+// Has implements store.Store from the chunk manifests: the chunks they
+// list, and those this store put.
+func (s *Store) Has(ctx context.Context, id store.ID) (bool, error) {
+	_, ok, err := s.lookup(ctx, id)
+	if err != nil {
+		return false, s.fail(ctx, id, err)
+	}
+	return ok, nil
+}
+
+// Put implements store.Store: it uploads the chunk as a blob (POST, then
+// PUT with the bytes) and remembers it for PushChunkManifest. A blob no
+// chunk manifest lists is collected by the registry's garbage collector.
+func (s *Store) Put(ctx context.Context, id store.ID, compressed []byte) error {
+	if _, ok, err := s.lookup(ctx, id); err != nil || ok {
+		return s.fail(ctx, id, err)
+	}
+	d, err := s.upload(ctx, compressed, ChunkMediaType)
+	if err != nil {
+		return s.fail(ctx, id, err)
+	}
+	d.Annotations = map[string]string{AnnotationChunk: id.String()}
+	s.mu.Lock()
+	s.chunks[id] = d
+	s.mu.Unlock()
+	return nil
+}
+
+// where names the chunk manifests the store reads, for messages.
+func (s *Store) where() string {
+	if s.pin != "" {
+		return s.repo.Name() + "@" + s.pin
+	}
+	return "the tags of " + s.repo.Name()
+}
+
+// fail wraps err for chunk id; when the request's context ended, the
+// error says so even if the transport put it in other words.
+func (s *Store) fail(ctx context.Context, id store.ID, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		err = fmt.Errorf("%w: %v", cerr, err)
+	}
+	var ce *store.ChunkError
+	if errors.As(err, &ce) {
+		return err
+	}
+	return &store.ChunkError{ID: id, Store: s.name, Err: err}
+}
+
+// url returns the URL of path under the repository's /v2/ API.
+func (s *Store) url(path string) string {
+	return s.repo.Scheme() + "://" + s.repo.RegistryStr() + "/v2/" + s.repo.RepositoryStr() + path
+}
+
+// client returns the authenticated client, authenticating first if no
+// request has yet, or if the one that failed with a 401 used generation
+// stale.
+func (s *Store) client(ctx context.Context, stale int) (*authState, error) {
+	s.authMu.Lock()
+	defer s.authMu.Unlock()
+	if s.auth != nil && s.auth.gen != stale {
+		return s.auth, nil
+	}
+	gen := 1
+	if s.auth != nil {
+		gen = s.auth.gen + 1
+	}
+	auth, err := authn.Resolve(ctx, s.keychain(), s.repo)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", s.repo.RegistryStr(), err)
+	}
+	scopes := []string{s.repo.Scope(transport.PullScope)}
+	if s.opt.Push {
+		scopes = []string{s.repo.Scope(transport.PushScope)}
+	}
+	tr, err := transport.NewWithContext(ctx, s.repo.Registry, auth, s.base, scopes)
+	if err != nil {
+		return nil, authError(s.repo.RegistryStr(), err)
+	}
+	s.auth = &authState{client: &http.Client{Transport: tr}, gen: gen}
+	return s.auth, nil
+}
+
+// keychain is where credentials come from: the auth file, then docker's
+// usual places.
+func (s *Store) keychain() authn.Keychain {
+	if s.opt.AuthFile == "" {
+		return authn.DefaultKeychain
+	}
+	return authn.NewMultiKeychain(fileKeychain(s.opt.AuthFile), authn.DefaultKeychain)
+}
+
+// do sends a request through the authenticated client. A 401 re-reads the
+// credentials, authenticates again and resends once: a token that expired
+// or credentials that were rotated do not fail the request.
+func (s *Store) do(ctx context.Context, method, url string, header http.Header, body []byte) (*http.Response, error) {
+	stale := -1
+	for attempt := 0; ; attempt++ {
+		c, err := s.client(ctx, stale)
+		if err != nil {
+			return nil, err
+		}
+		var r io.Reader
+		if body != nil {
+			r = bytes.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, url, r)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := c.client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
+			return resp, nil
+		}
+		drain(resp)
+		stale = c.gen
+	}
+}
+
+// drain reads a little of a body that is not wanted and closes it, so the
+// connection can be reused.
+func drain(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+}
+
+// status turns an unexpected response into an error that names the
+// request, the status, the registry's own message and what to do.
+func (s *Store) status(resp *http.Response, what string) error {
+	var msg struct {
+		Errors []struct{ Code, Message string }
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	json.Unmarshal(b, &msg)
+	detail := ""
+	for _, e := range msg.Errors {
+		detail += fmt.Sprintf(" (%s: %s)", e.Code, e.Message)
+	}
+	req := resp.Request
+	err := fmt.Errorf("%s %s, %s: %s%s", req.Method, req.URL.Redacted(), what, resp.Status, detail)
+	code := resp.StatusCode
+	switch {
+	case code == http.StatusNotFound || code == http.StatusGone:
+		return fmt.Errorf("%w (%v)", store.ErrNotFound, err)
+	case req.Method != http.MethodGet && req.Method != http.MethodHead && (code == http.StatusForbidden || code == http.StatusMethodNotAllowed):
+		return fmt.Errorf("%w: %v: the registry refuses writes (read-only mode, or credentials without push access)", store.ErrReadOnly, err)
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		return store.Permanent(fmt.Errorf("%v: the registry refuses access; `docker login %s` where you convert, and in a container mount that docker config: -v ~/.docker/config.json:/.bootfs/auth.json:ro", err, s.repo.RegistryStr()))
+	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
+		return err // the registry may do better on another try
+	}
+	return store.Permanent(err)
+}
+
+// authError explains a failed authentication; refused credentials are
+// a permanent error.
+func authError(registry string, err error) error {
+	err = fmt.Errorf("authenticating to %s: %w", registry, err)
+	var te *transport.Error
+	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
+		return store.Permanent(fmt.Errorf("%w; check the credentials: `docker login %s` where you convert, and in a container mount that docker config with -v ~/.docker/config.json:/.bootfs/auth.json:ro", err, registry))
+	}
+	return err
+}

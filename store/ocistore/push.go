@@ -1,0 +1,208 @@
+package ocistore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// emptyConfig is the config blob of a chunk manifest (OCI's empty JSON).
+var emptyConfig = []byte("{}")
+
+// upload pushes data as a blob: POST opens an upload, PUT sends the
+// bytes and names the digest (two requests; a registry that has the blob
+// already takes it again).
+func (s *Store) upload(ctx context.Context, data []byte, mediaType types.MediaType) (v1.Descriptor, error) {
+	d := v1.Descriptor{MediaType: mediaType, Size: int64(len(data)), Digest: digest(data)}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	resp, err := s.do(ctx, http.MethodPost, s.url("/blobs/uploads/"), nil, nil)
+	if err != nil {
+		return d, err
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		defer resp.Body.Close()
+		return d, s.status(resp, "opening a blob upload")
+	}
+	drain(resp)
+	loc, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
+	if err != nil || resp.Header.Get("Location") == "" {
+		return d, fmt.Errorf("POST %s: the registry gave no upload location %q (%v)", resp.Request.URL, resp.Header.Get("Location"), err)
+	}
+	q := loc.Query()
+	q.Set("digest", d.Digest.String())
+	loc.RawQuery = q.Encode()
+	resp, err = s.do(ctx, http.MethodPut, loc.String(), http.Header{"Content-Type": {"application/octet-stream"}}, data)
+	if err != nil {
+		return d, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return d, s.status(resp, "uploading a blob")
+	}
+	drain(resp)
+	return d, nil
+}
+
+// uploads are the uploads Stage started and Commit waits for.
+type uploads struct {
+	g      *errgroup.Group
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// Stage starts uploading a chunk and returns; at most Parallelism uploads
+// run at once, so Stage waits for one to end when that many are running.
+// Commit waits for them all. The converter uses it so that uploads, which
+// wait on the network, overlap with each other and with compression.
+func (s *Store) Stage(ctx context.Context, id store.ID, compressed []byte) error {
+	s.stageMu.Lock()
+	if s.staging == nil {
+		ctx, cancel := context.WithCancel(ctx)
+		g, ctx := errgroup.WithContext(ctx)
+		g.SetLimit(s.opt.Parallelism)
+		s.staging = &uploads{g: g, ctx: ctx, cancel: cancel}
+	}
+	u := s.staging
+	s.stageMu.Unlock()
+	if err := u.ctx.Err(); err != nil {
+		return s.fail(ctx, id, fmt.Errorf("an earlier upload failed: %w", context.Cause(u.ctx)))
+	}
+	u.g.Go(func() error { return s.Put(u.ctx, id, compressed) })
+	return nil
+}
+
+// Commit waits for the staged uploads and returns the first error.
+func (s *Store) Commit(ctx context.Context) error {
+	s.stageMu.Lock()
+	u := s.staging
+	s.staging = nil
+	s.stageMu.Unlock()
+	if u == nil {
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- u.g.Wait() }()
+	select {
+	case err := <-done:
+		u.cancel()
+		return err
+	case <-ctx.Done():
+		u.cancel()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Abort stops the staged uploads and waits for them to end. The blobs
+// already uploaded stay until the registry's garbage collector removes
+// them, since no chunk manifest lists them.
+func (s *Store) Abort() {
+	s.stageMu.Lock()
+	u := s.staging
+	s.staging = nil
+	s.stageMu.Unlock()
+	if u != nil {
+		u.cancel()
+		u.g.Wait()
+	}
+}
+
+// PushChunkManifest records ids, the chunks of one image in the order it
+// reads them, in chunk manifests of the repository, and returns their
+// descriptors: the first is the one to pin (Pinned), the others are the
+// parts it chains to. Every chunk must be one the repository's chunk
+// manifests list or one this store put. Until a tag reaches the manifests
+// (an index that lists them all, or TagChunkManifests), the registry's
+// garbage collector may remove them.
+func (s *Store) PushChunkManifest(ctx context.Context, ids []store.ID) ([]v1.Descriptor, error) {
+	if err := s.load(ctx); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.name, err)
+	}
+	var layers []v1.Descriptor
+	seen := make(map[store.ID]bool, len(ids))
+	s.mu.RLock()
+	for _, id := range ids {
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		d, ok := s.chunks[id]
+		if !ok {
+			s.mu.RUnlock()
+			return nil, fmt.Errorf("%s: chunk %s is in no chunk manifest of the repository and was not put: %w", s.name, id.Short(), store.ErrNotFound)
+		}
+		layers = append(layers, d)
+	}
+	s.mu.RUnlock()
+	config, err := s.upload(ctx, emptyConfig, types.OCIEmptyJSON)
+	if err != nil {
+		return nil, fmt.Errorf("%s: the empty config of a chunk manifest: %w", s.name, err)
+	}
+	per := s.opt.PartChunks
+	parts := max((len(layers)+per-1)/per, 1)
+	descs := make([]v1.Descriptor, parts)
+	var next *v1.Hash
+	// The last part first: each part names the digest of the next.
+	for i := parts - 1; i >= 0; i-- {
+		m := v1.Manifest{
+			SchemaVersion: 2,
+			MediaType:     types.OCIManifestSchema1,
+			ArtifactType:  ChunksArtifactType,
+			Config:        config,
+			Layers:        layers[i*per : min(len(layers), (i+1)*per)],
+		}
+		if m.Layers == nil {
+			m.Layers = []v1.Descriptor{}
+		}
+		if next != nil {
+			m.Annotations = map[string]string{AnnotationNext: next.String()}
+		}
+		body, err := json.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		d := v1.Descriptor{MediaType: types.OCIManifestSchema1, Size: int64(len(body)), Digest: digest(body), ArtifactType: ChunksArtifactType}
+		if err := s.putManifest(ctx, d.Digest.String(), d.MediaType, body); err != nil {
+			return nil, err
+		}
+		descs[i] = d
+		next = &d.Digest
+	}
+	return descs, nil
+}
+
+// TagChunkManifests tags an index of the chunk manifests parts, so that
+// the registry's garbage collector keeps their chunks when no boot image
+// index in the repository lists them (a boot image written elsewhere).
+func (s *Store) TagChunkManifests(ctx context.Context, tag string, parts []v1.Descriptor) error {
+	idx := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, ArtifactType: ChunksArtifactType, Manifests: parts}
+	body, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	return s.putManifest(ctx, tag, idx.MediaType, body)
+}
+
+// putManifest PUTs a manifest under ref, a digest or a tag.
+func (s *Store) putManifest(ctx context.Context, ref string, mediaType types.MediaType, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	resp, err := s.do(ctx, http.MethodPut, s.url("/manifests/"+ref), http.Header{"Content-Type": {string(mediaType)}}, body)
+	if err != nil {
+		return fmt.Errorf("%s: pushing manifest %s: %w", s.name, ref, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("%s: %w", s.name, s.status(resp, "pushing a chunk manifest"))
+	}
+	drain(resp)
+	return nil
+}
