@@ -17,6 +17,7 @@ import (
 	"io"
 	"log"
 	"os"
+	godebug "runtime/debug"
 	"strings"
 	"syscall"
 
@@ -53,6 +54,7 @@ func Main(args []string) int {
 		logw = os.Stderr
 	}
 	b := &boot{log: log.New(logw, "bootinit: ", log.Lmicroseconds)}
+	godebug.SetMemoryLimit(lazyfs.MemoryLimit) // keeps the FUSE server's RSS small
 	var code int
 	var err error
 	if len(args) == 3 && args[1] == launchFlag {
@@ -137,7 +139,11 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return b.runApp(root, argv, app, dir)
+	code, err := b.runApp(root, argv, app, dir)
+	// Chunks fetched but not yet in the node cache are written now: a
+	// container that exits at once must not make its neighbours fetch again.
+	st.Close()
+	return code, err
 }
 
 // command returns the argv to run: after "--" when started as the boot
