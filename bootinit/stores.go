@@ -43,7 +43,7 @@ func openStores(cfg *bootconfig.Config) (store.Store, error) {
 	if len(urls) == 0 {
 		return nil, fmt.Errorf("no chunk store: the boot config records none; set -e %s=URL", bootconfig.EnvStore)
 	}
-	remote, err := location.OpenList(context.Background(), urls, location.Options{Timeout: 30 * time.Second, Parallelism: 8})
+	remote, err := location.OpenList(context.Background(), urls, location.Options{Timeout: 30 * time.Second, Parallelism: 8, RegistryAuth: bootconfig.AuthFile})
 	if err != nil {
 		return nil, fmt.Errorf("%w%s", err, localHint(urls, err))
 	}

@@ -21,6 +21,9 @@ const (
 	// StoreDir is where a local store recorded at convert time is looked
 	// for: bind-mount the host's store directory here.
 	StoreDir = Dir + "/store"
+	// AuthFile is where a docker config with registry credentials is
+	// looked for, for an oci:// store: -v ~/.docker/config.json:AuthFile:ro.
+	AuthFile = Dir + "/auth.json"
 	// LowerDir, UpperDir and RootDir are bootinit's mount points: the lazy
 	// image, the writable layer, and the overlay of both that becomes /.
 	LowerDir = Dir + "/lower"
