@@ -44,6 +44,7 @@ func TestDebianFidelity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() }) // before its directory goes
 	srv, mnt := mountFS(t, res.Index, c, lazyfs.Options{})
 
 	// -i itemizes every difference; without it a dry run prints nothing.

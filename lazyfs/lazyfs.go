@@ -86,6 +86,10 @@ type FS struct {
 	root   uint32 // the root directory's inode
 	// dirEntry[i] is the entry of directory inode i (directories have one).
 	dirEntry []uint32
+	// noXattrs is set when no file has an xattr: Getxattr then answers
+	// ENOSYS, which the kernel remembers for the mount, so ls and exec stop
+	// asking (for security.selinux and security.capability) once per file.
+	noXattrs bool
 
 	reads, readBytes, readErrs atomic.Int64
 }
@@ -104,6 +108,13 @@ func New(x *index.Index, st store.Store, o Options) *FS {
 	for e, ent := range x.Entries {
 		if x.Inodes[ent.Inode].IsDir() {
 			f.dirEntry[ent.Inode] = uint32(e)
+		}
+	}
+	f.noXattrs = true
+	for i := range x.Inodes {
+		if len(x.Inodes[i].Xattrs) > 0 {
+			f.noXattrs = false
+			break
 		}
 	}
 	return f

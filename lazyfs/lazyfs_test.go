@@ -297,9 +297,14 @@ func TestFaults(t *testing.T) {
 						if err != nil {
 							t.Fatal(err)
 						}
-						if st, err = store.NewCache(l, fs); err != nil {
+						c, err := store.NewCache(l, fs)
+						if err != nil {
 							t.Fatal(err)
 						}
+						// Before the temp dir goes: Close waits for the
+						// cache's writes behind the reads.
+						t.Cleanup(func() { c.Close() })
+						st = c
 					}
 					var logs syncBuffer
 					srv, mnt := mountFS(t, x, st, lazyfs.Options{
@@ -354,6 +359,7 @@ func TestConcurrentReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() }) // before its directory goes
 	srv, mnt := mountFS(t, x, c, lazyfs.Options{MemCache: 64 << 10})
 	var wg sync.WaitGroup
 	for g := range 16 {
@@ -413,6 +419,7 @@ func TestSharedCache(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { c.Close() }) // before its directory goes
 		_, mnt := mountFS(t, x, c, lazyfs.Options{})
 		mnts = append(mnts, mnt)
 	}

@@ -93,6 +93,9 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 
 // Getxattr implements fs.NodeGetxattrer.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if n.fs.noXattrs {
+		return 0, syscall.ENOSYS
+	}
 	for _, a := range n.inode().Xattrs {
 		if a.Name == attr {
 			if len(dest) < len(a.Value) {
