@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -42,13 +43,25 @@ type Server struct {
 	srv *fuse.Server
 }
 
+// MaxRead is the largest read the server takes: a process that mounts a
+// /dev/fuse descriptor for Mount to serve passes max_read=MaxRead.
+const MaxRead = 128 << 10
+
 // Mount mounts f at dir and serves it in the background until Unmount. A
 // dead mount left at dir by a killed server is detached first.
+//
+// A dir of the form /dev/fd/N names a /dev/fuse descriptor that another
+// process has already mounted (mkbootfs attach mounts in a container's
+// mount namespace): Mount only serves it, and the mount goes away with
+// that namespace rather than with Unmount.
 func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
-	if stale, err := RecoverStale(dir); err != nil {
-		return nil, err
-	} else if stale {
-		f.log.Printf("lazyfs: detached the dead mount a killed server left at %s", dir)
+	premounted := strings.HasPrefix(dir, "/dev/fd/")
+	if !premounted {
+		if stale, err := RecoverStale(dir); err != nil {
+			return nil, err
+		} else if stale {
+			f.log.Printf("lazyfs: detached the dead mount a killed server left at %s", dir)
+		}
 	}
 	name := o.FsName
 	if name == "" {
@@ -60,15 +73,17 @@ func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
 			AllowOther: o.AllowOther,
 			// suid and dev undo go-fuse's default MS_NOSUID|MS_NODEV: an
 			// image's setuid binaries and device nodes must work.
-			Options:     []string{"ro", "suid", "dev", "default_permissions"},
-			FsName:      name,
-			Name:        "mkbootfs",
-			DirectMount: true, // no fusermount3 in a container; it falls back to it
+			Options: []string{"ro", "suid", "dev", "default_permissions"},
+			FsName:  name,
+			Name:    "mkbootfs",
+			// No fusermount3 in a container; it falls back to it. A direct
+			// mount at /dev/fd/N would mount over the device node.
+			DirectMount: !premounted,
 			// Reads come from the kernel's readahead, 128 KiB at most on
 			// Linux: bigger requests buy nothing, and go-fuse keeps a
 			// buffer of this size per request in flight.
-			MaxWrite:      128 << 10,
-			MaxReadAhead:  128 << 10,
+			MaxWrite:      MaxRead,
+			MaxReadAhead:  MaxRead,
 			MaxBackground: 64,   // readahead requests in flight
 			EnableAcl:     true, // the kernel enforces the image's POSIX ACLs
 
