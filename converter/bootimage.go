@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -24,6 +26,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/ocistore"
 )
 
 // Labels the boot image carries.
@@ -148,6 +151,119 @@ func readFile(ctx context.Context, x *index.Index, s store.Store, p string) ([]b
 	return data, nil
 }
 
+// WriteBootImage builds the boot image of res (BootImage) and writes it
+// to target (WriteImage); it returns the image and the stores its boot
+// config records.
+//
+// When s is a registry chunk store (oci://), the image's chunks are first
+// listed in a chunk manifest of that repository, and the store pinned to
+// it replaces s in stores: bootinit then reads the chunk map with one
+// request. A registry target in the same repository becomes an OCI index
+// of the boot image, for its platform, and the chunk manifests, for
+// platform unknown/unknown (as buildx attaches attestations; docker pull
+// takes the boot image): the registry's garbage collector keeps whatever
+// a tag reaches, so it keeps every chunk the boot image needs. A boot
+// image written anywhere else leaves the chunk manifests tagged
+// mkbootfs-chunks-HEX in the store's repository, for the same reason.
+func WriteBootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store, stores []string, target string) (v1.Image, []string, error) {
+	oci, _ := s.(*ocistore.Store)
+	var parts []v1.Descriptor
+	if oci != nil {
+		ids := make([]store.ID, len(res.Index.Chunks))
+		for i, c := range res.Index.Chunks {
+			ids[i] = store.ID(c.ID)
+		}
+		var err error
+		if parts, err = oci.PushChunkManifest(ctx, ids); err != nil {
+			return nil, nil, err
+		}
+		pinned := oci.Pinned(parts[0].Digest)
+		stores = slices.Clone(stores)
+		for i, u := range stores {
+			if u == oci.String() {
+				stores[i] = pinned
+			}
+		}
+		if !slices.Contains(stores, pinned) {
+			stores = append([]string{pinned}, stores...)
+		}
+	}
+	img, err := BootImage(ctx, res, bootinit, s, stores)
+	if err != nil {
+		return nil, nil, err
+	}
+	if oci == nil {
+		return img, stores, WriteImage(ctx, img, target)
+	}
+	if ref, err := registryRef(target); err == nil && ref.Context().Name() == oci.Repository().Name() {
+		return img, stores, pushWithChunks(ctx, img, ref, parts)
+	}
+	tag := "mkbootfs-chunks-" + parts[0].Digest.Hex[:16]
+	if err := oci.TagChunkManifests(ctx, tag, parts); err != nil {
+		return nil, nil, err
+	}
+	return img, stores, WriteImage(ctx, img, target)
+}
+
+// pushWithChunks pushes img by digest, then tags ref with an index of img
+// and the chunk manifests parts.
+func pushWithChunks(ctx context.Context, img v1.Image, ref name.Reference, parts []v1.Descriptor) error {
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)}
+	desc, err := partial.Descriptor(img)
+	if err != nil {
+		return err
+	}
+	if err := remote.Write(ref.Context().Digest(desc.Digest.String()), img, opts...); err != nil {
+		return fmt.Errorf("pushing the boot image to %s: %w", ref.Context(), err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	idx := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}
+	idx.Manifests = append(idx.Manifests, v1.Descriptor{MediaType: desc.MediaType, Size: desc.Size, Digest: desc.Digest, Platform: cfg.Platform()})
+	for _, p := range parts {
+		p.Platform = &v1.Platform{OS: "unknown", Architecture: "unknown"}
+		idx.Manifests = append(idx.Manifests, p)
+	}
+	body, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	if err := remote.Put(ref, rawIndex(body), opts...); err != nil {
+		return fmt.Errorf("pushing the index of the boot image and its chunk manifests to %s: %w", ref, err)
+	}
+	return nil
+}
+
+// rawIndex is an OCI index as pushed.
+type rawIndex []byte
+
+func (r rawIndex) RawManifest() ([]byte, error)        { return r, nil }
+func (r rawIndex) MediaType() (types.MediaType, error) { return types.OCIImageIndex, nil }
+
+// RegistryRepository returns the repository of target when target names
+// an image in a registry (a bare reference or docker://REF).
+func RegistryRepository(target string) (string, bool) {
+	ref, err := registryRef(target)
+	if err != nil {
+		return "", false
+	}
+	return ref.Context().Name(), true
+}
+
+// registryRef parses target when it names an image in a registry.
+func registryRef(target string) (name.Reference, error) {
+	transport, rest, _ := strings.Cut(target, ":")
+	switch transport {
+	case "docker-daemon", "docker-archive", "oci", "dir":
+		return nil, fmt.Errorf("target %q is not in a registry", target)
+	case "docker":
+		target = strings.TrimPrefix(rest, "//")
+	}
+	return name.ParseReference(target)
+}
+
 // WriteImage writes img to target, in skopeo's transport syntax: a bare
 // reference or docker://REF (a registry), docker-daemon:REF,
 // docker-archive:PATH[:REF], oci:PATH[:TAG].
@@ -188,10 +304,8 @@ func WriteImage(ctx context.Context, img v1.Image, target string) error {
 			opts = append(opts, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag}))
 		}
 		return p.AppendImage(img, opts...)
-	case "docker":
-		target = strings.TrimPrefix(rest, "//")
 	}
-	ref, err := name.ParseReference(target)
+	ref, err := registryRef(target)
 	if err != nil {
 		return fmt.Errorf("target %q: %w", target, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +32,15 @@ chunk store, and writes a boot image to TARGET: one small layer with bootinit
 and the index, and SOURCE's config. Run it as you would run SOURCE, with
   docker run --device /dev/fuse --cap-add SYS_ADMIN -v mkbootfs-cache:/.bootfs/cache TARGET
 and, for a directory store on this host, -v STORE:/.bootfs/store:ro.
+
+When TARGET is in a registry and no --store is given, the chunks go to that
+registry, as blobs of TARGET's repository (oci://REGISTRY/REPO): TARGET is
+pushed as an index of the boot image and the manifest that lists its chunks,
+so nothing else needs serving and the registry's garbage collector keeps the
+chunks of every tagged boot image. Credentials are docker's (docker login).
+A container that reads a registry that wants them gets a docker config:
+  -v ~/.docker/config.json:/.bootfs/auth.json:ro
+(or -e REGISTRY_AUTH_FILE=FILE, -e DOCKER_CONFIG=DIR, e.g. for a secret).
 
 SOURCE and TARGET use skopeo's transport names:
   IMAGE[:TAG]             SOURCE: the local docker daemon's image, else the registry's (--pull: the registry's)
@@ -67,6 +77,15 @@ With no TARGET, the boot image goes to the docker daemon as IMAGE:TAG-bootfs
 					return err
 				}
 			}
+			if len(stores) == 0 {
+				// A registry target keeps its chunks next to it: no other server.
+				if repo, ok := converter.RegistryRepository(target); ok {
+					stores = []string{"oci://" + repo}
+				}
+			}
+			if len(stores) > 1 && slices.ContainsFunc(stores, isOCI) {
+				return errors.New("an oci:// --store takes no other --store: the chunk manifest that a boot image reads is in one repository")
+			}
 			s, err := openStore(ctx, stores, true)
 			if err != nil {
 				return err
@@ -100,29 +119,28 @@ With no TARGET, the boot image goes to the docker daemon as IMAGE:TAG-bootfs
 			if target == "" {
 				return nil
 			}
-			img, err := converter.BootImage(ctx, res, bootBinary, s, opts.StoreURLs)
+			img, recorded, err := converter.WriteBootImage(ctx, res, bootBinary, s, opts.StoreURLs, target)
 			if err != nil {
-				return err
-			}
-			if err := converter.WriteImage(ctx, img, target); err != nil {
 				return err
 			}
 			size, err := converter.LayerSize(img)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "boot image %s: one layer of %.2f MB\n", target, float64(size)/1e6)
+			fmt.Fprintf(out, "boot image %s: one layer of %.2f MB, chunks from %s\n", target, float64(size)/1e6, strings.Join(recorded, ", "))
 			return nil
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&stores, "store", nil, "chunk store URL or directory (repeatable; default $MKBOOTFS_STORE_DIR or /var/lib/mkbootfs/store)")
+	f.StringArrayVar(&stores, "store", nil, "chunk store URL or directory (repeatable; default: TARGET's repository for a registry TARGET, else $MKBOOTFS_STORE_DIR or /var/lib/mkbootfs/store)")
 	f.StringVar(&indexPath, "index", "", "also write the bare index to `FILE`")
 	f.StringVar(&bootinit, "bootinit", "", "the bootinit `binary` to put in the boot image (default: $MKBOOTFS_BOOTINIT, or bootinit next to mkbootfs)")
 	f.StringVar(&opts.Platform, "platform", "", "pick `OS/ARCH[/VARIANT]` from a multi-platform image (default: this machine's)")
 	f.BoolVar(&opts.Pull, "pull", false, "read a bare reference from its registry even if the docker daemon has it")
 	return cmd
 }
+
+func isOCI(u string) bool { return strings.HasPrefix(u, "oci://") }
 
 // defaultTarget names the boot image of SOURCE in the docker daemon:
 // IMAGE:TAG-bootfs, as docker users tag variants.
