@@ -12,6 +12,7 @@
 package bootinit
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -139,7 +140,19 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	prefetched := make(chan struct{})
+	if os.Getenv(bootconfig.EnvPrefetch) == "all" {
+		go prefetchAll(ctx, x, st, func(n, failed int) {
+			b.log.Printf("prefetched %d chunks (%d failed)", n, failed)
+			close(prefetched)
+		})
+	} else {
+		close(prefetched)
+	}
 	code, err := b.runApp(root, argv, app, dir)
+	cancel()
+	<-prefetched
 	// Chunks fetched but not yet in the node cache are written now: a
 	// container that exits at once must not make its neighbours fetch again.
 	st.Close()

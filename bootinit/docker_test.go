@@ -16,6 +16,7 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
+	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/httpstore"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
@@ -292,4 +293,33 @@ func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
 		}
 	}
 	t.Logf("%d chunks fetched once each by 3 containers sharing a cache volume", len(ch.gets))
+}
+
+func TestPrefetchAll(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	s, err := local.Open(storeDir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := &countingHandler{h: httpstore.NewHandler(s, httpstore.HandlerOptions{}), gets: map[string]int{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: ch}
+	go srv.Serve(ln)
+	defer srv.Close()
+	want := 0
+	s.Walk(func(store.ID) error { want++; return nil })
+	// The app does nothing for a while; prefetching fills the cache meanwhile.
+	r := docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+		"-e", "MKBOOTFS_STORE=http://"+ln.Addr().String(), "-e", "MKBOOTFS_PREFETCH=all", boot, "sleep", "15")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if len(ch.gets) != want {
+		t.Fatalf("prefetch fetched %d of the image's %d chunks", len(ch.gets), want)
+	}
 }
