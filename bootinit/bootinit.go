@@ -18,6 +18,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"path/filepath"
 	godebug "runtime/debug"
 	"strings"
 	"syscall"
@@ -58,8 +59,8 @@ func Main(args []string) int {
 	godebug.SetMemoryLimit(lazyfs.MemoryLimit) // keeps the FUSE server's RSS small
 	var code int
 	var err error
-	if len(args) == 3 && args[1] == launchFlag {
-		err = runLaunch(args[2])
+	if len(args) == 2 && args[0] == launcherName {
+		err = runLaunch(args[1])
 	} else {
 		code, err = b.run(args)
 	}
@@ -161,11 +162,15 @@ func (b *boot) run(args []string) (int, error) {
 
 // command returns the argv to run: after "--" when started as the boot
 // image's entrypoint.
+//
+// Started through one of the boot layer's shims (docker run --entrypoint
+// PROGRAM), argv is the program's own and is run as it is.
 func command(args []string) ([]string, error) {
-	if len(args) >= 2 && args[1] == "--" {
-		args = args[2:]
-	} else {
+	if len(args) > 0 && (args[0] == bootconfig.Bootinit || filepath.Base(args[0]) == "bootinit") {
 		args = args[1:]
+		if len(args) > 0 && args[0] == "--" {
+			args = args[1:]
+		}
 	}
 	if len(args) == 0 {
 		return nil, &exitError{exitBoot, errors.New("no command: the image has no entrypoint or cmd; give one after the image name")}

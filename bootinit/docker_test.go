@@ -131,6 +131,8 @@ func TestRunsLikeTheOriginal(t *testing.T) {
 		// The app is never PID 1 (bootinit is), so it dies of signals that
 		// PID 1 would ignore: compare with --init, where the same holds.
 		{"signal exit", []string{"--init"}, []string{"sh", "-c", "kill -TERM $$"}},
+		{"entrypoint", []string{"--entrypoint", "/bin/sh"}, []string{"-c", "echo $0 $1; id", "x"}},
+		{"entrypoint on PATH", []string{"--entrypoint", "apt-get", "-u", "nobody"}, []string{"--version"}},
 		{"setuid binary", []string{"-u", "nobody"}, []string{"sh", "-c", "ls -l /usr/bin/passwd | cut -c1-10"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

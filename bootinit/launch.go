@@ -10,8 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// launchFlag puts bootinit in launch mode: argv[2] is the launch as JSON.
-const launchFlag = "--launch"
+// launcherName as argv[0] puts bootinit in launch mode, argv[1] holding the
+// launch as JSON; no shim or command line of an image starts it that way.
+const launcherName = "mkbootfs-launcher"
 
 // launch is what the launcher needs to become the app.
 type launch struct {
@@ -27,7 +28,7 @@ func (l launch) args() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []string{"bootinit", launchFlag, string(b)}, nil
+	return []string{launcherName, string(b)}, nil
 }
 
 // runLaunch runs in the launcher, whose cwd is the new root: it enters the

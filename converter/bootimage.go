@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -64,6 +66,11 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 		_, err := tw.Write(data)
 		return err
 	}
+	// The image's skeleton comes first, so that `docker run --entrypoint
+	// PROGRAM` finds PROGRAM in the boot layer: see shims.
+	if err := shims(tw, res.Index, epoch); err != nil {
+		return nil, err
+	}
 	steps := []func() error{
 		func() error { return dir(bootconfig.Dir, 0o755) },
 		// setuid root: under `docker run -u USER` bootinit still mounts, then
@@ -76,7 +83,9 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 		func() error { return dir(bootconfig.LowerDir, 0o755) },
 		func() error { return dir(bootconfig.UpperDir, 0o755) },
 		func() error { return dir(bootconfig.RootDir, 0o755) },
-		func() error { return dir("/etc", 0o755) },
+	}
+	if _, err := res.Index.Resolve("/etc"); err != nil {
+		steps = append(steps, func() error { return dir("/etc", 0o755) })
 	}
 	for _, f := range []string{"/etc/passwd", "/etc/group"} {
 		data, err := readFile(ctx, res.Index, s, f)
@@ -127,6 +136,37 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 	cfg.Created = v1.Time{Time: epoch}
 	cfg.History = []v1.History{{Created: v1.Time{Time: epoch}, CreatedBy: "mkbootfs convert " + source}}
 	return mutate.ConfigFile(img, cfg)
+}
+
+// shims writes the image's directories and symlinks into the boot layer,
+// and every executable file as a symlink to bootinit. docker resolves an
+// --entrypoint (and the PATH search for it) in the boot layer before
+// bootinit runs; this way it lands on bootinit, started under the
+// program's name, which boots the image and then runs the real program.
+func shims(tw *tar.Writer, x *index.Index, mtime time.Time) error {
+	for e := 1; e < len(x.Entries); e++ {
+		p := strings.TrimPrefix(x.Path(uint32(e)), "/")
+		own := strings.TrimPrefix(bootconfig.Dir, "/")
+		if p == own || strings.HasPrefix(p, own+"/") || p == "etc/passwd" || p == "etc/group" {
+			continue // the boot layer's own files; docker refuses a path twice
+		}
+		n := &x.Inodes[x.Entries[e].Inode]
+		hdr := &tar.Header{Name: p, ModTime: mtime, Format: tar.FormatPAX}
+		switch {
+		case n.IsDir():
+			hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, p+"/", int64(n.Mode&0o7777)
+		case n.Type() == syscall.S_IFLNK:
+			hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, n.Target, 0o777
+		case n.IsRegular() && n.Mode&0o111 != 0:
+			hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, bootconfig.Bootinit, 0o777
+		default:
+			continue
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readFile returns the content of the regular file at p in x, nil when x
@@ -275,7 +315,12 @@ func WriteImage(ctx context.Context, img v1.Image, target string) error {
 		if err != nil {
 			return fmt.Errorf("target %q: %w", target, err)
 		}
-		if _, err := daemon.Write(tag, img, daemon.WithContext(ctx)); err != nil {
+		resp, err := daemon.Write(tag, img, daemon.WithContext(ctx))
+		if err == nil && strings.Contains(resp, `"errorDetail"`) {
+			// The daemon reports a failed load in the response, not the status.
+			err = errors.New(strings.TrimSpace(resp))
+		}
+		if err != nil {
 			return fmt.Errorf("loading the boot image into the docker daemon: %w", err)
 		}
 		return nil
