@@ -3,7 +3,9 @@
 # (default /var/cache/mkbootfs/rootfs/bookworm-minbase; tests read it through
 # testenv.DebianRootfs). Built in DIR.tmp and renamed, so DIR is either
 # absent or complete. Does nothing when DIR is complete. Takes ~2 minutes.
-# DEBOOTSTRAP_INCLUDE=PKG,... adds packages (scripts/tools-rootfs.sh).
+# DEBOOTSTRAP_INCLUDE=PKG,... adds packages (scripts/tools-rootfs.sh);
+# DEBOOTSTRAP_CACHE_DIR=DIR (absolute) keeps the downloaded .debs for the
+# next tree (bench/coldstart.sh builds ten).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -34,8 +36,13 @@ cleanup
 trap cleanup EXIT
 mkdir -p "$(dirname "$dir")"
 include=${DEBOOTSTRAP_INCLUDE:+--include=$DEBOOTSTRAP_INCLUDE}
+cache=
+if [ -n "${DEBOOTSTRAP_CACHE_DIR:-}" ]; then
+	mkdir -p "$DEBOOTSTRAP_CACHE_DIR"
+	cache=--cache-dir=$DEBOOTSTRAP_CACHE_DIR
+fi
 step "debootstrap --variant=minbase $include bookworm $dir (log: $tmp.log, ~2 minutes)"
-debootstrap --variant=minbase $include bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
+debootstrap --variant=minbase $include $cache bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
 	die "debootstrap into $tmp failed; last lines of $tmp.log: $(tail -n 5 "$tmp.log")"
 complete "$tmp" || die "debootstrap finished but $tmp is incomplete; see $tmp.log"
 mv -T "$tmp" "$dir"
