@@ -166,7 +166,7 @@ func (c converted) readAll(t *testing.T) {
 // second uploads only the chunks the first did not have, and its chunk
 // manifest lists all of its chunks, old and new.
 func TestRegistryDedup(t *testing.T) {
-	r := testserver.StartDockerRegistry(t, false)
+	r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{})
 	addr, up := countUploads(t, r.Addr)
 	a := convertTo(t, relatedTree(t, "a"), addr+"/app:a")
 	up.take()
@@ -208,7 +208,7 @@ func TestRegistryDedup(t *testing.T) {
 // distribution 3), a boot image's as well as its chunk manifest.
 func TestRegistryGC(t *testing.T) {
 	ctx := context.Background()
-	r := testserver.StartDockerRegistry(t, false)
+	r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{})
 	a := convertTo(t, relatedTree(t, "a"), r.Addr+"/app:a")
 	b := convertTo(t, relatedTree(t, "b"), r.Addr+"/app:b")
 	aBlobs, bBlobs := a.blobs(t), b.blobs(t)

@@ -41,7 +41,10 @@ storage:
     rootdirectory: {{.Root}}
   delete:
     enabled: true
-http:
+{{if .ReadOnly}}  maintenance:
+    readonly:
+      enabled: true
+{{end}}http:
   addr: {{.Addr}}
 {{if .Htpasswd}}auth:
   htpasswd:
@@ -49,16 +52,29 @@ http:
     path: {{.Htpasswd}}
 {{end}}`))
 
-// StartDockerRegistry starts docker-registry; with auth, htpasswd basic
-// auth is on with one user. There is no blob descriptor cache, so a test
-// that rewrites a blob's file sees the registry serve it as it is.
-func StartDockerRegistry(t testing.TB, auth bool) *DockerRegistry {
+// RegistryOptions configure StartDockerRegistry.
+type RegistryOptions struct {
+	// Auth turns htpasswd basic auth on, with one user.
+	Auth bool
+	// ReadOnly puts the registry in read-only mode: writes get 405.
+	ReadOnly bool
+	// Root, if set, is the storage of another registry to serve too.
+	Root string
+}
+
+// StartDockerRegistry starts docker-registry. There is no blob descriptor
+// cache, so a test that rewrites a blob's file sees the registry serve it
+// as it is.
+func StartDockerRegistry(t testing.TB, opt RegistryOptions) *DockerRegistry {
 	t.Helper()
-	r := &DockerRegistry{bin: testenv.Command(t, "docker-registry"), Addr: freePort(t)}
+	r := &DockerRegistry{bin: testenv.Command(t, "docker-registry"), Addr: freePort(t), Root: opt.Root}
 	tmp := t.TempDir()
-	r.Root, r.Config = filepath.Join(tmp, "data"), filepath.Join(tmp, "config.yml")
+	r.Config = filepath.Join(tmp, "config.yml")
+	if r.Root == "" {
+		r.Root = filepath.Join(tmp, "data")
+	}
 	htpasswd := ""
-	if auth {
+	if opt.Auth {
 		r.User, r.Password = "mkbootfs", "test-password"
 		hash, err := bcrypt.GenerateFromPassword([]byte(r.Password), bcrypt.MinCost)
 		if err != nil {
@@ -70,7 +86,7 @@ func StartDockerRegistry(t testing.TB, auth bool) *DockerRegistry {
 		}
 	}
 	var b bytes.Buffer
-	if err := registryConf.Execute(&b, map[string]any{"Root": r.Root, "Addr": r.Addr, "Htpasswd": htpasswd}); err != nil {
+	if err := registryConf.Execute(&b, map[string]any{"Root": r.Root, "Addr": r.Addr, "Htpasswd": htpasswd, "ReadOnly": opt.ReadOnly}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(r.Config, b.Bytes(), 0o600); err != nil {

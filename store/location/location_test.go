@@ -18,6 +18,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/store/httpstore"
 	"github.com/mkbootfs/mkbootfs/store/local"
 	"github.com/mkbootfs/mkbootfs/store/location"
+	"github.com/mkbootfs/mkbootfs/store/ocistore"
 	"github.com/mkbootfs/mkbootfs/store/sshstore"
 	"github.com/mkbootfs/mkbootfs/store/storetest"
 )
@@ -48,7 +49,11 @@ func TestOpen(t *testing.T) {
 		{loc: "ssh://me@127.0.0.1:1/store", want: &sshstore.Store{}},
 		{loc: filepath.Join(dir, "missing"), err: "no such file"},
 		{loc: "file://otherhost/x", err: "ssh://"},
-		{loc: "oci://registry/repo", err: "not supported yet"},
+		{loc: "oci://registry/repo", want: &ocistore.Store{}},
+		{loc: "oci://127.0.0.1:5000/a/b@sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", want: &ocistore.Store{}},
+		{loc: "oci://registry", err: "want oci://REGISTRY/REPO"},
+		{loc: "oci://registry/Repo", err: "want oci://REGISTRY/REPO"},
+		{loc: "oci://registry/repo@sha256:12", err: "pinned chunk manifest"},
 		{loc: "s3://bucket/x", err: "unknown scheme"},
 	} {
 		t.Run(tc.loc, func(t *testing.T) {
@@ -78,6 +83,8 @@ func kind(v any) string {
 		return "http"
 	case *sshstore.Store:
 		return "ssh"
+	case *ocistore.Store:
+		return "oci"
 	}
 	return "other"
 }
@@ -193,7 +200,7 @@ func TestOpenListErrors(t *testing.T) {
 	if _, err := location.OpenList(context.Background(), nil, location.Options{}); err == nil {
 		t.Error("OpenList of nothing: no error")
 	}
-	if _, err := location.OpenList(context.Background(), []string{t.TempDir(), "oci://x/y"}, location.Options{}); err == nil {
+	if _, err := location.OpenList(context.Background(), []string{t.TempDir(), "s3://bucket/x"}, location.Options{}); err == nil {
 		t.Error("OpenList with a bad location: no error")
 	}
 }

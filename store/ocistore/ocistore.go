@@ -129,10 +129,17 @@ func Open(rawURL string, opt Options) (*Store, error) {
 		return nil, fmt.Errorf("store %s: want oci://REGISTRY/REPO[@sha256:DIGEST]", rawURL)
 	}
 	ref, pin, _ := strings.Cut(rest, "@")
-	repo, err := name.NewRepository(ref, name.StrictValidation)
-	if err != nil || !strings.Contains(ref, "/") {
-		return nil, fmt.Errorf("store %s: want oci://REGISTRY/REPO[@sha256:DIGEST], with the registry named (%v)", rawURL, err)
+	// The host is the registry, even one docker would take for a Docker
+	// Hub user (no dot, no port).
+	host, path, _ := strings.Cut(ref, "/")
+	reg, err := name.NewRegistry(host, name.StrictValidation)
+	if err == nil {
+		_, err = name.NewRepository("registry.invalid/"+path, name.StrictValidation)
 	}
+	if err != nil || path == "" {
+		return nil, fmt.Errorf("store %s: want oci://REGISTRY/REPO[@sha256:DIGEST] (%v)", rawURL, err)
+	}
+	repo := reg.Repo(path)
 	if pin != "" {
 		if _, err := v1.NewHash(pin); err != nil {
 			return nil, fmt.Errorf("store %s: pinned chunk manifest: %w", rawURL, err)
@@ -388,12 +395,20 @@ func (s *Store) do(ctx context.Context, method, url string, header http.Header, 
 		}
 		resp, err := c.client.Do(req)
 		if err != nil {
-			return nil, err
+			// The transport renews an expired token itself; with credentials
+			// that no longer work the token server refuses them.
+			if !refused(err) {
+				return nil, err
+			}
+			if attempt > 0 {
+				return nil, authError(s.repo.RegistryStr(), err)
+			}
+		} else {
+			if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
+				return resp, nil
+			}
+			drain(resp)
 		}
-		if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
-			return resp, nil
-		}
-		drain(resp)
 		stale = c.gen
 	}
 }
@@ -433,12 +448,17 @@ func (s *Store) status(resp *http.Response, what string) error {
 	return store.Permanent(err)
 }
 
+// refused reports whether err is a token server's refusal.
+func refused(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden)
+}
+
 // authError explains a failed authentication; refused credentials are
 // a permanent error.
 func authError(registry string, err error) error {
 	err = fmt.Errorf("authenticating to %s: %w", registry, err)
-	var te *transport.Error
-	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
+	if refused(err) {
 		return store.Permanent(fmt.Errorf("%w; check the credentials: `docker login %s` where you convert, and in a container mount that docker config with -v ~/.docker/config.json:/.bootfs/auth.json:ro", err, registry))
 	}
 	return err

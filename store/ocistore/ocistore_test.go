@@ -112,11 +112,11 @@ func TestConformance(t *testing.T) {
 			return addr, func(d string, raw []byte) error { c.corrupt(d, raw); return nil }, "", ""
 		}},
 		{"docker-registry", func(t *testing.T) (string, func(string, []byte) error, string, string) {
-			r := testserver.StartDockerRegistry(t, false)
+			r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{})
 			return r.Addr, func(d string, raw []byte) error { return os.WriteFile(r.BlobFile(d), raw, 0o644) }, "", ""
 		}},
 		{"docker-registry htpasswd", func(t *testing.T) (string, func(string, []byte) error, string, string) {
-			r := testserver.StartDockerRegistry(t, true)
+			r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{Auth: true})
 			return r.Addr, func(d string, raw []byte) error { return os.WriteFile(r.BlobFile(d), raw, 0o644) }, r.User, r.Password
 		}},
 	} {
@@ -234,5 +234,132 @@ func TestParts(t *testing.T) {
 			}
 		}
 		r.Close()
+	}
+}
+
+// gate puts auth in front of a registry: a token server and bearer
+// tokens, or basic auth. Its credentials can be rotated and its tokens
+// revoked, as happens in the middle of a long run.
+type gate struct {
+	next   http.Handler
+	bearer bool
+	user   string
+	mu     sync.Mutex
+	pass   string // the password that works now
+	token  string // the token that works now
+	issued int    // tokens issued
+}
+
+func (g *gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	user, pass, basic := r.BasicAuth()
+	if r.URL.Path == "/token" {
+		if !basic || user != g.user || pass != g.pass {
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+			return
+		}
+		g.issued++
+		g.token = fmt.Sprintf("token-%d", g.issued)
+		json.NewEncoder(w).Encode(map[string]string{"token": g.token})
+		return
+	}
+	ok := basic && user == g.user && pass == g.pass
+	challenge := `Basic realm="test"`
+	if g.bearer {
+		ok = g.token != "" && r.Header.Get("Authorization") == "Bearer "+g.token
+		challenge = fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, r.Host)
+	}
+	if !ok {
+		w.Header().Set("WWW-Authenticate", challenge)
+		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+		return
+	}
+	g.next.ServeHTTP(w, r)
+}
+
+// TestReauthenticate revokes the token or rotates the password between
+// two reads of one store: the second read authenticates again, with the
+// credentials the auth file holds then, and succeeds.
+func TestReauthenticate(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		bearer bool
+		rotate bool // change the password (and the auth file), not only the token
+	}{
+		{"bearer token expires", true, false},
+		{"bearer password rotated", true, true},
+		{"basic password rotated", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			g := &gate{bearer: tc.bearer, user: "u", pass: "first"}
+			addr := inProcess(t, func(h http.Handler) http.Handler { g.next = h; return g })
+			auth := authFile(t, addr, "u", "first")
+			w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true, AuthFile: auth})
+			defer w.Close()
+			ids := put(t, w, 1, 2)
+			parts, err := w.PushChunkManifest(ctx, ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := open(t, w.Pinned(parts[0].Digest), ocistore.Options{AuthFile: auth})
+			defer r.Close()
+			if _, err := store.Load(ctx, r, ids[0]); err != nil {
+				t.Fatal(err)
+			}
+			g.mu.Lock()
+			g.token = ""
+			if tc.rotate {
+				g.pass = "second"
+				writeAuth(t, auth, addr, "u", "second")
+			}
+			issued := g.issued
+			g.mu.Unlock()
+			if _, err := store.Load(ctx, r, ids[1]); err != nil {
+				t.Fatalf("a read after the credentials changed: %v", err)
+			}
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if g.bearer && g.issued != issued+1 {
+				t.Errorf("%d tokens issued for the second read, want 1", g.issued-issued)
+			}
+		})
+	}
+}
+
+// TestRefused reads from registries that refuse: one in read-only mode
+// (reads work, a Put is ErrReadOnly) and one that rejects the password.
+func TestRefused(t *testing.T) {
+	ctx := context.Background()
+	rw := testserver.StartDockerRegistry(t, testserver.RegistryOptions{})
+	w := open(t, "oci://"+rw.Addr+"/app", ocistore.Options{Push: true})
+	defer w.Close()
+	ids := put(t, w, 1)
+	parts, err := w.PushChunkManifest(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.TagChunkManifests(ctx, "chunks", parts); err != nil {
+		t.Fatal(err)
+	}
+
+	ro := testserver.StartDockerRegistry(t, testserver.RegistryOptions{ReadOnly: true, Root: rw.Root})
+	r := open(t, "oci://"+ro.Addr+"/app", ocistore.Options{Push: true})
+	defer r.Close()
+	if _, err := store.Load(ctx, r, ids[0]); err != nil {
+		t.Fatalf("reading a read-only registry: %v", err)
+	}
+	data := storetest.Chunk(9, 1000)
+	if err := r.Put(ctx, store.Sum(data), store.Encode(data)); !errors.Is(err, store.ErrReadOnly) {
+		t.Errorf("Put to a read-only registry: %v; want ErrReadOnly", err)
+	}
+
+	auth := testserver.StartDockerRegistry(t, testserver.RegistryOptions{Auth: true})
+	bad := open(t, "oci://"+auth.Addr+"/app", ocistore.Options{AuthFile: authFile(t, auth.Addr, auth.User, "wrong")})
+	defer bad.Close()
+	_, err = bad.Get(ctx, ids[0])
+	if err == nil || !strings.Contains(err.Error(), "docker login "+auth.Addr) {
+		t.Errorf("Get with a wrong password: %v; want an error that says to log in", err)
 	}
 }

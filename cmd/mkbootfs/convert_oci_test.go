@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mkbootfs/mkbootfs/internal/testenv"
+	"github.com/mkbootfs/mkbootfs/internal/testserver"
+)
+
+const busyboxImage = "mkbootfs-test/busybox:latest"
+
+// buildBootinit builds bootinit as `make build` does.
+func buildBootinit(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "bootinit")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "../bootinit")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building bootinit: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// convertCLI runs `mkbootfs convert ARGS...` and returns its output.
+func convertCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(append([]string{"convert"}, args...))
+	if err := cmd.Execute(); err != nil {
+		t.Fatalf("mkbootfs convert %s: %v\n%s", strings.Join(args, " "), err, &out)
+	}
+	return out.String()
+}
+
+// dockerRun runs a container and returns its output and error.
+func dockerRun(dockerConfig string, args ...string) (string, error) {
+	var pre []string
+	if dockerConfig != "" {
+		pre = []string{"--config", dockerConfig}
+	}
+	out, err := exec.Command("docker", append(append(pre, "run", "--rm"), args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// lazily are the docker run flags of a boot image that reads a registry
+// on this host.
+var lazily = []string{"--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN"}
+
+func busybox(t *testing.T) string {
+	t.Helper()
+	testenv.Docker(t)
+	if exec.Command("docker", "image", "inspect", busyboxImage).Run() != nil {
+		testenv.Missing(t, "the docker image "+busyboxImage, "scripts/busybox-image.sh imports it")
+	}
+	return busyboxImage
+}
+
+// TestConvertToRegistry converts the busybox image to a registry target
+// with no --store: the chunks go to the target's repository, docker pulls
+// the boot image from the index, and the container reads its files from
+// the registry.
+func TestConvertToRegistry(t *testing.T) {
+	testenv.FUSE(t)
+	src := busybox(t)
+	reg := testenv.Registry(t)
+	bootinit := buildBootinit(t)
+	target := reg + "/mkbootfs-test/busybox-oci:e2e-bootfs"
+	out := convertCLI(t, "--bootinit", bootinit, "docker-daemon:"+src, target)
+	if !strings.Contains(out, "chunks from oci://"+reg+"/mkbootfs-test/busybox-oci@sha256:") {
+		t.Fatalf("convert does not say it pinned the chunks in the target's repository:\n%s", out)
+	}
+	testenv.Run(t, "docker", "pull", "-q", target)
+	want, err := dockerRun("", src, "cat", "/etc/passwd")
+	if err != nil {
+		t.Fatalf("the original image: %v\n%s", err, want)
+	}
+	got, err := dockerRun("", append(lazily, target, "cat", "/etc/passwd")...)
+	if err != nil || got != want {
+		t.Fatalf("the boot image: %v\n%s\nwant:\n%s", err, got, want)
+	}
+}
+
+// TestConvertToRegistryWithAuth does the same against a registry with
+// htpasswd auth: convert and docker use a docker config, and the
+// container reads it mounted at /.bootfs/auth.json.
+func TestConvertToRegistryWithAuth(t *testing.T) {
+	testenv.FUSE(t)
+	src := busybox(t)
+	r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{Auth: true})
+	bootinit := buildBootinit(t)
+	cfgDir := t.TempDir()
+	cfg, err := json.Marshal(map[string]any{"auths": map[string]any{r.Addr: map[string]string{
+		"auth": base64.StdEncoding.EncodeToString([]byte(r.User + ":" + r.Password)),
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	authFile := filepath.Join(cfgDir, "config.json")
+	if err := os.WriteFile(authFile, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", cfgDir) // convert's credentials, as after docker login
+	target := r.Addr + "/busybox:e2e-bootfs"
+	convertCLI(t, "--bootinit", bootinit, "docker-daemon:"+src, target)
+	testenv.Run(t, "docker", "--config", cfgDir, "pull", "-q", target)
+	t.Cleanup(func() { exec.Command("docker", "rmi", target).Run() })
+
+	got, err := dockerRun("", append(lazily, "-v", authFile+":/.bootfs/auth.json:ro", target, "busybox", "echo", "lazy hello")...)
+	if err != nil || got != "lazy hello\n" {
+		t.Fatalf("the boot image with credentials: %v\n%s", err, got)
+	}
+	got, err = dockerRun("", append(lazily, target, "busybox", "echo", "lazy hello")...)
+	if err == nil || !strings.Contains(got, "/.bootfs/auth.json") {
+		t.Fatalf("the boot image without credentials: %v\n%s\nwant a failure that says to mount a docker config", err, got)
+	}
+}
