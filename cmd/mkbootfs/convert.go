@@ -50,8 +50,9 @@ SOURCE and TARGET use skopeo's transport names:
   docker-archive:PATH     a 'docker save' tarball
   oci:PATH[:TAG]          an OCI image layout
   dir:PATH                SOURCE only: a root directory on this machine
-With no TARGET, the boot image goes to the docker daemon as IMAGE:TAG-bootfs
-(a dir: SOURCE needs TARGET or --index).`,
+With no TARGET, the boot image goes to the docker daemon as IMAGE:TAG-bootfs;
+with --index and no TARGET, only the index is written (a dir: SOURCE needs one
+of them).`,
 		Example: `  mkbootfs convert 127.0.0.1:5000/app:1 127.0.0.1:5000/app:1-bootfs
   mkbootfs convert ubuntu:latest                  # -> ubuntu:latest-bootfs in the docker daemon
   mkbootfs convert --index debian.idx dir:/srv/rootfs`,
@@ -61,7 +62,7 @@ With no TARGET, the boot image goes to the docker daemon as IMAGE:TAG-bootfs
 			target := ""
 			if len(args) == 2 {
 				target = args[1]
-			} else if !strings.HasPrefix(args[0], "dir:") {
+			} else if indexPath == "" && !strings.HasPrefix(args[0], "dir:") {
 				var err error
 				if target, err = defaultTarget(args[0]); err != nil {
 					return err
