@@ -196,9 +196,9 @@ func readFile(ctx context.Context, x *index.Index, s store.Store, p string) ([]b
 // config records.
 //
 // When s is a registry chunk store (oci://), the image's chunks are first
-// listed in a chunk manifest of that repository, and the store pinned to
-// it replaces s in stores: bootinit then reads the chunk map with one
-// request. A registry target in the same repository becomes an OCI index
+// listed in a chunk table and chunk manifests of that repository, and the
+// store pinned to the table replaces s in stores: bootinit then reads the
+// chunk map with one request. A registry target in the same repository becomes an OCI index
 // of the boot image, for its platform, and the chunk manifests, for
 // platform unknown/unknown (as buildx attaches attestations; docker pull
 // takes the boot image): the registry's garbage collector keeps whatever
@@ -207,17 +207,17 @@ func readFile(ctx context.Context, x *index.Index, s store.Store, p string) ([]b
 // mkbootfs-chunks-HEX in the store's repository, for the same reason.
 func WriteBootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store, stores []string, target string) (v1.Image, []string, error) {
 	oci, _ := s.(*ocistore.Store)
-	var parts []v1.Descriptor
+	var cm *ocistore.ChunkManifests
 	if oci != nil {
 		ids := make([]store.ID, len(res.Index.Chunks))
 		for i, c := range res.Index.Chunks {
 			ids[i] = store.ID(c.ID)
 		}
 		var err error
-		if parts, err = oci.PushChunkManifest(ctx, ids); err != nil {
+		if cm, err = oci.PushChunkManifest(ctx, ids); err != nil {
 			return nil, nil, err
 		}
-		pinned := oci.Pinned(parts[0].Digest)
+		pinned := oci.Pinned(cm.Table.Digest)
 		stores = slices.Clone(stores)
 		for i, u := range stores {
 			if u == oci.String() {
@@ -236,10 +236,10 @@ func WriteBootImage(ctx context.Context, res *Result, bootinit []byte, s store.S
 		return img, stores, WriteImage(ctx, img, target)
 	}
 	if ref, err := registryRef(target); err == nil && ref.Context().Name() == oci.Repository().Name() {
-		return img, stores, pushWithChunks(ctx, img, ref, parts)
+		return img, stores, pushWithChunks(ctx, img, ref, cm.Parts)
 	}
-	tag := "mkbootfs-chunks-" + parts[0].Digest.Hex[:16]
-	if err := oci.TagChunkManifests(ctx, tag, parts); err != nil {
+	tag := "mkbootfs-chunks-" + cm.Table.Digest.Hex[:16]
+	if err := oci.TagChunkManifests(ctx, tag, cm); err != nil {
 		return nil, nil, err
 	}
 	return img, stores, WriteImage(ctx, img, target)

@@ -26,7 +26,7 @@ var manifestTypes = []string{
 	string(types.DockerManifestSchema2), string(types.DockerManifestList),
 }
 
-// lookup returns the blob of chunk id, learning the chunk manifests first.
+// lookup returns the blob of chunk id, reading the chunk tables first.
 func (s *Store) lookup(ctx context.Context, id store.ID) (v1.Descriptor, bool, error) {
 	if err := s.load(ctx); err != nil {
 		return v1.Descriptor{}, false, err
@@ -37,8 +37,8 @@ func (s *Store) lookup(ctx context.Context, id store.ID) (v1.Descriptor, bool, e
 	return d, ok, nil
 }
 
-// load reads the chunk manifests once: the pinned one and its parts, or
-// every one the repository's tags reach. A load that fails is tried again
+// load reads the chunk tables once: the pinned one, or those of every
+// chunk manifest the repository's tags reach. A load that fails is tried again
 // by the next caller.
 func (s *Store) load(ctx context.Context) error {
 	s.mu.RLock()
@@ -63,7 +63,7 @@ func (s *Store) load(ctx context.Context) error {
 	var err error
 	if s.pin != "" {
 		h, _ := v1.NewHash(s.pin) // checked by Open
-		err = l.chain(ctx, h)
+		err = l.table(ctx, h)
 	} else {
 		err = l.tags(ctx)
 	}
@@ -81,15 +81,15 @@ func (s *Store) load(ctx context.Context) error {
 	return nil
 }
 
-// learner collects the chunks of chunk manifests.
+// learner collects the chunks of chunk tables.
 type learner struct {
 	s     *Store
 	mu    sync.Mutex
 	found map[store.ID]v1.Descriptor
-	seen  map[v1.Hash]bool // manifests read or being read
+	seen  map[v1.Hash]bool // manifests and tables read or being read
 }
 
-// first reports whether manifest h is new to the learner.
+// first reports whether manifest or table h is new to the learner.
 func (l *learner) first(h v1.Hash) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -100,61 +100,41 @@ func (l *learner) first(h v1.Hash) bool {
 	return true
 }
 
-// chain reads the chunk manifest h and the parts that follow it.
-func (l *learner) chain(ctx context.Context, h v1.Hash) error {
-	for l.first(h) {
-		body, err := l.s.manifest(ctx, h.String())
-		if err != nil {
-			return err
-		}
-		next, err := l.add(h.String(), body)
-		if err != nil {
-			return err
-		}
-		if next == nil {
-			return nil
-		}
-		h = *next
+// table reads the chunk table h.
+func (l *learner) table(ctx context.Context, h v1.Hash) error {
+	if !l.first(h) {
+		return nil
 	}
+	body, err := l.s.blob(ctx, h, -1, maxTable, "the chunk table")
+	if err != nil {
+		return err
+	}
+	ids, blobs, err := decodeTable(body)
+	if err != nil {
+		return store.Permanent(fmt.Errorf("%s@%s: %w; pin the store to the chunk table a boot image records", l.s.repo.Name(), h, err))
+	}
+	l.mu.Lock()
+	for i, id := range ids {
+		l.found[id] = blobs[i]
+	}
+	l.mu.Unlock()
 	return nil
 }
 
-// add records the chunks of a chunk manifest and returns its next part.
-func (l *learner) add(ref string, body []byte) (*v1.Hash, error) {
+// manifest reads the chunk table of a chunk manifest.
+func (l *learner) manifest(ctx context.Context, ref string, body []byte) error {
 	var m v1.Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
-		return nil, fmt.Errorf("chunk manifest %s@%s: %w", l.s.repo.Name(), ref, err)
+		return fmt.Errorf("chunk manifest %s@%s: %w", l.s.repo.Name(), ref, err)
 	}
-	if m.ArtifactType != ChunksArtifactType {
-		return nil, store.Permanent(fmt.Errorf("%s@%s is not a chunk manifest (artifact type %q, want %s): pin the store to the digest a boot image records", l.s.repo.Name(), ref, m.ArtifactType, ChunksArtifactType))
+	if m.ArtifactType != ChunksArtifactType || m.Config.MediaType != TableMediaType {
+		return fmt.Errorf("%s@%s is not a chunk manifest (artifact type %q, config %q)", l.s.repo.Name(), ref, m.ArtifactType, m.Config.MediaType)
 	}
-	found := make(map[store.ID]v1.Descriptor, len(m.Layers))
-	for i, d := range m.Layers {
-		id, err := store.ParseID(d.Annotations[AnnotationChunk])
-		if err != nil || d.MediaType != ChunkMediaType {
-			return nil, store.Permanent(fmt.Errorf("chunk manifest %s@%s, layer %d: want media type %s and the %s annotation (%v)", l.s.repo.Name(), ref, i, ChunkMediaType, AnnotationChunk, err))
-		}
-		d.Annotations = map[string]string{AnnotationChunk: id.String()}
-		found[id] = d
-	}
-	l.mu.Lock()
-	for id, d := range found {
-		l.found[id] = d
-	}
-	l.mu.Unlock()
-	next, ok := m.Annotations[AnnotationNext]
-	if !ok {
-		return nil, nil
-	}
-	h, err := v1.NewHash(next)
-	if err != nil {
-		return nil, fmt.Errorf("chunk manifest %s@%s: next part: %w", l.s.repo.Name(), ref, err)
-	}
-	return &h, nil
+	return l.table(ctx, m.Config.Digest)
 }
 
-// tags reads the chunk manifests every tag reaches: a tagged chunk
-// manifest, or those an index lists (a boot image's index).
+// tags reads the chunk tables of the chunk manifests every tag reaches:
+// a tagged chunk manifest, or those an index lists (a boot image's).
 func (l *learner) tags(ctx context.Context) error {
 	tags, err := l.s.tags(ctx)
 	if err != nil {
@@ -179,21 +159,22 @@ func (l *learner) tags(ctx context.Context) error {
 			if err := json.Unmarshal(body, &m); err != nil {
 				return fmt.Errorf("manifest %s:%s: %w", l.s.repo.Name(), tag, err)
 			}
-			if !m.MediaType.IsIndex() && m.ArtifactType == ChunksArtifactType {
-				if !l.first(digest(body)) {
+			if !m.MediaType.IsIndex() {
+				if m.ArtifactType != ChunksArtifactType {
 					return nil
 				}
-				next, err := l.add(tag, body)
-				if err != nil || next == nil {
-					return err
-				}
-				return l.chain(ctx, *next)
+				return l.manifest(ctx, tag, body)
 			}
 			for _, d := range m.Manifests {
-				if d.ArtifactType == ChunksArtifactType {
-					if err := l.chain(ctx, d.Digest); err != nil {
-						return err
-					}
+				if d.ArtifactType != ChunksArtifactType || !l.first(d.Digest) {
+					continue
+				}
+				body, err := l.s.manifest(ctx, d.Digest.String())
+				if err != nil {
+					return err
+				}
+				if err := l.manifest(ctx, d.Digest.String(), body); err != nil {
+					return err
 				}
 			}
 			return nil

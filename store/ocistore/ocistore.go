@@ -3,18 +3,19 @@
 //
 // Each chunk is one blob (its zstd bytes, media type ChunkMediaType). A
 // blob's digest is the SHA-256 of the compressed bytes while a chunk's ID
-// is that of the uncompressed ones, so chunk manifests map one to the
-// other: OCI image manifests of artifact type ChunksArtifactType, an empty
-// config, and one layer per chunk annotated with its ID. A manifest holds
-// at most Options.PartChunks layers; a longer list is split into parts chained by
-// the AnnotationNext annotation.
+// is that of the uncompressed ones, so a chunk table maps one to the other
+// for the chunks of one image (68 bytes a chunk). Chunk manifests keep
+// table and blobs alive: OCI image manifests of artifact type
+// ChunksArtifactType whose config is the table and whose layers are the
+// chunk blobs, at most Options.PartChunks to a manifest. The registry's
+// garbage collector keeps a chunk as long as a tag reaches a chunk
+// manifest that lists it (a boot image's index lists them).
 //
 // A store URL is oci://REGISTRY/REPO, which knows the chunks of every
 // chunk manifest the repository's tags reach (what a conversion reuses),
-// or oci://REGISTRY/REPO@sha256:HEX, pinned to one chunk manifest (what a
-// boot image records: one manifest request, then one blob request per
-// chunk read). The registry's garbage collector keeps a chunk as long as a
-// tagged manifest or index reaches a chunk manifest that lists it.
+// or oci://REGISTRY/REPO@sha256:HEX, pinned to one chunk table (what a
+// boot image records: one request for the table, then one blob request per
+// chunk read).
 //
 // Credentials come from a docker config file (Options.AuthFile), then
 // docker's usual places (go-containerregistry's default keychain:
@@ -46,22 +47,20 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
-// Media types and annotations of chunk manifests.
+// Media types of chunk manifests.
 const (
 	// ChunkMediaType is the media type of a chunk blob: zstd, as stored.
 	ChunkMediaType = "application/vnd.mkbootfs.chunk.v1.zstd"
+	// TableMediaType is the media type of a chunk table, a chunk manifest's config.
+	TableMediaType = "application/vnd.mkbootfs.chunktable.v1"
 	// ChunksArtifactType marks a chunk manifest, and its descriptor in an index.
 	ChunksArtifactType = "application/vnd.mkbootfs.chunks.v1"
-	// AnnotationChunk on a layer descriptor is the chunk ID, 64 hex digits.
-	AnnotationChunk = "org.mkbootfs.chunk"
-	// AnnotationNext on a chunk manifest is the digest of its next part.
-	AnnotationNext = "org.mkbootfs.chunks.next"
 )
 
 // PartChunks is the default bound on the layers of one chunk manifest:
-// about 2.5 MB of JSON, under the 4 MiB that registries commonly accept
-// for a manifest.
-const PartChunks = 10000
+// about 2.6 MB of JSON, under the 4 MiB that registries commonly accept
+// for a manifest (docker-registry 2.8 among them).
+const PartChunks = 20000
 
 // maxStored bounds a stored chunk: zstd may grow an incompressible chunk
 // of MaxChunkSize by a little.
@@ -69,6 +68,10 @@ const maxStored = store.MaxChunkSize + 1<<20
 
 // maxManifest bounds a manifest or tag list read.
 const maxManifest = 16 << 20
+
+// maxTable bounds a chunk table: 4 million chunks, 256 GiB of data at the
+// chunker's average size.
+const maxTable = tableHeader + 4<<20*tableEntry
 
 // Options tune a Store. Zero fields take the defaults.
 type Options struct {
@@ -85,7 +88,7 @@ type Options struct {
 	// will be written.
 	Push bool
 	// PartChunks bounds the chunks of one chunk manifest (default
-	// PartChunks); a longer list is split into chained parts.
+	// PartChunks); a longer list is split into parts.
 	PartChunks int
 	// Transport, if set, replaces the HTTP transport under the
 	// authentication (TLS settings, tests).
@@ -186,9 +189,14 @@ func (s *Store) String() string { return s.name }
 // Repository returns the registry repository the store is in.
 func (s *Store) Repository() name.Repository { return s.repo }
 
-// Pinned returns the URL of the store pinned to the chunk manifest digest.
+// Pinned returns the URL of the store pinned to the chunk table digest.
 func (s *Store) Pinned(digest v1.Hash) string {
 	return "oci://" + s.repo.Name() + "@" + digest.String()
+}
+
+// Blob returns the blob that holds chunk id.
+func (s *Store) Blob(ctx context.Context, id store.ID) (v1.Descriptor, bool, error) {
+	return s.lookup(ctx, id)
 }
 
 // Close waits for staged uploads to end and drops idle connections.
@@ -208,18 +216,31 @@ func (s *Store) Get(ctx context.Context, id store.ID) ([]byte, error) {
 		return nil, s.fail(ctx, id, err)
 	}
 	if !ok {
-		return nil, &store.ChunkError{ID: id, Store: s.name, Err: fmt.Errorf("%w: no chunk manifest of %s lists it", store.ErrNotFound, s.where())}
+		return nil, &store.ChunkError{ID: id, Store: s.name, Err: fmt.Errorf("%w: no chunk table of %s lists it", store.ErrNotFound, s.where())}
 	}
-	u := s.url("/blobs/" + d.Digest.String())
-	raw, err := s.fetch(ctx, u, nil, min(d.Size, maxStored), "the chunk's blob")
+	raw, err := s.blob(ctx, d.Digest, d.Size, maxStored, "the chunk's blob")
 	if err != nil {
 		return nil, s.fail(ctx, id, err)
 	}
-	if int64(len(raw)) != d.Size {
-		return nil, s.fail(ctx, id, fmt.Errorf("GET %s: %d bytes or more, want %d: %w", u, len(raw), d.Size, store.ErrCorrupt))
+	return raw, nil
+}
+
+// blob GETs blob h, of size bytes (-1: unknown, at most limit), and
+// checks it against its digest.
+func (s *Store) blob(ctx context.Context, h v1.Hash, size, limit int64, what string) ([]byte, error) {
+	u := s.url("/blobs/" + h.String())
+	if size >= 0 {
+		limit = min(size, limit)
 	}
-	if digest(raw) != d.Digest {
-		return nil, s.fail(ctx, id, fmt.Errorf("GET %s: the bytes do not match the digest: %w", u, store.ErrCorrupt))
+	raw, err := s.fetch(ctx, u, nil, limit, what)
+	if err != nil {
+		return nil, err
+	}
+	if size >= 0 && int64(len(raw)) != size || int64(len(raw)) > limit {
+		return nil, fmt.Errorf("GET %s, %s: %d bytes or more, want %d: %w", u, what, len(raw), size, store.ErrCorrupt)
+	}
+	if digest(raw) != h {
+		return nil, fmt.Errorf("GET %s, %s: the bytes do not match the digest: %w", u, what, store.ErrCorrupt)
 	}
 	return raw, nil
 }
@@ -298,14 +319,13 @@ func (s *Store) Put(ctx context.Context, id store.ID, compressed []byte) error {
 	if err != nil {
 		return s.fail(ctx, id, err)
 	}
-	d.Annotations = map[string]string{AnnotationChunk: id.String()}
 	s.mu.Lock()
 	s.chunks[id] = d
 	s.mu.Unlock()
 	return nil
 }
 
-// where names the chunk manifests the store reads, for messages.
+// where names the chunk tables the store reads, for messages.
 func (s *Store) where() string {
 	if s.pin != "" {
 		return s.repo.Name() + "@" + s.pin

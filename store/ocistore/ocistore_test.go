@@ -2,7 +2,6 @@ package ocistore_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -134,11 +133,11 @@ func TestConformance(t *testing.T) {
 				return &storetest.Backend{
 					Store: s,
 					Corrupt: func(id store.ID, raw []byte) error {
-						d, ok := s.Blob(id)
-						if !ok {
-							return fmt.Errorf("chunk %s was never put", id.Short())
+						d, ok, err := s.Blob(context.Background(), id)
+						if err != nil || !ok {
+							return fmt.Errorf("chunk %s was never put (%v)", id.Short(), err)
 						}
-						return corrupt(d, raw)
+						return corrupt(d.Digest.String(), raw)
 					},
 					Stall:    p.Stall,
 					LocalHas: true,
@@ -170,12 +169,12 @@ func TestPinned(t *testing.T) {
 	w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true})
 	defer w.Close()
 	ids := put(t, w, 1, 2, 3, 4, 5)
-	parts, err := w.PushChunkManifest(ctx, append(ids, ids[0]))
+	cm, err := w.PushChunkManifest(ctx, append(ids, ids[0]))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(parts) != 1 {
-		t.Fatalf("%d parts, want 1", len(parts))
+	if len(cm.Parts) != 1 {
+		t.Fatalf("%d parts, want 1", len(cm.Parts))
 	}
 	other := store.Sum([]byte("in no manifest"))
 	check := func(t *testing.T, url string) {
@@ -193,40 +192,42 @@ func TestPinned(t *testing.T) {
 			t.Errorf("Get(a chunk in no manifest): %v; want ErrNotFound", err)
 		}
 	}
-	t.Run("pinned", func(t *testing.T) { check(t, w.Pinned(parts[0].Digest)) })
-	if err := w.TagChunkManifests(ctx, "chunks", parts); err != nil {
+	t.Run("pinned", func(t *testing.T) { check(t, w.Pinned(cm.Table.Digest)) })
+	if err := w.TagChunkManifests(ctx, "chunks", cm); err != nil {
 		t.Fatal(err)
 	}
 	t.Run("tags", func(t *testing.T) { check(t, "oci://"+addr+"/app") })
-	t.Run("not a chunk manifest", func(t *testing.T) {
-		r := open(t, "oci://"+addr+"/app@"+digestOf([]byte("{}")), ocistore.Options{})
+	t.Run("not a chunk table", func(t *testing.T) {
+		d, _, err := w.Blob(ctx, ids[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := open(t, w.Pinned(d.Digest), ocistore.Options{})
 		defer r.Close()
-		if _, err := r.Get(ctx, ids[0]); err == nil {
-			t.Fatal("a pin to a blob that is no chunk manifest read a chunk")
+		if _, err := r.Get(ctx, ids[0]); err == nil || !strings.Contains(err.Error(), "not a chunk table") {
+			t.Fatalf("a pin to a blob that is no chunk table: %v", err)
 		}
 	})
 }
 
-func digestOf(b []byte) string { return fmt.Sprintf("sha256:%x", sha256.Sum256(b)) }
-
-// TestParts splits a chunk list into chained parts and reads it back.
+// TestParts splits a chunk list into parts and reads it back.
 func TestParts(t *testing.T) {
 	ctx := context.Background()
 	addr := inProcess(t, nil)
 	w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true, PartChunks: 2})
 	defer w.Close()
 	ids := put(t, w, 1, 2, 3, 4, 5)
-	parts, err := w.PushChunkManifest(ctx, ids)
+	cm, err := w.PushChunkManifest(ctx, ids)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(parts) != 3 {
-		t.Fatalf("%d parts, want 3", len(parts))
+	if len(cm.Parts) != 3 {
+		t.Fatalf("%d parts, want 3", len(cm.Parts))
 	}
-	if err := w.TagChunkManifests(ctx, "chunks", parts); err != nil {
+	if err := w.TagChunkManifests(ctx, "chunks", cm); err != nil {
 		t.Fatal(err)
 	}
-	for _, url := range []string{w.Pinned(parts[0].Digest), "oci://" + addr + "/app"} {
+	for _, url := range []string{w.Pinned(cm.Table.Digest), "oci://" + addr + "/app"} {
 		r := open(t, url, ocistore.Options{})
 		for _, id := range ids {
 			if _, err := store.Load(ctx, r, id); err != nil {
@@ -299,11 +300,11 @@ func TestReauthenticate(t *testing.T) {
 			w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true, AuthFile: auth})
 			defer w.Close()
 			ids := put(t, w, 1, 2)
-			parts, err := w.PushChunkManifest(ctx, ids)
+			cm, err := w.PushChunkManifest(ctx, ids)
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := open(t, w.Pinned(parts[0].Digest), ocistore.Options{AuthFile: auth})
+			r := open(t, w.Pinned(cm.Table.Digest), ocistore.Options{AuthFile: auth})
 			defer r.Close()
 			if _, err := store.Load(ctx, r, ids[0]); err != nil {
 				t.Fatal(err)
@@ -336,11 +337,11 @@ func TestRefused(t *testing.T) {
 	w := open(t, "oci://"+rw.Addr+"/app", ocistore.Options{Push: true})
 	defer w.Close()
 	ids := put(t, w, 1)
-	parts, err := w.PushChunkManifest(ctx, ids)
+	cm, err := w.PushChunkManifest(ctx, ids)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.TagChunkManifests(ctx, "chunks", parts); err != nil {
+	if err := w.TagChunkManifests(ctx, "chunks", cm); err != nil {
 		t.Fatal(err)
 	}
 

@@ -13,9 +13,6 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
-// emptyConfig is the config blob of a chunk manifest (OCI's empty JSON).
-var emptyConfig = []byte("{}")
-
 // upload pushes data as a blob: POST opens an upload, PUT sends the
 // bytes and names the digest (two requests; a registry that has the blob
 // already takes it again).
@@ -115,17 +112,27 @@ func (s *Store) Abort() {
 	}
 }
 
+// ChunkManifests record the chunks of one image in a repository.
+type ChunkManifests struct {
+	// Table is the chunk table: a reader pinned to it (Pinned) reads the
+	// image's chunks.
+	Table v1.Descriptor
+	// Parts are the chunk manifests: what an index lists, or a tag
+	// reaches (TagChunkManifests), keeps the table and chunks from the
+	// registry's garbage collector.
+	Parts []v1.Descriptor
+}
+
 // PushChunkManifest records ids, the chunks of one image in the order it
-// reads them, in chunk manifests of the repository, and returns their
-// descriptors: the first is the one to pin (Pinned), the others are the
-// parts it chains to. Every chunk must be one the repository's chunk
-// manifests list or one this store put. Until a tag reaches the manifests
-// (an index that lists them all, or TagChunkManifests), the registry's
-// garbage collector may remove them.
-func (s *Store) PushChunkManifest(ctx context.Context, ids []store.ID) ([]v1.Descriptor, error) {
+// reads them, in a chunk table and chunk manifests of the repository.
+// Every chunk must be one the repository's chunk tables list or one this
+// store put. Until a tag reaches the manifests, the registry's garbage
+// collector may remove them.
+func (s *Store) PushChunkManifest(ctx context.Context, ids []store.ID) (*ChunkManifests, error) {
 	if err := s.load(ctx); err != nil {
 		return nil, fmt.Errorf("%s: %w", s.name, err)
 	}
+	var uniq []store.ID
 	var layers []v1.Descriptor
 	seen := make(map[store.ID]bool, len(ids))
 	s.mu.RLock()
@@ -137,33 +144,24 @@ func (s *Store) PushChunkManifest(ctx context.Context, ids []store.ID) ([]v1.Des
 		d, ok := s.chunks[id]
 		if !ok {
 			s.mu.RUnlock()
-			return nil, fmt.Errorf("%s: chunk %s is in no chunk manifest of the repository and was not put: %w", s.name, id.Short(), store.ErrNotFound)
+			return nil, fmt.Errorf("%s: chunk %s is in no chunk table of the repository and was not put: %w", s.name, id.Short(), store.ErrNotFound)
 		}
-		layers = append(layers, d)
+		uniq, layers = append(uniq, id), append(layers, d)
 	}
 	s.mu.RUnlock()
-	config, err := s.upload(ctx, emptyConfig, types.OCIEmptyJSON)
+	table, err := s.upload(ctx, encodeTable(uniq, layers), TableMediaType)
 	if err != nil {
-		return nil, fmt.Errorf("%s: the empty config of a chunk manifest: %w", s.name, err)
+		return nil, fmt.Errorf("%s: the chunk table: %w", s.name, err)
 	}
+	cm := &ChunkManifests{Table: table}
 	per := s.opt.PartChunks
-	parts := max((len(layers)+per-1)/per, 1)
-	descs := make([]v1.Descriptor, parts)
-	var next *v1.Hash
-	// The last part first: each part names the digest of the next.
-	for i := parts - 1; i >= 0; i-- {
+	for i := 0; i == 0 || i < len(layers); i += per {
 		m := v1.Manifest{
 			SchemaVersion: 2,
 			MediaType:     types.OCIManifestSchema1,
 			ArtifactType:  ChunksArtifactType,
-			Config:        config,
-			Layers:        layers[i*per : min(len(layers), (i+1)*per)],
-		}
-		if m.Layers == nil {
-			m.Layers = []v1.Descriptor{}
-		}
-		if next != nil {
-			m.Annotations = map[string]string{AnnotationNext: next.String()}
+			Config:        table,
+			Layers:        append([]v1.Descriptor{}, layers[i:min(len(layers), i+per)]...),
 		}
 		body, err := json.Marshal(m)
 		if err != nil {
@@ -173,17 +171,16 @@ func (s *Store) PushChunkManifest(ctx context.Context, ids []store.ID) ([]v1.Des
 		if err := s.putManifest(ctx, d.Digest.String(), d.MediaType, body); err != nil {
 			return nil, err
 		}
-		descs[i] = d
-		next = &d.Digest
+		cm.Parts = append(cm.Parts, d)
 	}
-	return descs, nil
+	return cm, nil
 }
 
-// TagChunkManifests tags an index of the chunk manifests parts, so that
-// the registry's garbage collector keeps their chunks when no boot image
-// index in the repository lists them (a boot image written elsewhere).
-func (s *Store) TagChunkManifests(ctx context.Context, tag string, parts []v1.Descriptor) error {
-	idx := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, ArtifactType: ChunksArtifactType, Manifests: parts}
+// TagChunkManifests tags an index of the chunk manifests cm, so that the
+// registry's garbage collector keeps their chunks when no boot image index
+// in the repository lists them (a boot image written elsewhere).
+func (s *Store) TagChunkManifests(ctx context.Context, tag string, cm *ChunkManifests) error {
+	idx := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, ArtifactType: ChunksArtifactType, Manifests: cm.Parts}
 	body, err := json.Marshal(idx)
 	if err != nil {
 		return err
