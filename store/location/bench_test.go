@@ -15,6 +15,7 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/internal/testserver"
 	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/local"
 	"github.com/mkbootfs/mkbootfs/store/location"
 	"github.com/mkbootfs/mkbootfs/store/storetest"
 )
@@ -58,6 +59,8 @@ func BenchmarkFetch(b *testing.B) {
 	ours := testserver.SSH(b, l.Dir(), false)
 	httpOurs := testserver.HTTP(b, l, false)
 	nginx := testserver.Nginx(b, l.Dir(), false)
+	reg := testserver.StartDockerRegistry(b, testserver.RegistryOptions{})
+	oci := ociCopy(b, l, reg.Addr)
 	for _, tc := range []struct {
 		name string
 		url  string
@@ -79,6 +82,7 @@ func BenchmarkFetch(b *testing.B) {
 		{name: "ssh-ours", url: "ssh://any@" + ours.Addr + "/",
 			opt:  location.Options{SSHKey: ours.ClientKey.File, KnownHosts: ours.KnownHosts},
 			peer: desyncSFTP(ours, "/")},
+		{name: "oci-docker-registry", url: oci, peer: desyncOCI(reg.Addr, l, ids)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			tc.opt.Parallelism = benchParallel
@@ -160,6 +164,30 @@ func desyncSFTP(srv *testserver.SSHD, dir string) func(b *testing.B) desync.Stor
 		b.Setenv("CASYNC_SSH_PATH", wrapper)
 		u := &url.URL{Scheme: "sftp", User: url.User(srv.User), Host: "127.0.0.1", Path: filepath.Clean(dir) + "/"}
 		s, err := desync.NewSFTPStore(u, desync.StoreOptions{N: benchParallel})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	}
+}
+
+// desyncOCI fills a repository of the registry with desync's OCI store
+// (a manifest tagged with the chunk ID per chunk: two requests a read)
+// and reads it with that store.
+func desyncOCI(registry string, l *local.Store, ids []store.ID) func(b *testing.B) desync.Store {
+	return func(b *testing.B) desync.Store {
+		u := &url.URL{Scheme: "oci+http", Host: registry, Path: "/desync"}
+		s, err := desync.NewOCIStore(u, nil, desync.StoreOptions{N: benchParallel, Timeout: time.Minute})
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = fetchAll(ids, func(id store.ID) error {
+			data, err := store.Load(context.Background(), l, id)
+			if err != nil {
+				return err
+			}
+			return s.StoreChunk(desync.NewChunk(data))
+		})
 		if err != nil {
 			b.Fatal(err)
 		}

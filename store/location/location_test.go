@@ -137,6 +137,7 @@ func remotes(t testing.TB, l *local.Store) []remote {
 		{"http nginx", testserver.Nginx(t, l.Dir(), false), location.Options{}},
 		{"ssh openssh", "ssh://root@" + sshd.Addr + l.Dir(), location.Options{SSHKey: sshd.ClientKey.File, KnownHosts: sshd.KnownHosts}},
 		{"ssh ours", "ssh://any@" + ours.Addr + "/", location.Options{SSHKey: ours.ClientKey.File, KnownHosts: ours.KnownHosts}},
+		{"oci docker-registry", ociCopy(t, l, testserver.StartDockerRegistry(t, testserver.RegistryOptions{}).Addr), location.Options{}},
 	}
 }
 
@@ -203,4 +204,39 @@ func TestOpenListErrors(t *testing.T) {
 	if _, err := location.OpenList(context.Background(), []string{t.TempDir(), "s3://bucket/x"}, location.Options{}); err == nil {
 		t.Error("OpenList with a bad location: no error")
 	}
+}
+
+// ociCopy puts every chunk of l into a registry's repository and returns
+// the store URL pinned to their chunk table.
+func ociCopy(t testing.TB, l *local.Store, registry string) string {
+	t.Helper()
+	ctx := context.Background()
+	w, err := ocistore.Open("oci://"+registry+"/chunks", ocistore.Options{Push: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var ids []store.ID
+	err = l.Walk(func(id store.ID) error {
+		raw, err := l.Get(ctx, id)
+		if err == nil {
+			err = w.Stage(ctx, id, raw)
+		}
+		ids = append(ids, id)
+		return err
+	})
+	if err == nil {
+		err = w.Commit(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, err := w.PushChunkManifest(ctx, ids)
+	if err == nil {
+		err = w.TagChunkManifests(ctx, "all", cm)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w.Pinned(cm.Table.Digest)
 }

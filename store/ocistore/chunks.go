@@ -65,6 +65,7 @@ func (s *Store) load(ctx context.Context) error {
 		h, _ := v1.NewHash(s.pin) // checked by Open
 		err = l.table(ctx, h)
 	} else {
+		l.lenient = true
 		err = l.tags(ctx)
 	}
 	if err != nil {
@@ -87,6 +88,10 @@ type learner struct {
 	mu    sync.Mutex
 	found map[store.ID]v1.Descriptor
 	seen  map[v1.Hash]bool // manifests and tables read or being read
+	// lenient skips tables it cannot decode (another version's, a
+	// damaged one) when learning what a repository has: their chunks
+	// are only not reused.
+	lenient bool
 }
 
 // first reports whether manifest or table h is new to the learner.
@@ -110,6 +115,9 @@ func (l *learner) table(ctx context.Context, h v1.Hash) error {
 		return err
 	}
 	ids, blobs, err := decodeTable(body)
+	if err != nil && l.lenient {
+		return nil // its chunks are not reused: uploaded again if needed
+	}
 	if err != nil {
 		return store.Permanent(fmt.Errorf("%s@%s: %w; pin the store to the chunk table a boot image records", l.s.repo.Name(), h, err))
 	}
@@ -121,14 +129,15 @@ func (l *learner) table(ctx context.Context, h v1.Hash) error {
 	return nil
 }
 
-// manifest reads the chunk table of a chunk manifest.
+// manifest reads the chunk table of a chunk manifest; it skips one of
+// another format.
 func (l *learner) manifest(ctx context.Context, ref string, body []byte) error {
 	var m v1.Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
 		return fmt.Errorf("chunk manifest %s@%s: %w", l.s.repo.Name(), ref, err)
 	}
 	if m.ArtifactType != ChunksArtifactType || m.Config.MediaType != TableMediaType {
-		return fmt.Errorf("%s@%s is not a chunk manifest (artifact type %q, config %q)", l.s.repo.Name(), ref, m.ArtifactType, m.Config.MediaType)
+		return nil // another format: its chunks are not reused
 	}
 	return l.table(ctx, m.Config.Digest)
 }

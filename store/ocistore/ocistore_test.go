@@ -1,6 +1,7 @@
 package ocistore_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -195,6 +196,14 @@ func TestPinned(t *testing.T) {
 	t.Run("pinned", func(t *testing.T) { check(t, w.Pinned(cm.Table.Digest)) })
 	if err := w.TagChunkManifests(ctx, "chunks", cm); err != nil {
 		t.Fatal(err)
+	}
+	// A chunk manifest of another format under a tag costs only reuse.
+	foreign := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"` +
+		ocistore.ChunksArtifactType + `","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`)
+	req, _ := http.NewRequest(http.MethodPut, "http://"+addr+"/v2/app/manifests/other", bytes.NewReader(foreign))
+	req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("pushing a chunk manifest of another format: %v %v", resp, err)
 	}
 	t.Run("tags", func(t *testing.T) { check(t, "oci://"+addr+"/app") })
 	t.Run("not a chunk table", func(t *testing.T) {
