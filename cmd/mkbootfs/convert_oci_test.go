@@ -4,10 +4,16 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
@@ -76,7 +82,8 @@ func TestConvertToRegistry(t *testing.T) {
 	bootinit := buildBootinit(t)
 	target := reg + "/mkbootfs-test/busybox-oci:e2e-bootfs"
 	out := convertCLI(t, "--bootinit", bootinit, "docker-daemon:"+src, target)
-	if !strings.Contains(out, "chunks from oci://"+reg+"/mkbootfs-test/busybox-oci@sha256:") {
+	pinned := regexp.MustCompile(`chunks from oci://` + regexp.QuoteMeta(reg) + `/mkbootfs-test/busybox-oci@(sha256:[0-9a-f]{64})`).FindStringSubmatch(out)
+	if pinned == nil {
 		t.Fatalf("convert does not say it pinned the chunks in the target's repository:\n%s", out)
 	}
 	testenv.Run(t, "docker", "pull", "-q", target)
@@ -88,6 +95,54 @@ func TestConvertToRegistry(t *testing.T) {
 	if err != nil || got != want {
 		t.Fatalf("the boot image: %v\n%s\nwant:\n%s", err, got, want)
 	}
+
+	// Again through a counting proxy, with the cache on the host: a boot
+	// reads the chunk table once, then one blob a chunk it reads.
+	proxy, reqs := countRequests(t, reg)
+	cache := t.TempDir()
+	got, err = dockerRun("", append(lazily, "-v", cache+":/.bootfs/cache",
+		"-e", "MKBOOTFS_STORE=oci://"+proxy+"/mkbootfs-test/busybox-oci@"+pinned[1], target, "cat", "/etc/passwd")...)
+	if err != nil || got != want {
+		t.Fatalf("the boot image through the proxy: %v\n%s", err, got)
+	}
+	chunks, _ := filepath.Glob(filepath.Join(cache, "*", "*.cacnk"))
+	blobs, other, size := reqs.count()
+	if blobs != len(chunks)+1 || other > 1 {
+		t.Errorf("the boot made %d blob requests and %d others for %d chunks; want the table, one a chunk, and a ping", blobs, other, len(chunks))
+	}
+	t.Logf("boot: %d chunks, %d blob requests, %d others, %d bytes", len(chunks), blobs, other, size)
+}
+
+// requests counts what a client asks a registry for.
+type requests struct {
+	mu                 sync.Mutex
+	blobs, other, size int
+}
+
+func (r *requests) count() (blobs, other, size int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.blobs, r.other, r.size
+}
+
+// countRequests starts a proxy to a registry that counts requests.
+func countRequests(t *testing.T, registry string) (string, *requests) {
+	r := &requests{}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: registry})
+	rp.ModifyResponse = func(resp *http.Response) error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if strings.Contains(resp.Request.URL.Path, "/blobs/") {
+			r.blobs++
+		} else {
+			r.other++
+		}
+		r.size += int(resp.ContentLength)
+		return nil
+	}
+	srv := httptest.NewServer(rp)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), r
 }
 
 // TestConvertToRegistryWithAuth does the same against a registry with
