@@ -30,6 +30,7 @@ func newRootCmd() *cobra.Command {
 		newInspectCmd,
 		newServeCmd,
 		newMountCmd,
+		newAttachCmd,
 	} {
 		root.AddCommand(newCmd())
 	}
