@@ -90,18 +90,15 @@ type Options struct {
 	// PartChunks bounds the chunks of one chunk manifest (default
 	// PartChunks); a longer list is split into parts.
 	PartChunks int
-	// Transport, if set, replaces the HTTP transport under the
-	// authentication (TLS settings, tests).
-	Transport http.RoundTripper
 }
 
 // Store is a chunk store in a registry repository.
 type Store struct {
 	repo    name.Repository
-	pin     string // digest of the pinned chunk manifest, or ""
+	pin     string // digest of the pinned chunk table, or ""
 	name    string // the URL, for messages
 	opt     Options
-	base    http.RoundTripper
+	base    *http.Transport
 	timeout time.Duration
 
 	authMu sync.Mutex // held while authenticating
@@ -125,7 +122,7 @@ type authState struct {
 
 // Open returns the store at rawURL (oci://REGISTRY/REPO[@sha256:HEX]). It
 // does not contact the registry: the first request authenticates and
-// reads the chunk manifests.
+// reads the chunk tables.
 func Open(rawURL string, opt Options) (*Store, error) {
 	rest, ok := strings.CutPrefix(rawURL, "oci://")
 	if !ok {
@@ -145,7 +142,7 @@ func Open(rawURL string, opt Options) (*Store, error) {
 	repo := reg.Repo(path)
 	if pin != "" {
 		if _, err := v1.NewHash(pin); err != nil {
-			return nil, fmt.Errorf("store %s: pinned chunk manifest: %w", rawURL, err)
+			return nil, fmt.Errorf("store %s: pinned chunk table: %w", rawURL, err)
 		}
 	}
 	if opt.Timeout <= 0 {
@@ -157,20 +154,17 @@ func Open(rawURL string, opt Options) (*Store, error) {
 	if opt.PartChunks <= 0 {
 		opt.PartChunks = PartChunks
 	}
-	base := opt.Transport
-	if base == nil {
-		dialer := &net.Dialer{Timeout: min(opt.Timeout, 30*time.Second), KeepAlive: 30 * time.Second}
-		base = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           dialer.DialContext,
-			ForceAttemptHTTP2:     true,
-			MaxIdleConnsPerHost:   opt.Parallelism,
-			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   min(opt.Timeout, 30*time.Second),
-			ExpectContinueTimeout: time.Second,
-			// Chunks are zstd already.
-			DisableCompression: true,
-		}
+	dialer := &net.Dialer{Timeout: min(opt.Timeout, 30*time.Second), KeepAlive: 30 * time.Second}
+	base := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   opt.Parallelism,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   min(opt.Timeout, 30*time.Second),
+		ExpectContinueTimeout: time.Second,
+		// Chunks are zstd already.
+		DisableCompression: true,
 	}
 	return &Store{
 		repo:    repo,
@@ -202,9 +196,7 @@ func (s *Store) Blob(ctx context.Context, id store.ID) (v1.Descriptor, bool, err
 // Close waits for staged uploads to end and drops idle connections.
 func (s *Store) Close() error {
 	s.Abort()
-	if t, ok := s.base.(interface{ CloseIdleConnections() }); ok {
-		t.CloseIdleConnections()
-	}
+	s.base.CloseIdleConnections()
 	return nil
 }
 
@@ -298,8 +290,8 @@ func readAll(r io.Reader, buf []byte, limit int64) ([]byte, error) {
 	return buf, nil
 }
 
-// Has implements store.Store from the chunk manifests: the chunks they
-// list, and those this store put.
+// Has implements store.Store from the chunk tables: the chunks they list,
+// and those this store put. It sends no request once the tables are read.
 func (s *Store) Has(ctx context.Context, id store.ID) (bool, error) {
 	_, ok, err := s.lookup(ctx, id)
 	if err != nil {
@@ -310,7 +302,7 @@ func (s *Store) Has(ctx context.Context, id store.ID) (bool, error) {
 
 // Put implements store.Store: it uploads the chunk as a blob (POST, then
 // PUT with the bytes) and remembers it for PushChunkManifest. A blob no
-// chunk manifest lists is collected by the registry's garbage collector.
+// chunk manifest lists is removed by the registry's garbage collector.
 func (s *Store) Put(ctx context.Context, id store.ID, compressed []byte) error {
 	if _, ok, err := s.lookup(ctx, id); err != nil || ok {
 		return s.fail(ctx, id, err)
