@@ -53,7 +53,7 @@ func TestOpen(t *testing.T) {
 		{loc: "oci://127.0.0.1:5000/a/b@sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", want: &ocistore.Store{}},
 		{loc: "oci://registry", err: "want oci://REGISTRY/REPO"},
 		{loc: "oci://registry/Repo", err: "want oci://REGISTRY/REPO"},
-		{loc: "oci://registry/repo@sha256:12", err: "pinned chunk manifest"},
+		{loc: "oci://registry/repo@sha256:12", err: "pinned chunk table"},
 		{loc: "s3://bucket/x", err: "unknown scheme"},
 	} {
 		t.Run(tc.loc, func(t *testing.T) {
