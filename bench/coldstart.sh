@@ -15,8 +15,8 @@
 # the proxy's source port) that limits the download direction to the rate
 # and counts its bytes. Containers run with --network host to reach them.
 # Its own docker-registry (temp storage) holds both images; chunks come
-# from `mkbootfs serve --http` (--store http) or from the registry next to
-# the boot image (--store oci).
+# from `mkbootfs serve --http` (http) and, in a second converted image,
+# from the registry next to the boot image (oci).
 #
 # dedup: 10 related Debian images, each rebuilt from scratch by debootstrap
 # as one tree (minbase, then each adding packages), converted into one
@@ -24,9 +24,9 @@
 # 10 into one store, and against the largest image's own store.
 #
 # Usage: bench/coldstart.sh [--mode all|coldstart|dedup] [--rate MBIT]
-#   [--delay MS] [--workloads apt,http] [--store http|oci] [--runs N]
+#   [--delay MS] [--workloads apt,http] [--stores http,oci] [--runs N]
 # Env defaults: COLDSTART_MODE, COLDSTART_RATE_MBIT (25),
-# COLDSTART_DELAY_MS (10, each way), COLDSTART_WORKLOADS, COLDSTART_STORE,
+# COLDSTART_DELAY_MS (10, each way), COLDSTART_WORKLOADS, COLDSTART_STORES,
 # RUNS (warm runs, median; 3), MKBOOTFS (a built binary with bootinit
 # beside it; default: built here), BENCH_TOOLS (where Toxiproxy is
 # installed; /var/cache/mkbootfs/toxiproxy-v2.12.0).
@@ -40,7 +40,7 @@ MODE=${COLDSTART_MODE:-all}
 RATE=${COLDSTART_RATE_MBIT:-25}
 DELAY=${COLDSTART_DELAY_MS:-10}
 WORKLOADS=${COLDSTART_WORKLOADS:-apt,http}
-STORE_KIND=${COLDSTART_STORE:-http}
+STORES=${COLDSTART_STORES:-http,oci}
 RUNS=${RUNS:-3}
 TOOLS=${BENCH_TOOLS:-/var/cache/mkbootfs/toxiproxy-v2.12.0}
 TOXIPROXY_VERSION=v2.12.0
@@ -56,7 +56,7 @@ while [ $# -gt 0 ]; do
 	--rate) RATE=$2; shift ;;
 	--delay) DELAY=$2; shift ;;
 	--workloads) WORKLOADS=$2; shift ;;
-	--store) STORE_KIND=$2; shift ;;
+	--stores) STORES=$2; shift ;;
 	--runs) RUNS=$2; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
@@ -68,7 +68,9 @@ log() { printf 'coldstart.sh: %s\n' "$*" >&2; }
 die() { printf 'coldstart.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 
 case $MODE in all | coldstart | dedup) ;; *) die "--mode $MODE: want all, coldstart or dedup" ;; esac
-case $STORE_KIND in http | oci) ;; *) die "--store $STORE_KIND: want http (mkbootfs serve) or oci (the registry)" ;; esac
+for kind in ${STORES//,/ }; do
+	case $kind in http | oci) ;; *) die "--stores $STORES: want http (mkbootfs serve), oci (the registry), or both: http,oci" ;; esac
+done
 [[ $RATE =~ ^[0-9]+$ && $RATE -gt 0 ]] || die "--rate $RATE: want a whole number of Mbit/s"
 [[ $DELAY =~ ^[0-9]+$ ]] || die "--delay $DELAY: want whole milliseconds"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs $RUNS: want a positive number"
@@ -210,7 +212,12 @@ start_link() {
 		tc qdisc add dev lo parent "1:$class" handle "$class:" bfifo limit "$limit"
 		tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip sport "$listen" 0xffff flowid "1:$class"
 	done
-	log "link: ${RATE} Mbit/s down, ${DELAY} ms each way; registry 127.0.0.1:$REG behind :$REGP, chunk server :$CHUNK behind :$CHUNKP"
+	# A new connection through a proxy takes one round trip to connect and
+	# one per request: at least 4 x DELAY.
+	LINK_CHECK=$(curl -fs -o /dev/null -w '%{time_total}' "http://127.0.0.1:$REGP/v2/") ||
+		die "the registry does not answer through Toxiproxy at 127.0.0.1:$REGP; see $WORK/toxiproxy.log"
+	LINK_CHECK=$(awk -v t="$LINK_CHECK" 'BEGIN { printf "%.0f", t * 1000 }')
+	log "link: ${RATE} Mbit/s down, ${DELAY} ms each way (a GET /v2/ through it: $LINK_CHECK ms); registry 127.0.0.1:$REG behind :$REGP, chunk server :$CHUNK behind :$CHUNKP"
 }
 toxi() { "$TOOLS/cli" -h "http://127.0.0.1:$TOXAPI" "$@" >/dev/null || die "toxiproxy-cli $* failed"; }
 # sent: bytes sent so far over the shaped link (both classes).
@@ -223,34 +230,38 @@ manifest_size() {
 		grep -o '"size":[0-9]*' | cut -d: -f2 | awk '{s += $1} END {print s + 0}'
 }
 
-# prepare W ROOTFS: push the plain image of ROOTFS and its boot image to the
-# registry. A file naming this run makes its layer one that no image in
-# the daemon shares, so a pull moves all of it.
+# prepare W ROOTFS: push the plain image of ROOTFS and, for each store kind,
+# its boot image to the registry. A file naming this run makes the plain
+# layer one that no image in the daemon shares, so a pull moves all of it.
 declare -A PLAIN_GZ CHUNKS_TOTAL CHUNK_URL
 prepare() {
-	local w=$1 rootfs=$2 out
-	local plain=127.0.0.1:$REG/coldstart/$w:plain boot=127.0.0.1:$REG/coldstart/$w:bootfs
-	IMAGES+=("$plain" "$boot" "127.0.0.1:$REGP/coldstart/$w:plain" "127.0.0.1:$REGP/coldstart/$w:bootfs")
+	local w=$1 rootfs=$2 out kind boot
+	local plain=127.0.0.1:$REG/coldstart/$w:plain
+	IMAGES+=("$plain" "127.0.0.1:$REGP/coldstart/$w:plain")
 	mkdir -p "$WORK/nonce/etc"
 	echo "bench/coldstart.sh run $RUN_ID, workload $w" >"$WORK/nonce/etc/mkbootfs-coldstart"
-	log "$w: docker import of $rootfs, push, convert"
+	log "$w: docker import of $rootfs, push"
 	tar -C "$rootfs" --xattrs --xattrs-include='*' -cf - . -C "$WORK/nonce" ./etc/mkbootfs-coldstart |
 		docker import - "$plain" >/dev/null
 	docker push -q "$plain" >/dev/null || die "docker push $plain failed"
-	local store=()
-	[ "$STORE_KIND" = http ] && store=(--store "$WORK/store")
-	out=$("$MKBOOTFS" convert "${store[@]}" "docker://$plain" "$boot" 2>&1) || die "mkbootfs convert $plain $boot: $out"
-	log "$w: $(echo "$out" | tr '\n' ' ')"
 	PLAIN_GZ[$w]=$(manifest_size "coldstart/$w" plain)
-	CHUNKS_TOTAL[$w]=$(echo "$out" | sed -n 's/.* in \([0-9]*\) chunks.*/\1/p' | head -1)
-	if [ "$STORE_KIND" = http ]; then
-		CHUNK_URL[$w]=http://127.0.0.1:$CHUNKP/
-	else
-		# The boot image records the registry it was pushed to; its
-		# containers read the same repository through the link.
-		CHUNK_URL[$w]=$(echo "$out" | sed -n 's/.*chunks from \(oci:[^ ,]*\).*/\1/p' | sed "s|127.0.0.1:$REG/|127.0.0.1:$REGP/|")
-		[ -n "${CHUNK_URL[$w]}" ] || die "mkbootfs convert did not say where $boot reads its chunks: $out"
-	fi
+	for kind in ${STORES//,/ }; do
+		boot=127.0.0.1:$REG/coldstart/$w:bootfs-$kind
+		IMAGES+=("$boot" "127.0.0.1:$REGP/coldstart/$w:bootfs-$kind")
+		local store=()
+		[ "$kind" = http ] && store=(--store "$WORK/store")
+		out=$("$MKBOOTFS" convert "${store[@]}" "docker://$plain" "$boot" 2>&1) || die "mkbootfs convert $plain $boot: $out"
+		log "$w: $(echo "$out" | tr '\n' ' ')"
+		CHUNKS_TOTAL[$w]=$(echo "$out" | sed -n 's/.* in \([0-9]*\) chunks.*/\1/p' | head -1)
+		if [ "$kind" = http ]; then
+			CHUNK_URL[$w.$kind]=http://127.0.0.1:$CHUNKP/
+		else
+			# The boot image records the registry it was pushed to; its
+			# containers read the same repository through the link.
+			CHUNK_URL[$w.$kind]=$(echo "$out" | sed -n 's/.*chunks from \(oci:[^ ,]*\).*/\1/p' | sed "s|127.0.0.1:$REG/|127.0.0.1:$REGP/|")
+			[ -n "${CHUNK_URL[$w.$kind]}" ] || die "mkbootfs convert did not say where $boot reads its chunks: $out"
+		fi
+	done
 	forget_images
 }
 
@@ -289,31 +300,36 @@ start_app() {
 			sleep 0.01
 		done
 		[ -n "$ready" ] || die "$name ($image) did not answer http://127.0.0.1:$port/ within 5 minutes"
-		# A stop, not a kill: bootinit writes fetched chunks into the cache
-		# volume as the app exits.
-		docker stop -t 30 "$name" >/dev/null
-		docker rm "$name" >/dev/null
+		# A converted container gets a stop, not a kill: bootinit writes
+		# fetched chunks into the cache volume as the app exits. A plain
+		# one has python as PID 1, which ignores SIGTERM: kill it.
+		[ $# -gt 0 ] && docker stop -t 30 "$name" >/dev/null
+		docker rm -f "$name" >/dev/null
 		echo "$ready"
 		;;
 	*) die "--workloads: unknown workload $w (want apt, http)" ;;
 	esac
 }
 
-served() { # chunks the chunk server has sent so far
-	if [ -f "$WORK/serve.log" ]; then grep -c 'method=GET .*\.cacnk status=200' "$WORK/serve.log" || true; else echo 0; fi
+# fetched KIND CACHE-DIR: chunks in the cache volume, and for our chunk
+# server the chunks it has sent (a check on the cache count).
+fetched() {
+	local n
+	n=$(chunk_count "$2")
+	if [ "$1" = http ]; then
+		echo "$n $(grep -c 'method=GET .*\.cacnk status=200' "$WORK/serve.log" || true)"
+	else
+		echo "$n 0"
+	fi
 }
+# served KIND N: what fetched's second count adds to a row.
+served() { if [ "$1" = http ]; then echo " (served $2)"; fi; }
 
-# One row: workload, run, seconds, link bytes (boot image or pull), link
-# bytes (chunks), chunks fetched.
+# ROWS: workload|run|ready seconds|pull seconds|pull bytes|lazy bytes|chunks.
 ROWS=()
 declare -A SECS BYTES
-measure_workload() {
-	local w=$1
-	local plain=127.0.0.1:$REGP/coldstart/$w:plain boot=127.0.0.1:$REGP/coldstart/$w:bootfs
-	local vol=coldstart-$RUN_ID-$w t0 tp ready b0 bp b1 s0 warm=
-	VOLUMES+=("$vol")
-	local conv=(--device /dev/fuse --cap-add SYS_ADMIN -v "$vol:/.bootfs/cache" -e "MKBOOTFS_STORE=${CHUNK_URL[$w]}")
-
+measure_plain() {
+	local w=$1 plain=127.0.0.1:$REGP/coldstart/$w:plain t0 tp ready b0 bp b1 warm=
 	log "$w: plain cold"
 	forget_images
 	sync
@@ -322,7 +338,7 @@ measure_workload() {
 	bp=$(sent) tp=$EPOCHREALTIME
 	ready=$(start_app "$w" "$plain")
 	b1=$(sent)
-	SECS[$w.plain.cold]=$(sub "$ready" "$t0") BYTES[$w.plain.cold]=$((b1 - b0))
+	SECS[$w.plain.cold]=$(sub "$ready" "$t0")
 	ROWS+=("$w|plain cold (pull + run)|${SECS[$w.plain.cold]}|$(sub "$tp" "$t0")|$((bp - b0))|$((b1 - bp))|-")
 
 	log "$w: plain warm, $RUNS runs"
@@ -335,44 +351,47 @@ measure_workload() {
 	b1=$(sent)
 	SECS[$w.plain.warm]=$(echo "$warm" | median)
 	ROWS+=("$w|plain warm (run), median|${SECS[$w.plain.warm]}|0|$((b1 - b0))|0|-")
+}
 
-	log "$w: converted cold"
+measure_converted() {
+	local w=$1 kind=$2 boot=127.0.0.1:$REGP/coldstart/$w:bootfs-$2
+	local vol=coldstart-$RUN_ID-$w-$kind t0 tp ready b0 bp b1 n0 s0 n1 s1 warm= cache
+	VOLUMES+=("$vol")
+	local conv=(--device /dev/fuse --cap-add SYS_ADMIN -v "$vol:/.bootfs/cache" -e "MKBOOTFS_STORE=${CHUNK_URL[$w.$kind]}")
+
+	log "$w: converted cold, chunks from $kind"
 	forget_images
 	docker volume rm -f "$vol" >/dev/null
 	docker volume create "$vol" >/dev/null
+	cache=$(docker volume inspect -f '{{.Mountpoint}}' "$vol")
 	sync
-	b0=$(sent) s0=$(served) t0=$EPOCHREALTIME
+	read -r n0 s0 <<<"$(fetched "$kind" "$cache")"
+	b0=$(sent) t0=$EPOCHREALTIME
 	docker pull -q "$boot" >/dev/null || die "docker pull $boot failed"
 	bp=$(sent) tp=$EPOCHREALTIME
 	ready=$(start_app "$w" "$boot" "${conv[@]}")
 	b1=$(sent)
-	local cache fetched
-	cache=$(docker volume inspect -f '{{.Mountpoint}}' "$vol")
-	fetched="$(chunk_count "$cache")/${CHUNKS_TOTAL[$w]}"
-	[ "$STORE_KIND" = http ] && fetched+=" (served $(($(served) - s0)))"
-	SECS[$w.conv.cold]=$(sub "$ready" "$t0") BYTES[$w.conv.cold]=$((b1 - b0)) BYTES[$w.conv.chunks]=$((b1 - bp))
-	ROWS+=("$w|converted cold (pull + lazy run)|${SECS[$w.conv.cold]}|$(sub "$tp" "$t0")|$((bp - b0))|$((b1 - bp))|$fetched")
+	read -r n1 s1 <<<"$(fetched "$kind" "$cache")"
+	SECS[$w.$kind.cold]=$(sub "$ready" "$t0") BYTES[$w.$kind.cold]=$((b1 - b0)) BYTES[$w.$kind.chunks]=$((b1 - bp))
+	ROWS+=("$w|converted cold ($kind; pull + lazy run)|${SECS[$w.$kind.cold]}|$(sub "$tp" "$t0")|$((bp - b0))|$((b1 - bp))|$((n1 - n0))/${CHUNKS_TOTAL[$w]}$(served "$kind" $((s1 - s0)))")
 
-	log "$w: converted warm, $RUNS runs"
-	warm= b0=$(sent) s0=$(served)
-	local c0
-	c0=$(chunk_count "$cache")
+	log "$w: converted warm, chunks from $kind, $RUNS runs"
+	n0=$n1 s0=$s1 b0=$(sent)
 	for _ in $(seq "$RUNS"); do
 		t0=$EPOCHREALTIME
 		ready=$(start_app "$w" "$boot" "${conv[@]}")
 		warm+=" $(sub "$ready" "$t0")"
 	done
 	b1=$(sent)
-	fetched="+$(($(chunk_count "$cache") - c0))"
-	[ "$STORE_KIND" = http ] && fetched+=" (served $(($(served) - s0)))"
-	SECS[$w.conv.warm]=$(echo "$warm" | median)
-	ROWS+=("$w|converted warm (run, cache kept), median|${SECS[$w.conv.warm]}|0|0|$((b1 - b0))|$fetched")
+	read -r n1 s1 <<<"$(fetched "$kind" "$cache")"
+	SECS[$w.$kind.warm]=$(echo "$warm" | median)
+	ROWS+=("$w|converted warm ($kind; cache kept), median|${SECS[$w.$kind.warm]}|0|0|$((b1 - b0))|+$((n1 - n0))$(served "$kind" $((s1 - s0)))")
 }
 
 coldstart() {
 	[ -f "$MINBASE/etc/debian_version" ] || scripts/debian-rootfs.sh "$MINBASE" >&2
 	start_link
-	local w
+	local w kind
 	for w in ${WORKLOADS//,/ }; do
 		case $w in
 		apt) prepare apt "$MINBASE" ;;
@@ -383,28 +402,34 @@ coldstart() {
 		*) die "--workloads: unknown workload $w (want apt, http)" ;;
 		esac
 	done
-	if [ "$STORE_KIND" = http ]; then
+	if [[ ,$STORES, == *,http,* ]]; then
 		"$MKBOOTFS" serve --http "127.0.0.1:$CHUNK" "$WORK/store" >"$WORK/serve.log" 2>&1 &
 		PIDS+=($!)
 		wait_http "http://127.0.0.1:$CHUNK/healthz" "mkbootfs serve" "$WORK/serve.log"
 	fi
-	for w in ${WORKLOADS//,/ }; do measure_workload "$w"; done
+	for w in ${WORKLOADS//,/ }; do
+		measure_plain "$w"
+		for kind in ${STORES//,/ }; do measure_converted "$w" "$kind"; done
+	done
 
-	echo "cold start on ${RATE} Mbit/s, ${DELAY} ms each way (Toxiproxy + htb on lo); chunks from $STORE_KIND; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
-	echo "apt: Debian minbase, apt-get --version, first output line; http: Debian + python3, python3 -m http.server, first HTTP response"
-	printf '%-8s %-40s %8s %8s %9s %9s  %s\n' workload run "ready s" "pull s" "pull MB" "lazy MB" "chunks fetched/in image"
+	echo "cold start on ${RATE} Mbit/s, ${DELAY} ms each way (Toxiproxy + htb on lo; a new GET /v2/ through it took $LINK_CHECK ms); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "apt: Debian minbase, apt-get --version, to its first output line; http: Debian + python3, python3 -m http.server, to the first HTTP response"
+	echo "chunks from http: mkbootfs serve --http; from oci: the registry, next to the boot image"
+	printf '%-8s %-44s %8s %8s %9s %9s  %s\n' workload run "ready s" "pull s" "pull MB" "lazy MB" "chunks fetched/in image"
 	local row a b c d e f g
 	for row in "${ROWS[@]}"; do
 		IFS='|' read -r a b c d e f g <<<"$row"
-		printf '%-8s %-40s %8.2f %8.2f %9s %9s  %s\n' "$a" "$b" "$c" "$d" "$(mb "$e")" "$(mb "$f")" "$g"
+		printf '%-8s %-44s %8.2f %8.2f %9s %9s  %s\n' "$a" "$b" "$c" "$d" "$(mb "$e")" "$(mb "$f")" "$g"
 	done
 	for w in ${WORKLOADS//,/ }; do
 		echo
 		echo "$w: plain image $(mb "${PLAIN_GZ[$w]}") MB compressed in the registry"
-		bar "$w: converted cold / plain cold, seconds" "$(div "${SECS[$w.conv.cold]}" "${SECS[$w.plain.cold]}")" 0.10
-		bar "$w: converted cold bytes / plain compressed size" "$(div "${BYTES[$w.conv.cold]}" "${PLAIN_GZ[$w]}")" 0.06
-		echo "    (chunks alone, without the boot image pull: $(div "${BYTES[$w.conv.chunks]}" "${PLAIN_GZ[$w]}"))"
-		bar "$w: converted warm / plain warm, seconds" "$(div "${SECS[$w.conv.warm]}" "${SECS[$w.plain.warm]}")" 1.2
+		for kind in ${STORES//,/ }; do
+			bar "$w, $kind: converted cold / plain cold, seconds" "$(div "${SECS[$w.$kind.cold]}" "${SECS[$w.plain.cold]}")" 0.10
+			bar "$w, $kind: converted cold bytes / plain compressed" "$(div "${BYTES[$w.$kind.cold]}" "${PLAIN_GZ[$w]}")" 0.06
+			echo "    (chunks alone, without the boot image pull: $(div "${BYTES[$w.$kind.chunks]}" "${PLAIN_GZ[$w]}"))"
+			bar "$w, $kind: converted warm / plain warm, seconds" "$(div "${SECS[$w.$kind.warm]}" "${SECS[$w.plain.warm]}")" 1.2
+		done
 	done
 }
 
