@@ -475,7 +475,7 @@ dedup() {
 	local all ca
 	all=$(chunk_bytes "$dd/all") ca=$(chunk_bytes "$dd/casync")
 
-	echo "dedup: ${#trees[@]} related Debian bookworm images, each one tree rebuilt from scratch by debootstrap (cumulative --include)"
+	echo "dedup: ${#trees[@]} related Debian bookworm images, each one tree rebuilt from scratch by debootstrap (cumulative --include); gzip layer: tar | gzip -6, as docker push writes it"
 	printf '%-12s %10s %14s %14s\n' image "data MB" "gzip layer MB" "own store MB"
 	local r n d g o
 	for r in "${rows[@]}"; do
