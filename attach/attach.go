@@ -284,10 +284,7 @@ func (a *attachment) start(ctx context.Context) error {
 	if a.fuse != nil {
 		files = append(files, a.fuse)
 	}
-	if a.proc, err = startSession(a.info.nsFlags, a.target.pidfd, files); err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return a.target.alive()
-		}
+	if a.proc, err = startSession(a.target, files); err != nil {
 		return fmt.Errorf("starting the session in %s: %w", a.target.what, err)
 	}
 	a.waited = make(chan error, 1)
@@ -378,9 +375,9 @@ func (a *attachment) start(ctx context.Context) error {
 }
 
 // startSession forks the session process from a thread that has joined
-// the target's namespaces (nsFlags, through its pidfd); the thread is
-// never given back, and ends with its goroutine.
-func startSession(nsFlags, pidfd int, files []*os.File) (*os.Process, error) {
+// the target's namespaces (those of joined that differ, through its
+// pidfd); the thread is never given back, and ends with its goroutine.
+func startSession(target *pinned, files []*os.File) (*os.Process, error) {
 	type started struct {
 		p   *os.Process
 		err error
@@ -388,9 +385,25 @@ func startSession(nsFlags, pidfd int, files []*os.File) (*os.Process, error) {
 	ch := make(chan started, 1)
 	go func() {
 		runtime.LockOSThread()
-		if nsFlags != 0 {
-			if err := unix.Setns(pidfd, nsFlags); err != nil {
-				ch <- started{nil, fmt.Errorf("joining the container's namespaces: %w", err)}
+		flags := 0
+		for _, ns := range joined {
+			same, err := sameNS(ns.name, target.pid)
+			if err != nil {
+				ch <- started{nil, target.procErr(err)}
+				return
+			}
+			if !same {
+				flags |= ns.flag
+			}
+		}
+		if flags != 0 {
+			if err := unix.Setns(target.pidfd, flags); err != nil {
+				if errors.Is(err, unix.ESRCH) {
+					err = target.alive()
+				} else {
+					err = fmt.Errorf("joining the container's namespaces: %w", err)
+				}
+				ch <- started{nil, err}
 				return
 			}
 		}

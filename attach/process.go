@@ -16,9 +16,6 @@ import (
 type targetInfo struct {
 	env    []string
 	capBnd uint64 // its capability bounding set
-	// nsFlags are the namespaces to join (CLONE_NEW*), those that differ
-	// from ours; the mount namespace is handled apart.
-	nsFlags int
 	// cgroupProcs are the cgroup.procs files of its cgroups, one per
 	// hierarchy mounted here.
 	cgroupProcs []string
@@ -26,7 +23,8 @@ type targetInfo struct {
 	root *os.File
 }
 
-// joined are the namespaces a session joins besides the mount namespace.
+// joined are the namespaces a session joins besides the mount namespace
+// (when they are not ours already).
 var joined = []struct {
 	name string
 	flag int
@@ -62,15 +60,6 @@ func (p *pinned) info() (*targetInfo, error) {
 		return nil, p.procErr(err)
 	} else if !same {
 		return nil, fmt.Errorf("%s runs in a user namespace of its own (userns-remap or rootless): attach does not support that yet", p.what)
-	}
-	for _, ns := range joined {
-		same, err := sameNS(ns.name, p.pid)
-		if err != nil {
-			return nil, p.procErr(err)
-		}
-		if !same {
-			in.nsFlags |= ns.flag
-		}
 	}
 	cg, err := os.ReadFile(p.proc("cgroup"))
 	if err != nil {
@@ -111,9 +100,12 @@ func statusCaps(status []byte, key string) (uint64, error) {
 	return 0, fmt.Errorf("no %s line", key)
 }
 
-// sameNS reports whether process pid is in our namespace of that kind.
+// sameNS reports whether process pid is in the calling thread's namespace
+// of that kind. The thread's, not the process's: a thread that joined a
+// container's namespaces may linger (Go parks the main thread when a
+// goroutine locked to it ends).
 func sameNS(kind string, pid int) (bool, error) {
-	a, err := nsID("/proc/self/ns/" + kind)
+	a, err := nsID("/proc/thread-self/ns/" + kind)
 	if err != nil {
 		return false, err
 	}

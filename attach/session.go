@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -85,6 +86,8 @@ type setupError struct {
 func (e *setupError) Error() string { return e.err.Error() }
 
 func sessionMain() int {
+	// Named in ps as in argv, not "exe" (our binary ran as /proc/self/exe).
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&append([]byte(sessionName), 0)[0])), 0, 0, 0)
 	// What the attach process passed must not reach the command.
 	for fd := fdConn; fd <= fdFuse; fd++ {
 		unix.CloseOnExec(fd)

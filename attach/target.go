@@ -53,14 +53,20 @@ type engine interface {
 	pid(ctx context.Context, id string) (int, error)
 }
 
-// engines are those looked in, in order: docker through its API
-// socket, podman and containerd through their CLIs when installed.
+// engines are those looked in, in order: docker through its API socket,
+// podman and containerd through their CLIs when installed (containerd's
+// when its socket is there too: ctr waits long for a missing one).
 func engines() []engine {
 	rts := []engine{newDocker()}
 	if _, err := exec.LookPath("podman"); err == nil {
 		rts = append(rts, podman{})
 	}
-	if _, err := exec.LookPath("ctr"); err == nil {
+	sock := os.Getenv("CONTAINERD_ADDRESS")
+	if sock == "" {
+		sock = "/run/containerd/containerd.sock"
+	}
+	fi, err := os.Stat(sock)
+	if _, lerr := exec.LookPath("ctr"); lerr == nil && err == nil && fi.Mode().Type() == os.ModeSocket {
 		rts = append(rts, containerd{})
 	}
 	return rts
@@ -100,9 +106,10 @@ func find(ctx context.Context, spec string, rts []engine) (Container, engine, er
 		}
 		byRuntime[r.name()] = r
 		for _, c := range cs {
-			// docker's containers are containerd's too, by the same ID.
-			if !seen[c.ID] {
-				seen[c.ID] = true
+			// docker's containers are containerd's too, as moby/ID.
+			key := c.ID[strings.LastIndex(c.ID, "/")+1:]
+			if !seen[key] {
+				seen[key] = true
 				all = append(all, c)
 			}
 		}
