@@ -564,6 +564,14 @@ func TestAttachTargets(t *testing.T) {
 			}
 		})
 	}
+	t.Run("paused", func(t *testing.T) {
+		testenv.Run(t, "docker", "pause", c.name)
+		defer testenv.Run(t, "docker", "unpause", c.name)
+		s := attach(t, Options{Target: c.name, Tools: fixture.index, Stores: []string{fixture.storeDir}, Command: []string{"true"}}, nil)
+		if s.err == nil || !strings.Contains(s.err.Error(), "paused") {
+			t.Errorf("attaching to a paused container: %v", s.err)
+		}
+	})
 }
 
 // TestLoadTools loads the tools image from the registry, the daemon and an

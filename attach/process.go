@@ -72,6 +72,12 @@ func (p *pinned) info() (*targetInfo, error) {
 	if in.cgroupProcs, err = cgroupProcs(cg, mountinfo); err != nil {
 		return nil, fmt.Errorf("%s: %w", p.what, err)
 	}
+	// The session joins its cgroups: in a frozen one it would freeze too.
+	for _, f := range in.cgroupProcs {
+		if frozen(path.Dir(f)) {
+			return nil, fmt.Errorf("%s is paused (its cgroup %s is frozen): unpause it first", p.what, path.Dir(f))
+		}
+	}
 	if in.root, err = os.OpenFile(p.proc("root"), unix.O_PATH|unix.O_DIRECTORY, 0); err != nil {
 		return nil, p.procErr(err)
 	}
@@ -191,6 +197,16 @@ func cgroupProcs(cgroup, mountinfo []byte) ([]string, error) {
 		}
 	}
 	return files, nil
+}
+
+// frozen reports whether the cgroup in dir is frozen (cgroup v1's freezer,
+// or v2's cgroup.freeze).
+func frozen(dir string) bool {
+	if b, err := os.ReadFile(path.Join(dir, "freezer.state")); err == nil {
+		return strings.TrimSpace(string(b)) != "THAWED"
+	}
+	b, err := os.ReadFile(path.Join(dir, "cgroup.events"))
+	return err == nil && strings.Contains(string(b), "frozen 1")
 }
 
 // joinCgroups moves process pid into the cgroups whose cgroup.procs files
