@@ -263,7 +263,7 @@ func (a *attachment) start(ctx context.Context) error {
 	}
 	a.conn = conn
 	defer theirs.Close()
-	pidfd, err := unix.Dup(a.target.pidfd)
+	pidfd, err := unix.FcntlInt(uintptr(a.target.pidfd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
@@ -322,7 +322,7 @@ func (a *attachment) start(ctx context.Context) error {
 		}
 		// The session process mounted our connection in its namespace:
 		// serve it, on a descriptor of the server's own.
-		fd, err := unix.Dup(int(a.fuse.Fd()))
+		fd, err := unix.FcntlInt(a.fuse.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}

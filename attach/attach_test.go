@@ -300,6 +300,7 @@ func TestAttach(t *testing.T) {
 		{name: "env", command: []string{"sh", "-c", `echo "$ATTACH_TEST $PATH"`}, exact: "yes " + defaultPath + "\n"},
 		{name: "capabilities", command: []string{"grep", "CapEff", "/proc/self/status"},
 			exact: fmt.Sprintf("CapEff:\t%016x\n", capBnd|1<<unix.CAP_SYS_PTRACE)},
+		{name: "descriptors", command: []string{"ls", "/proc/self/fd"}, exact: "0\n1\n2\n3\n"},
 		{name: "pid namespace", command: []string{"sh", "-c", "readlink /proc/self/ns/pid /proc/1/ns/pid | uniq | wc -l"}, exact: "1\n"},
 		{name: "exit code", command: []string{"sh", "-c", "echo out; echo err >&2; exit 7"}, code: 7, exact: "out\n", stderr: []string{"err"}},
 		{name: "signal", command: []string{"sh", "-c", "kill -TERM $$"}, code: 128 + 15},

@@ -88,9 +88,11 @@ func (e *setupError) Error() string { return e.err.Error() }
 func sessionMain() int {
 	// Named in ps as in argv, not "exe" (our binary ran as /proc/self/exe).
 	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&append([]byte(sessionName), 0)[0])), 0, 0, 0)
-	// What the attach process passed must not reach the command.
-	for fd := fdConn; fd <= fdFuse; fd++ {
-		unix.CloseOnExec(fd)
+	// Nothing but stdin, stdout and stderr may reach the command: neither
+	// what the attach process passed, nor what it had inherited.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		fmt.Fprintln(os.Stderr, "mkbootfs attach session:", err)
+		return exitSetup
 	}
 	conn, err := fileConn(os.NewFile(fdConn, "attach-socket"))
 	if err != nil {
