@@ -444,6 +444,10 @@ func TestAttachFetchesLittle(t *testing.T) {
 			100*float64(st.Cache.FetchedBytes)/float64(s.res.ImageBytes), float64(s.res.ImageBytes)/1e6,
 			100*float64(st.Cache.FetchedBytes)/float64(fixture.storeBytes), float64(fixture.storeBytes)/1e6,
 			float64(st.BytesLoaded)/1e6, 100*float64(st.BytesLoaded)/float64(s.res.ImageBytes))
+		// The bar: the bytes moved, against the image's size (its file
+		// data, as docker reports an image's size). Against its compressed
+		// chunks the ratio is about twice as high: gdb alone maps some 36 MB
+		// of binaries and libraries at startup.
 		if i == 0 && st.Cache.FetchedBytes*10 >= s.res.ImageBytes {
 			t.Errorf("a cold session fetched %d bytes, not under 10%% of the image's %d", st.Cache.FetchedBytes, s.res.ImageBytes)
 		}
