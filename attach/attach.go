@@ -300,6 +300,7 @@ func (a *attachment) start(ctx context.Context) error {
 	}()
 	// Until the command runs, a cancelled ctx (an interrupt) ends the setup.
 	stop := context.AfterFunc(ctx, func() { a.conn.SetDeadline(time.Now()) })
+	defer stop()
 	if err := joinCgroups(a.proc.Pid, a.info.cgroupProcs); err != nil {
 		return err
 	}
@@ -414,7 +415,7 @@ func startSession(target *pinned, files []*os.File) (*os.Process, error) {
 		// join the container's mount namespace.
 		p, err := os.StartProcess("/proc/self/exe", []string{sessionName}, &os.ProcAttr{
 			Files: files,
-			Env:   []string{sessionEnv},
+			Env:   []string{sessionEnv + "=1"},
 		})
 		ch <- started{p, err}
 	}()

@@ -30,8 +30,8 @@ import (
 // runApp for the deadlock that would be).
 const sessionName = "mkbootfs-attach"
 
-// sessionEnv marks the session process's environment, with sessionName.
-const sessionEnv = "MKBOOTFS_ATTACH_SESSION=1"
+// sessionEnv, set to 1, marks the session process, with sessionName.
+const sessionEnv = "MKBOOTFS_ATTACH_SESSION"
 
 // Descriptors the session process starts with, after stdin, stdout, stderr.
 const (
@@ -64,7 +64,7 @@ const (
 // and the command is forked from that thread), and both the mkbootfs binary
 // and test binaries start it, so the package takes it over at init.
 func init() {
-	if len(os.Args) != 1 || os.Args[0] != sessionName || os.Getenv("MKBOOTFS_ATTACH_SESSION") != "1" {
+	if len(os.Args) != 1 || os.Args[0] != sessionName || os.Getenv(sessionEnv) != "1" {
 		return
 	}
 	runtime.LockOSThread()
@@ -87,7 +87,9 @@ func (e *setupError) Error() string { return e.err.Error() }
 
 func sessionMain() int {
 	// Named in ps as in argv, not "exe" (our binary ran as /proc/self/exe).
-	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&append([]byte(sessionName), 0)[0])), 0, 0, 0)
+	if name, err := unix.BytePtrFromString(sessionName); err == nil {
+		unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(name)), 0, 0, 0)
+	}
 	// Nothing but stdin, stdout and stderr may reach the command: neither
 	// what the attach process passed, nor what it had inherited.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
