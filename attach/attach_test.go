@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if fixture.dir != "" {
 		os.RemoveAll(fixture.dir)
 	}
+	if fixture.daemon != "" {
+		exec.Command("docker", "rmi", "-f", fixture.daemon).Run()
+	}
 	os.Exit(code)
 }
 
@@ -131,8 +134,11 @@ func convertTools(rootfs, registry string) error {
 	if err != nil {
 		return err
 	}
-	fixture.ref = registry + "/" + toolsImage + "-bootfs"
-	fixture.daemon = toolsImage + "-bootfs"
+	// Tagged per test process: the boot image records a store in this
+	// process's temp dir, which another run must not pick up.
+	tag := fmt.Sprintf("%s-bootfs-%d", toolsImage, os.Getpid())
+	fixture.ref = registry + "/" + tag
+	fixture.daemon = tag
 	if err := converter.WriteImage(ctx, img, fixture.ref); err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -30,13 +31,26 @@ var (
 	origImg   string
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bootStore != "" {
+		os.RemoveAll(filepath.Dir(bootStore))
+	}
+	if bootImg != "" {
+		exec.Command("docker", "rmi", "-f", bootImg).Run()
+	}
+	os.Exit(code)
+}
+
 func converted(t *testing.T) (orig, boot, storeDir string) {
 	t.Helper()
 	testenv.FUSE(t)
 	img := testenv.DebianImage(t)
 	bootOnce.Do(func() {
 		origImg = img
-		bootImg, bootStore, bootErr = convertImage(img, "mkbootfs-test/debian:e2e-bootfs")
+		// Tagged per test process: the boot image records a store in this
+		// process's temp dir, which another run must not pick up.
+		bootImg, bootStore, bootErr = convertImage(img, fmt.Sprintf("mkbootfs-test/debian:e2e-bootfs-%d", os.Getpid()))
 	})
 	if bootErr != nil {
 		t.Fatal(bootErr)
