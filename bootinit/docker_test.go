@@ -263,8 +263,10 @@ func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.h.ServeHTTP(w, r)
 }
 
-func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
-	_, boot, storeDir := converted(t)
+// serveCounting serves the store in storeDir over HTTP on loopback,
+// counting GETs per chunk, until the test ends.
+func serveCounting(t *testing.T, storeDir string) (*countingHandler, string) {
+	t.Helper()
 	s, err := local.Open(storeDir, false)
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +278,13 @@ func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
 	}
 	srv := &http.Server{Handler: ch}
 	go srv.Serve(ln)
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close() })
+	return ch, ln.Addr().String()
+}
+
+func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	ch, addr := serveCounting(t, storeDir)
 	vol := "mkbootfs-e2e-cache"
 	docker(t, "volume", "rm", "-f", vol)
 	defer docker(t, "volume", "rm", "-f", vol)
@@ -288,7 +296,7 @@ func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			results[i] = docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
-				"-e", "MKBOOTFS_STORE=http://"+ln.Addr().String(), "-v", vol+":/.bootfs/cache",
+				"-e", "MKBOOTFS_STORE=http://"+addr, "-v", vol+":/.bootfs/cache",
 				boot, "sh", "-c", "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | md5sum")
 		}()
 	}
@@ -313,23 +321,16 @@ func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
 
 func TestPrefetchAll(t *testing.T) {
 	_, boot, storeDir := converted(t)
+	ch, addr := serveCounting(t, storeDir)
 	s, err := local.Open(storeDir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := &countingHandler{h: httpstore.NewHandler(s, httpstore.HandlerOptions{}), gets: map[string]int{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: ch}
-	go srv.Serve(ln)
-	defer srv.Close()
 	want := 0
 	s.Walk(func(store.ID) error { want++; return nil })
 	// The app does nothing for a while; prefetching fills the cache meanwhile.
 	r := docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
-		"-e", "MKBOOTFS_STORE=http://"+ln.Addr().String(), "-e", "MKBOOTFS_PREFETCH=all", boot, "sleep", "15")
+		"-e", "MKBOOTFS_STORE=http://"+addr, "-e", "MKBOOTFS_PREFETCH=all", boot, "sleep", "15")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
