@@ -102,7 +102,7 @@ func openImage(ctx context.Context, ref string) (v1.Image, error) {
 }
 
 // bootImageTools reads the index and boot config out of a boot image's
-// one layer, and PATH out of its config.
+// own layer, and PATH out of its config.
 func bootImageTools(ref string, img v1.Image) (*Tools, error) {
 	notBoot := func(why string) error {
 		return fmt.Errorf("tools image %s is not a boot image (%s): convert it first with `mkbootfs convert`", ref, why)
@@ -111,10 +111,10 @@ func bootImageTools(ref string, img v1.Image) (*Tools, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tools image %s: %w", ref, err)
 	}
-	if len(layers) != 1 {
-		return nil, notBoot(fmt.Sprintf("%d layers, a boot image has one", len(layers)))
+	if len(layers) != 2 {
+		return nil, notBoot(fmt.Sprintf("%d layers, a boot image has two", len(layers)))
 	}
-	rc, err := layers[0].Uncompressed()
+	rc, err := layers[1].Uncompressed() // the image's own: index and boot config
 	if err != nil {
 		return nil, fmt.Errorf("tools image %s: %w", ref, err)
 	}

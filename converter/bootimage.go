@@ -3,6 +3,7 @@ package converter
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,9 +38,10 @@ const (
 	LabelStores = "org.mkbootfs.stores"
 )
 
-// BootImage builds the boot image of a conversion: one small layer with
-// bootinit, the index and the boot config, and the source image's config
-// with bootinit in front of its entrypoint. s is read for the few files
+// BootImage builds the boot image of a conversion: a layer with bootinit,
+// a small layer with the index, the boot config and the image's skeleton,
+// and the source image's config with bootinit in front of its entrypoint.
+// s is read for the few files
 // the container runtime itself reads before bootinit runs (/etc/passwd and
 // /etc/group, which resolve `docker run -u NAME`).
 func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store, stores []string) (v1.Image, error) {
@@ -52,66 +54,65 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	// Fixed times keep the layer, and so the image digest, reproducible.
+	// Fixed times keep the layers, and so the image digest, reproducible.
 	epoch := time.Unix(0, 0)
-	dir := func(p string, mode int64) error {
-		return tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(p, "/") + "/", Typeflag: tar.TypeDir, Mode: mode, ModTime: epoch, Format: tar.FormatPAX})
-	}
-	file := func(p string, mode int64, data []byte) error {
-		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(p, "/"), Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data)), ModTime: epoch, Format: tar.FormatPAX}); err != nil {
+	// bootinit has a layer of its own: the same in every boot image, so a
+	// node pulls it once, whatever it runs.
+	bootLayer, err := tarLayer(func(tw *tar.Writer) error {
+		if err := tarDir(tw, bootconfig.Dir, 0o755, epoch); err != nil {
 			return err
 		}
-		_, err := tw.Write(data)
-		return err
-	}
-	// The image's skeleton comes first, so that `docker run --entrypoint
-	// PROGRAM` finds PROGRAM in the boot layer: see shims.
-	if err := shims(tw, res.Index, epoch); err != nil {
+		// setuid root: under `docker run -u USER` bootinit still mounts,
+		// then runs the app as the user docker resolved.
+		return tarFile(tw, bootconfig.Bootinit, 0o4755, bootinit, epoch)
+	})
+	if err != nil {
 		return nil, err
 	}
-	steps := []func() error{
-		func() error { return dir(bootconfig.Dir, 0o755) },
-		// setuid root: under `docker run -u USER` bootinit still mounts, then
-		// runs the app as the user docker resolved.
-		func() error { return file(bootconfig.Bootinit, 0o4755, bootinit) },
-		func() error { return file(bootconfig.Index, 0o644, idx) },
-		func() error { return file(bootconfig.ConfigFile, 0o644, cfgJSON) },
-		func() error { return dir(bootconfig.CacheDir, 0o755) },
-		func() error { return dir(bootconfig.StoreDir, 0o755) },
-		func() error { return dir(bootconfig.LowerDir, 0o755) },
-		func() error { return dir(bootconfig.UpperDir, 0o755) },
-		func() error { return dir(bootconfig.RootDir, 0o755) },
-	}
-	if _, err := res.Index.Resolve("/etc"); err != nil {
-		steps = append(steps, func() error { return dir("/etc", 0o755) })
-	}
+	var etcFiles [][2]string
 	for _, f := range []string{"/etc/passwd", "/etc/group"} {
 		data, err := readFile(ctx, res.Index, s, f)
 		if err != nil {
 			return nil, err
 		}
 		if data != nil {
-			steps = append(steps, func() error { return file(f, 0o644, data) })
+			etcFiles = append(etcFiles, [2]string{f, string(data)})
 		}
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			return nil, err
+	_, etcErr := res.Index.Resolve("/etc")
+	imageLayer, err := tarLayer(func(tw *tar.Writer) error {
+		// The image's skeleton comes first, so that `docker run
+		// --entrypoint PROGRAM` finds PROGRAM in the boot image: see shims.
+		if err := shims(tw, res.Index, epoch); err != nil {
+			return err
 		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	layerBytes := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerBytes)), nil
-	}, tarball.WithMediaType(types.DockerLayer))
+		for _, d := range []string{bootconfig.Dir, bootconfig.CacheDir, bootconfig.StoreDir, bootconfig.LowerDir, bootconfig.UpperDir, bootconfig.RootDir} {
+			if err := tarDir(tw, d, 0o755, epoch); err != nil {
+				return err
+			}
+		}
+		if err := tarFile(tw, bootconfig.Index, 0o644, idx, epoch); err != nil {
+			return err
+		}
+		if err := tarFile(tw, bootconfig.ConfigFile, 0o644, cfgJSON, epoch); err != nil {
+			return err
+		}
+		if etcErr != nil {
+			if err := tarDir(tw, "/etc", 0o755, epoch); err != nil {
+				return err
+			}
+		}
+		for _, f := range etcFiles {
+			if err := tarFile(tw, f[0], 0o644, []byte(f[1]), epoch); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	img, err := mutate.AppendLayers(empty.Image, bootLayer, imageLayer)
 	if err != nil {
 		return nil, err
 	}
@@ -134,8 +135,39 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 	cfg.Config.Labels[LabelSource] = source
 	cfg.Config.Labels[LabelStores] = strings.Join(stores, ",")
 	cfg.Created = v1.Time{Time: epoch}
-	cfg.History = []v1.History{{Created: v1.Time{Time: epoch}, CreatedBy: "mkbootfs convert " + source}}
+	cfg.History = []v1.History{
+		{Created: v1.Time{Time: epoch}, CreatedBy: "mkbootfs: bootinit"},
+		{Created: v1.Time{Time: epoch}, CreatedBy: "mkbootfs convert " + source},
+	}
 	return mutate.ConfigFile(img, cfg)
+}
+
+// tarLayer makes a layer of the entries fill writes.
+func tarLayer(fill func(*tar.Writer) error) (v1.Layer, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := fill(tw); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	b := buf.Bytes()
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}, tarball.WithMediaType(types.DockerLayer), tarball.WithCompressionLevel(gzip.BestCompression))
+}
+
+func tarDir(tw *tar.Writer, p string, mode int64, mtime time.Time) error {
+	return tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(p, "/") + "/", Typeflag: tar.TypeDir, Mode: mode, ModTime: mtime, Format: tar.FormatPAX})
+}
+
+func tarFile(tw *tar.Writer, p string, mode int64, data []byte, mtime time.Time) error {
+	if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(p, "/"), Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data)), ModTime: mtime, Format: tar.FormatPAX}); err != nil {
+		return err
+	}
+	_, err := tw.Write(data)
+	return err
 }
 
 // shims writes the image's directories and symlinks into the boot layer,
@@ -360,11 +392,18 @@ func WriteImage(ctx context.Context, img v1.Image, target string) error {
 	return nil
 }
 
-// LayerSize returns the compressed size of the boot image's one layer.
-func LayerSize(img v1.Image) (int64, error) {
+// LayerSizes returns the compressed sizes of a boot image's two layers:
+// bootinit's, shared by every boot image, and the image's own.
+func LayerSizes(img v1.Image) (bootinit, own int64, err error) {
 	layers, err := img.Layers()
-	if err != nil || len(layers) != 1 {
-		return 0, fmt.Errorf("boot image: want one layer: %v", err)
+	if err == nil && len(layers) != 2 {
+		err = fmt.Errorf("%d layers", len(layers))
 	}
-	return layers[0].Size()
+	if err != nil {
+		return 0, 0, fmt.Errorf("boot image: want two layers: %w", err)
+	}
+	if bootinit, err = layers[0].Size(); err == nil {
+		own, err = layers[1].Size()
+	}
+	return bootinit, own, err
 }

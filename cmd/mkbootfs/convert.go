@@ -124,11 +124,12 @@ of them).`,
 			if err != nil {
 				return err
 			}
-			size, err := converter.LayerSize(img)
+			bootSize, ownSize, err := converter.LayerSizes(img)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "boot image %s: one layer of %.2f MB, chunks from %s\n", target, float64(size)/1e6, strings.Join(recorded, ", "))
+			fmt.Fprintf(out, "boot image %s: a layer of %.2f MB and bootinit's (%.2f MB, shared by every boot image), chunks from %s\n",
+				target, float64(ownSize)/1e6, float64(bootSize)/1e6, strings.Join(recorded, ", "))
 			return nil
 		},
 	}
