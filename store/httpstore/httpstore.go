@@ -11,13 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/internal/transport"
 )
 
 // Options tune a Store. Zero fields take the defaults.
@@ -74,19 +74,7 @@ func New(rawURL string, opt Options) (*Store, error) {
 		u.Path += "/"
 		u.RawPath = ""
 	}
-	dialer := &net.Dialer{Timeout: min(opt.Timeout, 30*time.Second), KeepAlive: 30 * time.Second}
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		TLSClientConfig:       opt.TLSClientConfig,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConnsPerHost:   opt.Parallelism,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   min(opt.Timeout, 30*time.Second),
-		ExpectContinueTimeout: time.Second,
-		// Chunks are zstd already: gzip on top costs the server CPU for nothing.
-		DisableCompression: true,
-	}
+	tr := transport.New(opt.Timeout, opt.Parallelism, opt.TLSClientConfig)
 	return &Store{
 		base:      u.String(),
 		query:     query,

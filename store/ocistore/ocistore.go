@@ -33,7 +33,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -45,6 +44,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/mkbootfs/mkbootfs/store"
+	storetransport "github.com/mkbootfs/mkbootfs/store/internal/transport"
 )
 
 // Media types of chunk manifests.
@@ -154,18 +154,7 @@ func Open(rawURL string, opt Options) (*Store, error) {
 	if opt.PartChunks <= 0 {
 		opt.PartChunks = PartChunks
 	}
-	dialer := &net.Dialer{Timeout: min(opt.Timeout, 30*time.Second), KeepAlive: 30 * time.Second}
-	base := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConnsPerHost:   opt.Parallelism,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   min(opt.Timeout, 30*time.Second),
-		ExpectContinueTimeout: time.Second,
-		// Chunks are zstd already.
-		DisableCompression: true,
-	}
+	base := storetransport.New(opt.Timeout, opt.Parallelism, nil)
 	return &Store{
 		repo:    repo,
 		pin:     pin,
