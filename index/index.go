@@ -232,6 +232,32 @@ func (x *Index) ChunkSpan(ino uint32) (first, last int, ok bool) {
 	return x.ChunkAt(n.Offset), x.ChunkAt(n.Offset + l - 1), true
 }
 
+// FileChunks calls fn, in order, for each chunk holding data of the
+// regular file ino in [off, off+n); holes hold none.
+func (x *Index) FileChunks(ino uint32, off, n int64, fn func(i int)) {
+	f := &x.Inodes[ino]
+	if !f.IsRegular() || off < 0 || n <= 0 || off >= f.Size {
+		return
+	}
+	end := min(off+n, f.Size)
+	span := func(stream, l int64) {
+		for i := x.ChunkAt(stream); i <= x.ChunkAt(stream+l-1); i++ {
+			fn(i)
+		}
+	}
+	if f.Extents == nil {
+		span(f.Offset+off, end-off)
+		return
+	}
+	stream := f.Offset
+	for _, e := range f.Extents {
+		if lo, hi := max(e.Off, off), min(e.Off+e.Len, end); lo < hi {
+			span(stream+lo-e.Off, hi-lo)
+		}
+		stream += e.Len
+	}
+}
+
 // ChunkFunc returns the uncompressed bytes of chunk i of the index.
 type ChunkFunc func(i int) ([]byte, error)
 

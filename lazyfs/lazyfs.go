@@ -54,6 +54,9 @@ type Options struct {
 	FetchTimeout time.Duration
 	// Log receives one line per failed read; default log.Default().
 	Log *log.Logger
+	// OnRead, when set, is told of every read served: n bytes at off of
+	// inode ino, opened through entry (a profile.Recorder's Read).
+	OnRead func(ino, entry uint32, off int64, n int)
 }
 
 func (o *Options) setDefaults() {
@@ -82,6 +85,7 @@ type FS struct {
 	x      *index.Index
 	st     store.Store
 	log    *log.Logger
+	onRead func(ino, entry uint32, off int64, n int)
 	chunks *chunks
 	root   uint32 // the root directory's inode
 	// dirEntry[i] is the entry of directory inode i (directories have one).
@@ -101,6 +105,7 @@ func New(x *index.Index, st store.Store, o Options) *FS {
 		x:        x,
 		st:       st,
 		log:      o.Log,
+		onRead:   o.OnRead,
 		chunks:   newChunks(x, st, &o),
 		root:     x.Entries[index.Root].Inode,
 		dirEntry: make([]uint32, len(x.Inodes)),

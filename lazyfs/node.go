@@ -77,6 +77,9 @@ func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64
 	}
 	f.reads.Add(1)
 	f.readBytes.Add(int64(k))
+	if f.onRead != nil {
+		f.onRead(n.ino, n.entry, off, k)
+	}
 	if prev := n.next.Swap(off + int64(k)); last >= 0 && (off == 0 || off == prev) {
 		f.chunks.readahead(last)
 	}

@@ -1,0 +1,239 @@
+// Package profile owns the boot access profile: the files a container reads
+// as it starts, in the order it first reads them, and the ranges it reads.
+//
+// bootinit records one (MKBOOTFS_PROFILE); the converter lays the profiled
+// files first in the data stream, in that order, so that a start needs few
+// chunks and they sit together; and bootinit prefetches the profiled
+// ranges' chunks in parallel as the container boots.
+//
+// The format is text, one file per line, so that a person can read and
+// edit it:
+//
+//	mkbootfs profile 1
+//	"/usr/bin/apt-get" 0+20480 196608+4096
+//
+// A path is the file's absolute path in the image, quoted
+// as Go quotes strings (names need not be UTF-8); each range is
+// OFFSET+LENGTH in bytes, sorted and merged.
+package profile
+
+import (
+	"bufio"
+	"cmp"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/mkbootfs/mkbootfs/index"
+)
+
+// header is the first line of a profile: the format and its version.
+const header = "mkbootfs profile 1"
+
+// Profile is the files a start reads, in first-read order.
+type Profile struct {
+	Files []File
+}
+
+// File is one file of a profile.
+type File struct {
+	Path   string  // absolute, in the image
+	Ranges []Range // read, sorted and merged
+}
+
+// Range is a run of bytes of a file.
+type Range struct {
+	Off, Len int64
+}
+
+// Bytes is how many bytes of the files the profile covers.
+func (p *Profile) Bytes() int64 {
+	var t int64
+	for _, f := range p.Files {
+		for _, r := range f.Ranges {
+			t += r.Len
+		}
+	}
+	return t
+}
+
+// WriteTo writes p in the text format.
+func (p *Profile) WriteTo(w io.Writer) (int64, error) {
+	bw := bufio.NewWriter(w)
+	n, _ := fmt.Fprintln(bw, header)
+	total := int64(n)
+	for _, f := range p.Files {
+		var b strings.Builder
+		b.WriteString(strconv.Quote(f.Path))
+		for _, r := range f.Ranges {
+			fmt.Fprintf(&b, " %d+%d", r.Off, r.Len)
+		}
+		n, _ := fmt.Fprintln(bw, b.String())
+		total += int64(n)
+	}
+	return total, bw.Flush()
+}
+
+// Parse reads a profile in the text format. name names it in errors.
+func Parse(r io.Reader, name string) (*Profile, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	p := &Profile{}
+	seen := map[string]bool{}
+	line := 0
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("profile %s, line %d: %s (record a profile with MKBOOTFS_PROFILE, or `mkbootfs convert --profile`)", name, line, fmt.Sprintf(format, a...))
+	}
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if line == 1 {
+			if text != header {
+				return nil, bad("starts with %q, not %q", trim(text), header)
+			}
+			continue
+		}
+		if text == "" {
+			continue
+		}
+		path, rest, err := unquotePrefix(text)
+		if err != nil {
+			return nil, bad("a path must be a quoted string: %v", err)
+		}
+		if !strings.HasPrefix(path, "/") || slices.Contains(strings.Split(path, "/"), "..") {
+			return nil, bad("path %q is not a path in the image (absolute, without \"..\")", path)
+		}
+		if seen[path] {
+			return nil, bad("%q appears twice", path)
+		}
+		seen[path] = true
+		f := File{Path: path}
+		for _, field := range strings.Fields(rest) {
+			off, l, ok := strings.Cut(field, "+")
+			o, err1 := strconv.ParseInt(off, 10, 64)
+			n, err2 := strconv.ParseInt(l, 10, 64)
+			if !ok || err1 != nil || err2 != nil || o < 0 || n <= 0 || o > (1<<62)-n {
+				return nil, bad("range %q is not OFFSET+LENGTH", trim(field))
+			}
+			f.Ranges = append(f.Ranges, Range{o, n})
+		}
+		f.Ranges = merge(f.Ranges)
+		p.Files = append(p.Files, f)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("profile %s: %w", name, err)
+	}
+	if line == 0 {
+		return nil, fmt.Errorf("profile %s is empty, not a profile (its first line is %q)", name, header)
+	}
+	return p, nil
+}
+
+func unquotePrefix(s string) (string, string, error) {
+	q, err := strconv.QuotedPrefix(s)
+	if err != nil {
+		return "", "", err
+	}
+	path, err := strconv.Unquote(q)
+	return path, s[len(q):], err
+}
+
+func trim(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}
+
+// merge sorts rs and joins overlapping and touching ranges.
+func merge(rs []Range) []Range {
+	slices.SortFunc(rs, func(a, b Range) int { return cmp.Compare(a.Off, b.Off) })
+	out := rs[:0]
+	for _, r := range rs {
+		if k := len(out) - 1; k >= 0 && r.Off <= out[k].Off+out[k].Len {
+			out[k].Len = max(out[k].Len, r.Off+r.Len-out[k].Off)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Chunks returns the stream chunks of x that hold the profiled ranges, in
+// the order the profile reads them, each once. Files x does not have as
+// regular files are passed over: a profile recorded on an older build of an
+// image still serves the files that stayed.
+func (p *Profile) Chunks(x *index.Index) []int {
+	var out []int
+	seen := map[int]bool{}
+	for _, f := range p.Files {
+		e, err := x.Resolve(f.Path)
+		if err != nil {
+			continue
+		}
+		ino := x.Entries[e].Inode
+		for _, r := range f.Ranges {
+			x.FileChunks(ino, r.Off, r.Len, func(i int) {
+				if !seen[i] {
+					seen[i] = true
+					out = append(out, i)
+				}
+			})
+		}
+	}
+	return out
+}
+
+// Recorder builds a profile from the reads of a mount: lazyfs calls Read
+// for each read it serves.
+type Recorder struct {
+	x *index.Index
+
+	mu      sync.Mutex
+	order   []uint32           // inodes, in first-read order
+	entries map[uint32]uint32  // inode → the entry it was first read through
+	ranges  map[uint32][]Range // inode → its reads, unmerged
+}
+
+// NewRecorder returns a recorder of reads of x's files.
+func NewRecorder(x *index.Index) *Recorder {
+	return &Recorder{x: x, entries: map[uint32]uint32{}, ranges: map[uint32][]Range{}}
+}
+
+// Read records a read of n bytes at off of inode ino, through entry.
+func (r *Recorder) Read(ino, entry uint32, off int64, n int) {
+	if n <= 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.entries[ino]; !ok {
+		r.entries[ino] = entry
+		r.order = append(r.order, ino)
+	}
+	rs := r.ranges[ino]
+	// Sequential reads extend the last range rather than grow the list.
+	if k := len(rs) - 1; k >= 0 && rs[k].Off+rs[k].Len == off {
+		rs[k].Len += int64(n)
+	} else {
+		rs = append(rs, Range{off, int64(n)})
+	}
+	r.ranges[ino] = rs
+}
+
+// Profile returns what has been recorded so far.
+func (r *Recorder) Profile() *Profile {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := &Profile{}
+	for _, ino := range r.order {
+		p.Files = append(p.Files, File{
+			Path:   r.x.Path(r.entries[ino]),
+			Ranges: merge(slices.Clone(r.ranges[ino])),
+		})
+	}
+	return p
+}

@@ -1,0 +1,139 @@
+package profile
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/mkbootfs/mkbootfs/index"
+)
+
+// testIndex is a tree of three files over a stream of four 100-byte chunks:
+// /a (150 bytes at 0), /dir/b (100 bytes at 150), /dir/sparse (1000 bytes
+// with data at 500..650, stream 250..400).
+func testIndex(t *testing.T) *index.Index {
+	t.Helper()
+	inodes := []index.Inode{
+		{Mode: syscall.S_IFDIR | 0o755},
+		{Mode: syscall.S_IFREG | 0o644, Size: 150, Offset: 0},
+		{Mode: syscall.S_IFDIR | 0o755},
+		{Mode: syscall.S_IFREG | 0o644, Size: 100, Offset: 150},
+		{Mode: syscall.S_IFREG | 0o644, Size: 1000, Offset: 250, Extents: []index.Extent{{Off: 500, Len: 150}}},
+	}
+	root := &index.Node{Inode: 0, Children: []*index.Node{
+		{Name: "a", Inode: 1},
+		{Name: "dir", Inode: 2, Children: []*index.Node{{Name: "b", Inode: 3}, {Name: "sparse", Inode: 4}}},
+	}}
+	chunks := make([]index.Chunk, 4)
+	for i := range chunks {
+		chunks[i] = index.Chunk{ID: [32]byte{byte(i + 1)}, Size: 100}
+	}
+	x, err := index.Build(root, inodes, chunks, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func TestRoundTrip(t *testing.T) {
+	p := &Profile{Files: []File{
+		{Path: "/usr/bin/apt-get", Ranges: []Range{{0, 20480}, {196608, 4096}}},
+		{Path: "/odd name\xff\n", Ranges: []Range{{4096, 8192}}},
+		{Path: "/empty-read"},
+	}}
+	var buf bytes.Buffer
+	if _, err := p.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(buf.String(), "mkbootfs profile 1\n\"/usr/bin/apt-get\" 0+20480 196608+4096\n") {
+		t.Errorf("format:\n%s", buf.String())
+	}
+	q, err := Parse(&buf, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var again bytes.Buffer
+	q.WriteTo(&again)
+	var want bytes.Buffer
+	p.WriteTo(&want)
+	if again.String() != want.String() {
+		t.Errorf("round trip:\n%s\nwant\n%s", again.String(), want.String())
+	}
+	if p.Bytes() != 20480+4096+8192 {
+		t.Errorf("Bytes() = %d", p.Bytes())
+	}
+}
+
+func TestParseMerges(t *testing.T) {
+	p, err := Parse(strings.NewReader("mkbootfs profile 1\n\"/f\" 100+50 0+100 300+10 120+10\n\n"), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Range{{0, 150}, {300, 10}}
+	if len(p.Files) != 1 || !slices.Equal(p.Files[0].Ranges, want) {
+		t.Errorf("got %+v, want one file with %v", p.Files, want)
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"", "is empty"},
+		{"ELF\x7f", "line 1: starts with"},
+		{"mkbootfs profile 2\n", "line 1: starts with"},
+		{"mkbootfs profile 1\nusr/bin/x 0+1\n", "line 2: a path must be a quoted string"},
+		{"mkbootfs profile 1\n\"usr/bin/x\" 0+1\n", "not a path in the image"},
+		{"mkbootfs profile 1\n\"/a/../../etc\" 0+1\n", "not a path in the image"},
+		{"mkbootfs profile 1\n\"/a\" 0+1\n\"/a\" 5+1\n", "line 3: \"/a\" appears twice"},
+		{"mkbootfs profile 1\n\"/a\" 0-1\n", "range \"0-1\" is not OFFSET+LENGTH"},
+		{"mkbootfs profile 1\n\"/a\" -5+1\n", "is not OFFSET+LENGTH"},
+		{"mkbootfs profile 1\n\"/a\" 5+0\n", "is not OFFSET+LENGTH"},
+		{"mkbootfs profile 1\n\"/a\" 9223372036854775807+9223372036854775807\n", "is not OFFSET+LENGTH"},
+	} {
+		_, err := Parse(strings.NewReader(tc.in), "p.txt")
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "profile p.txt") {
+			t.Errorf("Parse(%q): %v, want an error naming p.txt with %q", tc.in, err, tc.want)
+		}
+	}
+}
+
+func TestRecorder(t *testing.T) {
+	x := testIndex(t)
+	r := NewRecorder(x)
+	b, _ := x.Resolve("dir/b")
+	a, _ := x.Resolve("a")
+	ino := func(e uint32) uint32 { return x.Entries[e].Inode }
+	r.Read(ino(b), b, 0, 10)
+	r.Read(ino(a), a, 100, 50)
+	r.Read(ino(b), b, 10, 20) // sequential: extends
+	r.Read(ino(a), a, 0, 4)
+	r.Read(ino(a), a, 0, 0) // nothing read: not recorded
+	p := r.Profile()
+	want := []File{{"/dir/b", []Range{{0, 30}}}, {"/a", []Range{{0, 4}, {100, 50}}}}
+	if len(p.Files) != len(want) {
+		t.Fatalf("got %+v, want %+v", p.Files, want)
+	}
+	for i := range want {
+		if p.Files[i].Path != want[i].Path || !slices.Equal(p.Files[i].Ranges, want[i].Ranges) {
+			t.Errorf("file %d: got %+v, want %+v", i, p.Files[i], want[i])
+		}
+	}
+}
+
+func TestChunks(t *testing.T) {
+	x := testIndex(t)
+	p := &Profile{Files: []File{
+		{Path: "/dir/b", Ranges: []Range{{0, 10}}},         // stream 150..160: chunk 1
+		{Path: "/gone", Ranges: []Range{{0, 10}}},          // not in the image: passed over
+		{Path: "/dir", Ranges: []Range{{0, 10}}},           // not a file: passed over
+		{Path: "/a", Ranges: []Range{{0, 10}, {120, 30}}},  // chunks 0 and 1 (already)
+		{Path: "/dir/sparse", Ranges: []Range{{0, 100}}},   // a hole: nothing
+		{Path: "/dir/sparse", Ranges: []Range{{600, 400}}}, // stream 350..400: chunk 3
+		{Path: "/dir/sparse", Ranges: []Range{{2000, 10}}}, // past the end: nothing
+	}}
+	got := p.Chunks(x)
+	if want := []int{1, 0, 3}; !slices.Equal(got, want) {
+		t.Errorf("Chunks = %v, want %v", got, want)
+	}
+}
