@@ -123,11 +123,11 @@ func (c *chunks) add(i int, data []byte) {
 	}
 }
 
-// readahead fetches up to c.ahead chunks after chunk last, in the
-// background, as far as free fetch slots allow: a busy pool drops
-// readahead rather than queue it behind reads.
-func (c *chunks) readahead(last int) {
-	end := min(last+1+c.ahead, len(c.x.Chunks))
+// readahead fetches up to c.ahead chunks after chunk last, up to chunk
+// limit, in the background, as far as free fetch slots allow: a busy pool
+// drops readahead rather than queue it behind reads.
+func (c *chunks) readahead(last, limit int) {
+	end := min(last+1+c.ahead, limit+1, len(c.x.Chunks))
 	for i := last + 1; i < end; i++ {
 		c.mu.Lock()
 		_, cached := c.byIndex[i]

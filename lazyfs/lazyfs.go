@@ -2,7 +2,7 @@
 // a chunk store: every lookup, getattr, readdir, readlink and xattr is
 // answered from the index in memory; a read fetches only the chunks it
 // needs, through the store (normally a store.Cache shared by the node), and
-// sequential reads fetch the next chunks ahead.
+// sequential reads fetch the file's next chunks ahead.
 //
 // The tree is immutable, so the mount tells the kernel to cache everything
 // (long entry and attribute timeouts, page cache kept across opens, cached
@@ -44,8 +44,8 @@ type Options struct {
 	// 4 MiB. The kernel's page cache holds file data once read, so this
 	// only serves chunks shared by several files and readahead.
 	MemCache int64
-	// Readahead is how many chunks past a sequential read are fetched in
-	// the background; default 16, negative: none.
+	// Readahead is how many chunks past a sequential read, up to the end
+	// of the file, are fetched in the background; default 16, negative: none.
 	Readahead int
 	// Fetchers bounds the readahead fetches under way; default 8: a fetch
 	// mostly waits (for a disk or a network), so more than the CPUs.

@@ -81,7 +81,11 @@ func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64
 		f.onRead(n.ino, n.entry, off, k)
 	}
 	if prev := n.next.Swap(off + int64(k)); last >= 0 && (off == 0 || off == prev) {
-		f.chunks.readahead(last)
+		// Ahead within the file only: past its end is another file, which
+		// the reader may never want (at a boot, most of them).
+		if _, end, ok := f.x.ChunkSpan(n.ino); ok {
+			f.chunks.readahead(last, end)
+		}
 	}
 	return fuse.ReadResultData(dest[:k]), 0
 }
