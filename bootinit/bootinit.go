@@ -128,7 +128,23 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	f := lazyfs.New(x, st, lazyfs.Options{Log: log.New(os.Stderr, "bootinit: ", 0)})
+	// The profile's chunks are fetched from the start, while bootinit
+	// mounts and switches root, before the app asks for them.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	prefetched, err := b.startPrefetch(ctx, x, st)
+	if err != nil {
+		return 0, err
+	}
+	opts := lazyfs.Options{Log: log.New(os.Stderr, "bootinit: ", 0)}
+	rec, err := newRecording(x)
+	if err != nil {
+		return 0, err
+	}
+	if rec != nil {
+		opts.OnRead = rec.Read
+	}
+	f := lazyfs.New(x, st, opts)
 	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs"})
 	if err != nil {
 		return 0, mountHint(err)
@@ -141,19 +157,16 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	prefetched := make(chan struct{})
-	if os.Getenv(bootconfig.EnvPrefetch) == "all" {
-		go prefetchAll(ctx, x, st, func(n, failed int) {
-			b.log.Printf("prefetched %d chunks (%d failed)", n, failed)
-			close(prefetched)
-		})
-	} else {
-		close(prefetched)
-	}
 	code, err := b.runApp(root, argv, app, dir)
 	cancel()
 	<-prefetched
+	if rec != nil {
+		if werr := rec.save(); werr != nil {
+			fmt.Fprintln(os.Stderr, "bootinit:", werr)
+		} else {
+			b.log.Printf("recorded the boot access profile in %s", rec.path)
+		}
+	}
 	// Chunks fetched but not yet in the node cache are written now: a
 	// container that exits at once must not make its neighbours fetch again.
 	st.Close()

@@ -8,21 +8,52 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
-// prefetchWorkers bounds the background fetches, leaving the store's other
-// connections to the app's own reads.
-const prefetchWorkers = 2
+// Background fetches: the profile's chunks are what the app is about to
+// read, so many at once hide the link's latency; the rest of the image
+// (MKBOOTFS_PREFETCH=all) leaves most of the link to the app's own reads.
+const (
+	profileWorkers = 8
+	restWorkers    = 2
+)
 
-// prefetchAll fetches every chunk of the image into the cache in stream
-// order, so that a long-running container stops depending on the network.
-// It stops when ctx ends; failures are left to the reads that need them.
-func prefetchAll(ctx context.Context, x *index.Index, st store.Store, done func(fetched, failed int)) {
-	ids := make(chan store.ID)
+// prefetch fetches into the cache, in the background, the chunks of the
+// image's profile in the order the profile reads them and, with all, every
+// other chunk in stream order, so that a long-running container stops
+// depending on the network. It stops when ctx ends; failures are left to
+// the reads that need them. The app's reads never wait for it: a read of a
+// chunk under way joins its fetch, any other goes straight to the store.
+func prefetch(ctx context.Context, x *index.Index, st store.Store, profiled []int, all bool, done func(fetched, failed int)) {
+	seen := map[[32]byte]bool{}
+	var ids []store.ID
+	add := func(i int) {
+		if id := x.Chunks[i].ID; !seen[id] {
+			seen[id] = true
+			ids = append(ids, store.ID(id))
+		}
+	}
+	for _, i := range profiled {
+		add(i)
+	}
+	fetched, failed := fetchAll(ctx, st, ids, profileWorkers)
+	if all && ctx.Err() == nil {
+		ids = ids[:0]
+		for i := range x.Chunks {
+			add(i)
+		}
+		n, f := fetchAll(ctx, st, ids, restWorkers)
+		fetched, failed = fetched+n, failed+f
+	}
+	done(fetched, failed)
+}
+
+// fetchAll loads ids through st with workers goroutines, in order.
+func fetchAll(ctx context.Context, st store.Store, ids []store.ID, workers int) (fetched, failed int) {
+	queue := make(chan store.ID)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	fetched, failed := 0, 0
-	for range prefetchWorkers {
+	for range workers {
 		wg.Go(func() {
-			for id := range ids {
+			for id := range queue {
 				_, err := store.Load(ctx, st, id)
 				mu.Lock()
 				if err != nil {
@@ -34,21 +65,16 @@ func prefetchAll(ctx context.Context, x *index.Index, st store.Store, done func(
 			}
 		})
 	}
-	seen := map[[32]byte]bool{}
-	for _, c := range x.Chunks {
-		if seen[c.ID] {
-			continue
-		}
-		seen[c.ID] = true
-		select {
-		case ids <- store.ID(c.ID):
-		case <-ctx.Done():
-		}
+	for _, id := range ids {
 		if ctx.Err() != nil {
 			break
 		}
+		select {
+		case queue <- id:
+		case <-ctx.Done():
+		}
 	}
-	close(ids)
+	close(queue)
 	wg.Wait()
-	done(fetched, failed)
+	return fetched, failed
 }

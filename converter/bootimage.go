@@ -97,6 +97,13 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 		if err := tarFile(tw, bootconfig.ConfigFile, 0o644, cfgJSON, epoch); err != nil {
 			return err
 		}
+		if res.Profile != nil {
+			var b bytes.Buffer
+			res.Profile.WriteTo(&b)
+			if err := tarFile(tw, bootconfig.Profile, 0o644, b.Bytes(), epoch); err != nil {
+				return err
+			}
+		}
 		if etcErr != nil {
 			if err := tarDir(tw, "/etc", 0o755, epoch); err != nil {
 				return err

@@ -20,6 +20,7 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/chunker"
 	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
@@ -43,6 +44,8 @@ type Options struct {
 	TmpDir string
 	// Progress, when set, receives a self-updating progress line.
 	Progress io.Writer
+	// Profile, when set, lays the files a start reads first in the stream.
+	Profile *profile.Profile
 }
 
 // Stats count what a conversion did.
@@ -54,6 +57,10 @@ type Stats struct {
 	UniqueChunks int   `json:"unique_chunks"` // distinct chunk IDs
 	NewChunks    int   `json:"new_chunks"`    // chunks the store did not have
 	NewBytes     int64 `json:"new_bytes"`     // compressed bytes written to the store
+	// ProfileChunks and ProfileBytes are the chunks holding what the
+	// profile reads, and their uncompressed size: what a boot prefetches.
+	ProfileChunks int   `json:"profile_chunks,omitempty"`
+	ProfileBytes  int64 `json:"profile_bytes,omitempty"`
 }
 
 // Result is a finished conversion.
@@ -62,6 +69,8 @@ type Result struct {
 	Stats Stats
 	// Image is the source image's config, nil for a directory.
 	Image *ImageInfo
+	// Profile is the profile the stream was laid out by, or nil.
+	Profile *profile.Profile
 }
 
 // Meta keys the converter records in the index.
@@ -118,7 +127,7 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 		}()
 	}
 
-	root, inodes, files := arrange(t)
+	root, inodes, files := arrange(t, opts.Profile)
 	chunks, stats, err := chunkFiles(ctx, files, opts, p)
 	if err != nil {
 		return nil, err
@@ -137,28 +146,31 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	stats.Entries, stats.Inodes = len(x.Entries), len(x.Inodes)
-	res.Index, res.Stats = x, stats
+	if opts.Profile != nil {
+		for _, i := range opts.Profile.Chunks(x) {
+			stats.ProfileChunks++
+			stats.ProfileBytes += int64(x.Chunks[i].Size)
+		}
+	}
+	res.Index, res.Stats, res.Profile = x, stats, opts.Profile
 	return res, nil
 }
 
-// arrange numbers the inodes and places each regular file's data in the
-// stream, both in depth-first, name-sorted order: a directory's files sit
-// together, and related images lay their common files out alike.
-func arrange(t *tree) (*index.Node, []index.Inode, []*inode) {
+// arrange numbers the inodes in depth-first, name-sorted order and lays
+// the regular files' data out in the stream: the profiled files first, in
+// the order the profile reads them, so that a start's reads sit together;
+// then the rest in the same depth-first order, so that a directory's files
+// sit together and related images lay their common files out alike.
+func arrange(t *tree, prof *profile.Profile) (*index.Node, []index.Inode, []*inode) {
 	var inodes []index.Inode
 	var files []*inode
-	var offset int64
 	var visit func(n *node) *index.Node
 	visit = func(n *node) *index.Node {
 		ino := n.ino
 		if !ino.numbered {
 			ino.numbered, ino.id = true, uint32(len(inodes))
-			if ino.meta.IsRegular() {
-				if l := ino.meta.DataLen(); l > 0 {
-					ino.meta.Offset = offset
-					offset += l
-					files = append(files, ino)
-				}
+			if ino.meta.IsRegular() && ino.meta.DataLen() > 0 {
+				files = append(files, ino)
 			}
 			inodes = append(inodes, ino.meta)
 		}
@@ -177,7 +189,38 @@ func arrange(t *tree) (*index.Node, []index.Inode, []*inode) {
 		return out
 	}
 	root := visit(t.root)
+	files = profiledFirst(t, files, prof)
+	var offset int64
+	for _, f := range files {
+		f.meta.Offset = offset
+		inodes[f.id].Offset = offset
+		offset += f.meta.DataLen()
+	}
 	return root, inodes, files
+}
+
+// profiledFirst reorders files: those of prof first, in its order, then
+// the others as they were. Profiled paths the tree lacks are passed over.
+func profiledFirst(t *tree, files []*inode, prof *profile.Profile) []*inode {
+	if prof == nil {
+		return files
+	}
+	first := map[*inode]bool{}
+	var out []*inode
+	for _, f := range prof.Files {
+		n := t.lookup(strings.TrimPrefix(f.Path, "/"))
+		if n == nil || first[n.ino] || !n.ino.meta.IsRegular() || n.ino.meta.DataLen() == 0 {
+			continue
+		}
+		first[n.ino] = true
+		out = append(out, n.ino)
+	}
+	for _, f := range files {
+		if !first[f] {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // stager is a store that can defer making puts durable to one Commit.

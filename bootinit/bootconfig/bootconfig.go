@@ -16,6 +16,9 @@ const (
 	Bootinit   = Dir + "/bootinit" // PID 1
 	Index      = Dir + "/index"    // the rootfs index
 	ConfigFile = Dir + "/boot.json"
+	// Profile is the boot access profile the image was laid out by, if
+	// any: bootinit prefetches the chunks it reads (see package profile).
+	Profile = Dir + "/profile"
 	// CacheDir is the node-shared chunk cache: mount a named volume here.
 	CacheDir = Dir + "/cache"
 	// StoreDir is where a local store recorded at convert time is looked
@@ -36,8 +39,14 @@ const (
 	// EnvStore overrides the stores recorded at convert time: URLs,
 	// comma-separated, tried in order.
 	EnvStore = "MKBOOTFS_STORE"
-	// EnvPrefetch set to "all" fetches the whole image in the background.
+	// EnvPrefetch picks what is fetched in the background as the app
+	// starts: "profile" (the default) the chunks of the image's profile,
+	// "all" those and then the whole image, "none" nothing.
 	EnvPrefetch = "MKBOOTFS_PREFETCH"
+	// EnvProfile set to a path records the boot access profile there when
+	// the app exits: mount a directory to take it out, e.g.
+	// -v $PWD/prof:/prof -e MKBOOTFS_PROFILE=/prof/profile.
+	EnvProfile = "MKBOOTFS_PROFILE"
 	// EnvDebug set to 1 makes bootinit say what it does.
 	EnvDebug = "MKBOOTFS_DEBUG"
 )

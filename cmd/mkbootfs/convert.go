@@ -23,6 +23,10 @@ func newConvertCmd() *cobra.Command {
 		indexPath string
 		bootinit  string
 		opts      converter.Options
+
+		profileRun     bool
+		profileFrom    string
+		profileTimeout time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "convert [flags] SOURCE [TARGET]",
@@ -56,9 +60,30 @@ of them).`,
 		Example: `  mkbootfs convert 127.0.0.1:5000/app:1 127.0.0.1:5000/app:1-bootfs
   mkbootfs convert ubuntu:latest                  # -> ubuntu:latest-bootfs in the docker daemon
   mkbootfs convert --index debian.idx dir:/srv/rootfs`,
-		Args: cobra.RangeArgs(1, 2),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				if !profileRun {
+					return errors.New("a command after -- is for --profile: give --profile, or drop the --")
+				}
+				args = args[:dash]
+			}
+			return cobra.RangeArgs(1, 2)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			var profileArgs []string
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				args, profileArgs = args[:dash], args[dash:]
+			}
+			if profileRun && profileFrom != "" {
+				return errors.New("--profile records a profile and --profile-from reads one: give one of them")
+			}
+			if profileFrom != "" {
+				var err error
+				if opts.Profile, err = readProfile(profileFrom); err != nil {
+					return err
+				}
+			}
 			target := ""
 			if len(args) == 2 {
 				target = args[1]
@@ -70,6 +95,9 @@ of them).`,
 			}
 			if target == "" && indexPath == "" {
 				return errors.New("nothing to write: give a TARGET image or --index FILE")
+			}
+			if profileRun && target == "" {
+				return errors.New("--profile runs the boot image, so it needs a TARGET (or none, for IMAGE:TAG-bootfs in the docker daemon)")
 			}
 			var bootBinary []byte
 			if target != "" {
@@ -104,6 +132,14 @@ of them).`,
 			if err != nil {
 				return err
 			}
+			if profileRun {
+				if opts.Profile, err = recordProfile(cmd, res, bootBinary, s, opts.StoreURLs, profileArgs, profileTimeout); err != nil {
+					return err
+				}
+				if res, err = converter.Convert(ctx, opts); err != nil {
+					return err
+				}
+			}
 			if indexPath != "" {
 				b, err := res.Index.MarshalBinary()
 				if err != nil {
@@ -117,6 +153,10 @@ of them).`,
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "%s: %d entries, %.1f MB in %d chunks (%d new, %.1f MB written), %.2fs\n",
 				args[0], st.Entries, float64(st.DataBytes)/1e6, st.Chunks, st.NewChunks, float64(st.NewBytes)/1e6, time.Since(start).Seconds())
+			if st.ProfileChunks > 0 {
+				fmt.Fprintf(out, "profile: %d files, %.1f MB read at start, laid out first: %d chunks (%.1f MB) to prefetch at boot\n",
+					len(opts.Profile.Files), float64(opts.Profile.Bytes())/1e6, st.ProfileChunks, float64(st.ProfileBytes)/1e6)
+			}
 			if target == "" {
 				return nil
 			}
@@ -139,6 +179,9 @@ of them).`,
 	f.StringVar(&bootinit, "bootinit", "", "the bootinit `binary` to put in the boot image (default: $MKBOOTFS_BOOTINIT, or bootinit next to mkbootfs)")
 	f.StringVar(&opts.Platform, "platform", "", "pick `OS/ARCH[/VARIANT]` from a multi-platform image (default: this machine's)")
 	f.BoolVar(&opts.Pull, "pull", false, "read a bare reference from its registry even if the docker daemon has it")
+	f.BoolVar(&profileRun, "profile", false, "run the converted image once (docker run --network host; a command after -- replaces its cmd), record what its start reads, and lay that out first for boots to prefetch")
+	f.StringVar(&profileFrom, "profile-from", "", "lay out first what the profile `FILE` reads (recorded with docker run -e MKBOOTFS_PROFILE=PATH)")
+	f.DurationVar(&profileTimeout, "profile-timeout", time.Minute, "with --profile: stop the run after this long (a server's start is what is profiled)")
 	return cmd
 }
 

@@ -1,0 +1,108 @@
+package bootinit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/profile"
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// startPrefetch starts the background fetches MKBOOTFS_PREFETCH asks for;
+// the channel closes when they are done. A profile the image holds but that
+// does not parse costs its prefetch, with a line on stderr, not the boot.
+func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store) (<-chan struct{}, error) {
+	done := make(chan struct{})
+	mode := os.Getenv(bootconfig.EnvPrefetch)
+	switch mode {
+	case "", "profile", "all":
+	case "none":
+		close(done)
+		return done, nil
+	default:
+		return nil, &exitError{exitBoot, fmt.Errorf("%s=%q: want profile (the default), all or none", bootconfig.EnvPrefetch, mode)}
+	}
+	var chunks []int
+	if raw, err := os.ReadFile(bootconfig.Profile); err == nil {
+		if p, err := profile.Parse(bytes.NewReader(raw), bootconfig.Profile); err != nil {
+			fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
+		} else {
+			chunks = p.Chunks(x)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
+	}
+	all := mode == "all"
+	if len(chunks) == 0 && !all {
+		close(done)
+		return done, nil
+	}
+	start := time.Now()
+	go prefetch(ctx, x, st, chunks, all, func(n, failed int) {
+		b.log.Printf("prefetched %d chunks (%d of the profile; %d failed) in %v", n, len(chunks), failed, time.Since(start).Round(time.Millisecond))
+		close(done)
+	})
+	return done, nil
+}
+
+// recording is a boot access profile being recorded for MKBOOTFS_PROFILE.
+// Its directory is opened before the root is switched, and the file is
+// written when the app exits: to a temp file, synced, then renamed, so
+// that a reader never sees half a profile.
+type recording struct {
+	*profile.Recorder
+	path string
+	dir  *os.File
+}
+
+// newRecording returns the recording MKBOOTFS_PROFILE asks for, or nil.
+func newRecording(x *index.Index) (*recording, error) {
+	path := os.Getenv(bootconfig.EnvProfile)
+	if path == "" {
+		return nil, nil
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return nil, &exitError{exitBoot, fmt.Errorf("%s=%s: %w (mount a directory there: -v DIR:%s)", bootconfig.EnvProfile, path, err, filepath.Dir(path))}
+	}
+	return &recording{Recorder: profile.NewRecorder(x), path: path, dir: dir}, nil
+}
+
+func (r *recording) save() error {
+	defer r.dir.Close()
+	var b bytes.Buffer
+	r.Profile().WriteTo(&b)
+	dirfd := int(r.dir.Fd())
+	name := filepath.Base(r.path)
+	tmp := name + "." + strconv.Itoa(os.Getpid()) + ".tmp"
+	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return fmt.Errorf("writing the profile %s: %w", r.path, err)
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	_, err = f.Write(b.Bytes())
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(dirfd, tmp, dirfd, name)
+	}
+	if err != nil {
+		unix.Unlinkat(dirfd, tmp, 0)
+		return fmt.Errorf("writing the profile %s: %w", r.path, err)
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+package converter_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/internal/testtree"
+	"github.com/mkbootfs/mkbootfs/profile"
+	"github.com/mkbootfs/mkbootfs/store/local"
+)
+
+// TestProfileLaysOutFirst converts a tree with a profile: the profiled
+// files open the data stream, in the profile's order, the tree is the same,
+// and the profile's chunks are the stream's first.
+func TestProfileLaysOutFirst(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	os.Mkdir(src, 0o755)
+	testtree.Build(t, src)
+	os.WriteFile(filepath.Join(src, "zz-last-in-tree-order"), make([]byte, 300<<10), 0o644)
+	prof := &profile.Profile{Files: []profile.File{
+		{Path: "/zz-last-in-tree-order", Ranges: []profile.Range{{Off: 0, Len: 4096}, {Off: 200 << 10, Len: 4096}}},
+		{Path: "/not-in-the-tree", Ranges: []profile.Range{{Off: 0, Len: 1}}},
+		{Path: "/text", Ranges: []profile.Range{{Off: 0, Len: 1}}},
+	}}
+	s, err := local.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := converter.Convert(context.Background(), converter.Options{Source: "dir:" + src, Store: s, Profile: prof})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := res.Index
+	offset := func(p string) int64 {
+		e, err := x.Resolve(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x.Inodes[x.Entries[e].Inode].Offset
+	}
+	if a, b := offset("zz-last-in-tree-order"), offset("text"); a != 0 || b != 300<<10 {
+		t.Errorf("profiled files at stream offsets %d and %d, want 0 and %d", a, b, 300<<10)
+	}
+	if res.Stats.ProfileChunks == 0 || res.Profile != prof {
+		t.Errorf("stats %+v: no profile chunks", res.Stats)
+	}
+	for i, c := range prof.Chunks(x) {
+		if c > res.Stats.ProfileChunks {
+			t.Errorf("profile chunk %d is stream chunk %d: not among the first", i, c)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if err := converter.Extract(context.Background(), x, s, out); err != nil {
+		t.Fatal(err)
+	}
+	if diff := testtree.Diff(t, src, out); diff != "" {
+		t.Fatalf("a profiled conversion extracts differently:\n%s", diff)
+	}
+}
