@@ -21,7 +21,8 @@ type node struct {
 	entry uint32 // the entry it was first found by, for its path in messages
 	ino   uint32 // index in the index's Inodes
 
-	next atomic.Int64 // where the last read ended, to spot sequential reads
+	next   atomic.Int64 // where the last read ended, to spot sequential reads
+	streak atomic.Int64 // bytes read sequentially up to next
 }
 
 // The read-only operations, and nothing else; opening files and listing
@@ -57,6 +58,14 @@ func (n *node) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) 
 	return 0
 }
 
+// readaheadAfter is how many bytes of a file must be read in sequence
+// before lazyfs fetches ahead of the reads.
+const readaheadAfter = 512 << 10
+
+// streamSlack is how far from where the last read ended a read may start
+// and still continue a stream: a few of the kernel's largest reads.
+const streamSlack = 4 * MaxRead
+
 // Read implements fs.NodeReader: it loads the chunks the range needs and,
 // when the file is read sequentially, starts loading the ones after them.
 func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -80,9 +89,20 @@ func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64
 	if f.onRead != nil {
 		f.onRead(n.ino, n.entry, off, k)
 	}
-	if prev := n.next.Swap(off + int64(k)); last >= 0 && (off == 0 || off == prev) {
-		// Ahead within the file only: past its end is another file, which
-		// the reader may never want (at a boot, most of them).
+	// Ahead only once reads have streamed through readaheadAfter bytes: a
+	// program loader or a reader of headers reads a file in a few short
+	// runs, which the kernel's own readahead serves; and within the file
+	// only: past its end is another file, which the reader may never want
+	// (at a boot, most of them).
+	// The kernel sends a stream's reads a few at a time, served in any
+	// order: a read near where the last one ended continues the stream.
+	streak := int64(k)
+	if prev := n.next.Swap(off + int64(k)); off > 0 && off >= prev-streamSlack && off <= prev+streamSlack {
+		streak = n.streak.Add(int64(k))
+	} else {
+		n.streak.Store(streak)
+	}
+	if last >= 0 && streak >= readaheadAfter {
 		if _, end, ok := f.x.ChunkSpan(n.ino); ok {
 			f.chunks.readahead(last, end)
 		}

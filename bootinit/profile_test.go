@@ -1,0 +1,135 @@
+package bootinit_test
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/profile"
+	"github.com/mkbootfs/mkbootfs/store/local"
+)
+
+// TestProfile records the start of `apt-get --version` in the Debian boot
+// image, converts again with that profile, and boots the result: bootinit
+// prefetches the profile's chunks, and the start reads little else.
+func TestProfile(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	ctx := context.Background()
+	prof, err := profile.Record(ctx, profile.RecordOptions{Image: boot, Args: []string{"apt-get", "--version"}, StoreDir: storeDir, Timeout: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]bool{}
+	for _, f := range prof.Files {
+		paths[f.Path] = true
+	}
+	for _, want := range []string{"/usr/bin/apt-get", "/usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0.0", "/usr/lib/x86_64-linux-gnu/libc.so.6"} {
+		if !paths[want] {
+			t.Errorf("the profile lacks %s; it has %d files: %v", want, len(prof.Files), paths)
+		}
+	}
+	if prof.Files[0].Path != "/usr/bin/apt-get" {
+		t.Errorf("the profile's first file is %s, want /usr/bin/apt-get (the first read)", prof.Files[0].Path)
+	}
+
+	// The profiled boot image, into the same store.
+	s, err := local.Open(storeDir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := converter.Convert(ctx, converter.Options{Source: "docker-daemon:" + origImg, Store: s, Profile: prof})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// convertImage built bootinit beside the store.
+	bin, err := os.ReadFile(filepath.Join(filepath.Dir(storeDir), "bootinit"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := converter.BootImage(ctx, res, bin, s, []string{storeDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	profiled := fmt.Sprintf("mkbootfs-test/debian:e2e-profiled-%d", os.Getpid())
+	if err := converter.WriteImage(ctx, img, "docker-daemon:"+profiled); err != nil {
+		t.Fatal(err)
+	}
+	defer exec.Command("docker", "rmi", "-f", profiled).Run()
+	inProfile := map[string]bool{}
+	for _, i := range prof.Chunks(res.Index) {
+		inProfile[hex.EncodeToString(res.Index.Chunks[i].ID[:])] = true
+	}
+	t.Logf("profile: %d files, %d bytes read, %d chunks (%d in the image)", len(prof.Files), prof.Bytes(), len(inProfile), len(res.Index.Chunks))
+
+	run := func(env []string, cmd ...string) (result, map[string]int) {
+		ch, addr := serveCounting(t, storeDir)
+		args := []string{"run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+			"-e", "MKBOOTFS_STORE=http://" + addr, "-e", "MKBOOTFS_DEBUG=1"}
+		for _, e := range env {
+			args = append(args, "-e", e)
+		}
+		r := docker(t, append(append(args, profiled), cmd...)...)
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		gets := map[string]int{}
+		for p, n := range ch.gets {
+			gets[strings.TrimSuffix(path.Base(p), ".cacnk")] = n
+		}
+		return r, gets
+	}
+
+	t.Run("prefetch", func(t *testing.T) {
+		// The app reads nothing the profile holds: every profile chunk
+		// is fetched in the background all the same.
+		r, gets := run(nil, "sleep", "5")
+		if r.code != 0 || !strings.Contains(r.stderr, "of the profile; 0 failed") {
+			t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
+		}
+		for id := range inProfile {
+			if gets[id] == 0 {
+				t.Errorf("profile chunk %s not prefetched", id)
+			}
+		}
+	})
+	t.Run("start", func(t *testing.T) {
+		r, gets := run(nil, "apt-get", "--version")
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "apt ") {
+			t.Fatalf("exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
+		}
+		outside := 0
+		for id := range gets {
+			if !inProfile[id] {
+				outside++
+			}
+		}
+		t.Logf("apt-get --version: %d chunks fetched, %d of them outside the profile", len(gets), outside)
+		if outside*10 > len(inProfile) {
+			t.Errorf("the start fetched %d chunks outside the profile's %d", outside, len(inProfile))
+		}
+	})
+	t.Run("none", func(t *testing.T) {
+		r, gets := run([]string{"MKBOOTFS_PREFETCH=none"}, "true")
+		if r.code != 0 || len(gets) >= len(inProfile)/2 {
+			t.Fatalf("exit %d, %d chunks fetched with no prefetch for `true`; stderr:\n%s", r.code, len(gets), r.stderr)
+		}
+	})
+	t.Run("bad env", func(t *testing.T) {
+		for env, want := range map[string]string{
+			"MKBOOTFS_PREFETCH=some":                "MKBOOTFS_PREFETCH=\"some\": want profile (the default), all or none",
+			"MKBOOTFS_PROFILE=/no/such/dir/profile": "MKBOOTFS_PROFILE=/no/such/dir/profile: open /no/such/dir: no such file or directory (mount a directory there",
+		} {
+			r, _ := run([]string{env}, "true")
+			if r.code != 125 || !strings.Contains(r.stderr, want) {
+				t.Errorf("%s: exit %d, stderr %q; want 125 and %q", env, r.code, r.stderr, want)
+			}
+		}
+	})
+}
