@@ -25,9 +25,11 @@
 #
 # Usage: bench/coldstart.sh [--mode all|coldstart|dedup] [--rate MBIT]
 #   [--delay MS] [--workloads apt,http] [--stores http,oci] [--runs N]
+#   [--no-profile]
 # Env defaults: COLDSTART_MODE, COLDSTART_RATE_MBIT (25),
 # COLDSTART_DELAY_MS (10, each way), COLDSTART_WORKLOADS, COLDSTART_STORES,
-# RUNS (warm runs, median; 3), MKBOOTFS (a built binary with bootinit
+# RUNS (warm runs, median; 3), COLDSTART_PROFILE (1: convert with the
+# workload's access profile, `convert --profile`; 0: without), MKBOOTFS (a built binary with bootinit
 # beside it; default: built here), BENCH_TOOLS (where Toxiproxy is
 # installed; /var/cache/mkbootfs/toxiproxy-v2.12.0).
 # Needs root, dockerd, docker-registry, tc, debootstrap, casync, go (to
@@ -42,6 +44,7 @@ DELAY=${COLDSTART_DELAY_MS:-10}
 WORKLOADS=${COLDSTART_WORKLOADS:-apt,http}
 STORES=${COLDSTART_STORES:-http,oci}
 RUNS=${RUNS:-3}
+PROFILE=${COLDSTART_PROFILE:-1}
 TOOLS=${BENCH_TOOLS:-/var/cache/mkbootfs/toxiproxy-v2.12.0}
 TOXIPROXY_VERSION=v2.12.0
 ROOTFS_DIR=/var/cache/mkbootfs/rootfs
@@ -58,6 +61,7 @@ while [ $# -gt 0 ]; do
 	--workloads) WORKLOADS=$2; shift ;;
 	--stores) STORES=$2; shift ;;
 	--runs) RUNS=$2; shift ;;
+	--no-profile) PROFILE=0 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
@@ -250,9 +254,14 @@ prepare() {
 		IMAGES+=("$boot" "127.0.0.1:$REGP/coldstart/$w:bootfs-$kind")
 		local store=()
 		[ "$kind" = http ] && store=(--store "$WORK/store")
-		out=$("$MKBOOTFS" convert "${store[@]}" "docker://$plain" "$boot" 2>&1) || die "mkbootfs convert $plain $boot: $out"
+		if [ "$PROFILE" = 1 ]; then
+			out=$(convert_profiled "$w" "${store[@]}" "docker://$plain" "$boot") || die "mkbootfs convert --profile $plain $boot: $out"
+		else
+			out=$("$MKBOOTFS" convert "${store[@]}" "docker://$plain" "$boot" 2>&1) || die "mkbootfs convert $plain $boot: $out"
+		fi
 		log "$w: $(echo "$out" | tr '\n' ' ')"
 		CHUNKS_TOTAL[$w]=$(echo "$out" | sed -n 's/.* in \([0-9]*\) chunks.*/\1/p' | head -1)
+		BOOTINIT_MB=$(echo "$out" | sed -n "s/.*and bootinit's (\([0-9.]*\) MB.*/\1/p" | head -1)
 		if [ "$kind" = http ]; then
 			CHUNK_URL[$w.$kind]=http://127.0.0.1:$CHUNKP/
 		else
@@ -263,6 +272,31 @@ prepare() {
 		fi
 	done
 	forget_images
+}
+
+# convert_profiled W CONVERT-ARGS...: convert with the access profile of
+# workload W's start. The server's profile takes in its first response:
+# it is asked for one while the profiling run lasts.
+convert_profiled() {
+	local w=$1 port pid out
+	shift
+	case $w in
+	apt) "$MKBOOTFS" convert --profile "$@" -- apt-get --version 2>&1 ;;
+	http)
+		free_port port
+		"$MKBOOTFS" convert --profile --profile-timeout 20s "$@" -- python3 -m http.server "$port" --bind 127.0.0.1 >"$WORK/profile.out" 2>&1 &
+		pid=$!
+		for _ in $(seq 3000); do
+			curl -fs -o /dev/null --max-time 5 "http://127.0.0.1:$port/" && break
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.01
+		done
+		wait "$pid"
+		local rc=$?
+		cat "$WORK/profile.out"
+		return $rc
+		;;
+	esac
 }
 
 # start_app W IMAGE DOCKER-RUN-FLAGS...: run workload W and print the
@@ -427,7 +461,7 @@ coldstart() {
 		for kind in ${STORES//,/ }; do
 			bar "$w, $kind: converted cold / plain cold, seconds" "$(div "${SECS[$w.$kind.cold]}" "${SECS[$w.plain.cold]}")" 0.10
 			bar "$w, $kind: converted cold bytes / plain compressed" "$(div "${BYTES[$w.$kind.cold]}" "${PLAIN_GZ[$w]}")" 0.06
-			echo "    (chunks alone, without the boot image pull: $(div "${BYTES[$w.$kind.chunks]}" "${PLAIN_GZ[$w]}"))"
+			echo "    (chunks alone, without the boot image pull: $(div "${BYTES[$w.$kind.chunks]}" "${PLAIN_GZ[$w]}"); on a node that has bootinit's shared layer (${BOOTINIT_MB:-?} MB) from any boot image: $(div "$(awk -v b="${BYTES[$w.$kind.cold]}" -v m="${BOOTINIT_MB:-0}" 'BEGIN { print b - m * 1e6 }')" "${PLAIN_GZ[$w]}"))"
 			bar "$w, $kind: converted warm / plain warm, seconds" "$(div "${SECS[$w.$kind.warm]}" "${SECS[$w.plain.warm]}")" 1.2
 		done
 	done

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/mkbootfs/mkbootfs/internal/testenv"
+)
+
+// TestConvertProfile converts busybox with `--profile -- CMD`: convert runs
+// the image once, lays the read files first, the boot image holds the
+// profile, it runs, and the temporary image of the profiling run is gone.
+func TestConvertProfile(t *testing.T) {
+	testenv.FUSE(t)
+	src := busybox(t)
+	store := t.TempDir()
+	target := fmt.Sprintf("mkbootfs-test/busybox:profiled-%d", os.Getpid())
+	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", target).Run() })
+	before := profileImages(t)
+	out := convertCLI(t, "--bootinit", buildBootinit(t), "--store", store, "--profile",
+		"docker-daemon:"+src, "docker-daemon:"+target, "--", "sh", "-c", "cat /etc/passwd >/dev/null; echo profiled")
+	m := regexp.MustCompile(`profile: (\d+) files, [0-9.]+ MB read at start, laid out first: (\d+) chunks`).FindStringSubmatch(out)
+	if m == nil || m[1] == "0" || m[2] == "0" || !strings.Contains(out, "profiled\n") {
+		t.Fatalf("convert --profile does not report a profile, or the run's output:\n%s", out)
+	}
+	if after := profileImages(t); after != before {
+		t.Errorf("the profiling run's image stayed: before %q, after %q", before, after)
+	}
+	got, err := dockerRun("", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-v", store+":/.bootfs/store:ro",
+		"-e", "MKBOOTFS_DEBUG=1", target, "cat", "/etc/passwd")
+	if err != nil || !strings.Contains(got, "root:") || !regexp.MustCompile(`prefetched \d+ chunks \(\d+ of the profile; 0 failed\)`).MatchString(got) {
+		t.Fatalf("the profiled boot image: %v\n%s", err, got)
+	}
+	// The boot image holds the profile, as text: busybox first.
+	cid := strings.TrimSpace(testenv.Run(t, "docker", "create", target))
+	defer exec.Command("docker", "rm", cid).Run()
+	dir := t.TempDir()
+	testenv.Run(t, "docker", "cp", cid+":/.bootfs/profile", dir)
+	text, err := os.ReadFile(filepath.Join(dir, "profile"))
+	if err != nil || !strings.HasPrefix(string(text), "mkbootfs profile 1\n\"/bin/busybox\" 0+") {
+		t.Errorf("the boot image's profile: %v\n%s", err, text)
+	}
+}
+
+func profileImages(t *testing.T) string {
+	return strings.TrimSpace(testenv.Run(t, "docker", "images", "-q", "mkbootfs-profile"))
+}
+
+func TestConvertProfileUsage(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(bad, []byte("not a profile\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"convert", "--index", "x", "dir:" + dir, "--", "true"}, "a command after -- is for --profile"},
+		{[]string{"convert", "--profile", "--index", "x", "dir:" + dir}, "--profile runs the boot image, so it needs a TARGET"},
+		{[]string{"convert", "--profile", "--profile-from", bad, "dir:" + dir, "docker-daemon:x:y"}, "give one of them"},
+		{[]string{"convert", "--profile-from", bad, "--index", "x", "dir:" + dir}, "profile " + bad + ", line 1: starts with \"not a profile\""},
+		{[]string{"convert", "--profile-from", filepath.Join(dir, "none"), "--index", "x", "dir:" + dir}, "--profile-from: open " + filepath.Join(dir, "none")},
+	} {
+		cmd := newRootCmd()
+		cmd.SetArgs(tc.args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("mkbootfs %s: %v; want an error saying %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+	}
+}
