@@ -19,10 +19,11 @@ const (
 // prefetch fetches into the cache, in the background, the chunks of the
 // image's profile in the order the profile reads them and, with all, every
 // other chunk in stream order, so that a long-running container stops
-// depending on the network. It stops when ctx ends; failures are left to
-// the reads that need them. The app's reads never wait for it: a read of a
-// chunk under way joins its fetch, any other goes straight to the store.
-func prefetch(ctx context.Context, x *index.Index, st store.Store, profiled []int, all bool, done func(fetched, failed int)) {
+// depending on the network; chunks the cache has are not read. It stops
+// when ctx ends; failures are left to the reads that need them. The app's
+// reads never wait for it: a read of a chunk under way joins its fetch,
+// any other goes straight to the store.
+func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled []int, all bool, done func(fetched, failed int)) {
 	seen := map[[32]byte]bool{}
 	var ids []store.ID
 	add := func(i int) {
@@ -34,27 +35,27 @@ func prefetch(ctx context.Context, x *index.Index, st store.Store, profiled []in
 	for _, i := range profiled {
 		add(i)
 	}
-	fetched, failed := fetchAll(ctx, st, ids, profileWorkers)
+	fetched, failed := fetchAll(ctx, cache, ids, profileWorkers)
 	if all && ctx.Err() == nil {
 		ids = ids[:0]
 		for i := range x.Chunks {
 			add(i)
 		}
-		n, f := fetchAll(ctx, st, ids, restWorkers)
+		n, f := fetchAll(ctx, cache, ids, restWorkers)
 		fetched, failed = fetched+n, failed+f
 	}
 	done(fetched, failed)
 }
 
-// fetchAll loads ids through st with workers goroutines, in order.
-func fetchAll(ctx context.Context, st store.Store, ids []store.ID, workers int) (fetched, failed int) {
+// fetchAll fetches ids into the cache with workers goroutines, in order.
+func fetchAll(ctx context.Context, cache *store.Cache, ids []store.ID, workers int) (fetched, failed int) {
 	queue := make(chan store.ID)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for range workers {
 		wg.Go(func() {
 			for id := range queue {
-				_, err := store.Load(ctx, st, id)
+				err := cache.Fetch(ctx, id)
 				mu.Lock()
 				if err != nil {
 					failed++

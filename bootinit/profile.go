@@ -43,12 +43,14 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
 	}
 	all := mode == "all"
-	if len(chunks) == 0 && !all {
+	// A store on this node (no cache over it) is as fast to read later.
+	cache, ok := st.(*store.Cache)
+	if !ok || len(chunks) == 0 && !all {
 		close(done)
 		return done, nil
 	}
 	start := time.Now()
-	go prefetch(ctx, x, st, chunks, all, func(n, failed int) {
+	go prefetch(ctx, x, cache, chunks, all, func(n, failed int) {
 		b.log.Printf("prefetched %d chunks (%d of the profile; %d failed) in %v", n, len(chunks), failed, time.Since(start).Round(time.Millisecond))
 		close(done)
 	})

@@ -137,6 +137,19 @@ func (c *Cache) Load(ctx context.Context, id ID) ([]byte, error) {
 	return data, err
 }
 
+// Fetch makes sure chunk id is in the directory, fetching and keeping it
+// if it is not; a chunk already there is not read. Prefetching uses it.
+func (c *Cache) Fetch(ctx context.Context, id ID) error {
+	if _, ok := c.pendingRaw(id); ok {
+		return nil
+	}
+	if ok, err := c.local.Has(ctx, id); err == nil && ok {
+		return nil
+	}
+	_, _, err := c.fill(ctx, id)
+	return err
+}
+
 // Get implements Store: the compressed bytes, from the directory (as stored,
 // unverified, like any Get) or else fetched, verified and kept.
 func (c *Cache) Get(ctx context.Context, id ID) ([]byte, error) {

@@ -426,3 +426,36 @@ func BenchmarkCacheFill(b *testing.B) {
 	b.ReportMetric(per(synced), "µs/chunk-fsync")
 	b.ReportMetric(float64(synced)/float64(nosync), "fsync/nosync")
 }
+
+// TestCacheFetch fetches chunks into the cache without reading them: once
+// each, however often asked, and then Load finds them there.
+func TestCacheFetch(t *testing.T) {
+	ctx := context.Background()
+	remoteDir := t.TempDir()
+	ids := cacheChunks(t, remoteDir, 3)
+	r := openRemote(t, remoteDir, 0)
+	c := openCache(t, t.TempDir(), r)
+	for range 2 {
+		for _, id := range ids {
+			if err := c.Fetch(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := r.gets.Load(); n != 3 {
+		t.Errorf("fetching 3 chunks twice made %d remote gets, want 3", n)
+	}
+	for _, id := range ids {
+		if _, err := store.Load(ctx, c, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := c.Stats(); st.Misses != 3 || st.Hits != 3 || r.gets.Load() != 3 {
+		t.Errorf("loads after fetches: %+v, %d remote gets; want 3 hits", st, r.gets.Load())
+	}
+	r.fail.Store(errors.New("remote down"))
+	missing := store.Sum([]byte("not in the remote"))
+	if err := c.Fetch(ctx, missing); err == nil {
+		t.Error("fetching from a failing remote succeeded")
+	}
+}
