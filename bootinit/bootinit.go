@@ -22,6 +22,7 @@ import (
 	godebug "runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -116,6 +117,7 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	start := time.Now()
 	raw, err := os.ReadFile(bootconfig.Index)
 	if err != nil {
 		return 0, fmt.Errorf("reading the index: %w", err)
@@ -124,6 +126,7 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	b.log.Printf("read the index (%d bytes, %d entries) in %v", len(raw), len(x.Entries), time.Since(start).Round(time.Microsecond))
 	st, err := openStores(cfg)
 	if err != nil {
 		return 0, err
@@ -170,6 +173,7 @@ func (b *boot) run(args []string) (int, error) {
 	// Chunks fetched but not yet in the node cache are written now: a
 	// container that exits at once must not make its neighbours fetch again.
 	st.Close()
+	b.log.Printf("the app exited (code %d); bootinit exits", code)
 	return code, err
 }
 

@@ -115,6 +115,15 @@ func TestProfile(t *testing.T) {
 			t.Errorf("the start fetched %d chunks outside the profile's %d", outside, len(inProfile))
 		}
 	})
+	t.Run("quick exits", func(t *testing.T) {
+		// The app exits while the prefetch is under way: bootinit stops
+		// it, keeps what came, and exits.
+		for range 5 {
+			if r, _ := run(nil, "true"); r.code != 0 {
+				t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
+			}
+		}
+	})
 	t.Run("none", func(t *testing.T) {
 		r, gets := run([]string{"MKBOOTFS_PREFETCH=none"}, "true")
 		if r.code != 0 || len(gets) >= len(inProfile)/2 {
