@@ -495,11 +495,15 @@ func TestAttachKilled(t *testing.T) {
 	c := startContainer(t)
 	before := c.state(t)
 	o := Options{Target: c.name, Tools: fixture.ref, Command: []string{"sh", "-c", "sleep 1001 & sleep 1000"}}
-	spec, _ := json.Marshal(o)
+	spec, err := json.Marshal(o)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperAttach$")
 	cmd.Env = append(os.Environ(), "MKBOOTFS_ATTACH_HELPER="+string(spec))
+	// The helper's test output (a t.Fatal) goes to stdout.
 	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

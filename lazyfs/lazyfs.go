@@ -56,7 +56,7 @@ type Options struct {
 	Log *log.Logger
 	// OnRead, when set, is told of every read served: n bytes at off of
 	// inode ino, opened through entry (a profile.Recorder's Read).
-	OnRead func(ino, entry uint32, off int64, n int)
+	OnRead func(ino, entry uint32, off int64, n int) `json:"-"`
 }
 
 func (o *Options) setDefaults() {
