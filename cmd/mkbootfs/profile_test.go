@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
+	"github.com/mkbootfs/mkbootfs/internal/testserver"
+	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
 // TestConvertProfile converts busybox with `--profile -- CMD`: convert runs
@@ -33,8 +35,13 @@ func TestConvertProfile(t *testing.T) {
 	if after := profileImages(t); after != before {
 		t.Errorf("the profiling run's image stayed: before %q, after %q", before, after)
 	}
-	got, err := dockerRun("", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-v", store+":/.bootfs/store:ro",
-		"-e", "MKBOOTFS_DEBUG=1", target, "cat", "/etc/passwd")
+	// Over HTTP, so through a cache, which the profile is prefetched into.
+	l, err := local.Open(store, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := dockerRun("", append(lazily, "-e", "MKBOOTFS_STORE="+testserver.HTTP(t, l, false),
+		"-e", "MKBOOTFS_DEBUG=1", target, "cat", "/etc/passwd")...)
 	if err != nil || !strings.Contains(got, "root:") || !regexp.MustCompile(`prefetched \d+ chunks \(\d+ of the profile; 0 failed\)`).MatchString(got) {
 		t.Fatalf("the profiled boot image: %v\n%s", err, got)
 	}
