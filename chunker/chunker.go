@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"strconv"
+	"strings"
 )
 
 // Params are the chunk size bounds. Every chunk but the last of a stream is
@@ -38,6 +40,39 @@ type Params struct {
 // chunks again but fetches 9% more for the workload and adds 3.8 MB. They
 // are casync's defaults too, which keeps our stores comparable with its.
 var DefaultParams = Params{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
+
+// ParseParams reads chunk sizes as casync's --chunk-size takes them: AVG,
+// with MIN a quarter of it and MAX four times it, or MIN:AVG:MAX; each a
+// number of bytes with an optional K or M (KiB, MiB) suffix.
+func ParseParams(s string) (Params, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != 1 && len(parts) != 3 {
+		return Params{}, fmt.Errorf("chunk size %q: want AVG or MIN:AVG:MAX (e.g. 64K or 16K:64K:256K)", s)
+	}
+	sizes := make([]int, len(parts))
+	for i, part := range parts {
+		mult := 1
+		switch {
+		case strings.HasSuffix(part, "K"):
+			part, mult = strings.TrimSuffix(part, "K"), 1<<10
+		case strings.HasSuffix(part, "M"):
+			part, mult = strings.TrimSuffix(part, "M"), 1<<20
+		}
+		n, err := strconv.Atoi(part)
+		if err != nil || n <= 0 || n > (64<<20)/mult {
+			return Params{}, fmt.Errorf("chunk size %q: %q is not a size (bytes, or with K or M)", s, parts[i])
+		}
+		sizes[i] = n * mult
+	}
+	p := Params{Min: sizes[0] / 4, Avg: sizes[0], Max: sizes[0] * 4}
+	if len(sizes) == 3 {
+		p = Params{Min: sizes[0], Avg: sizes[1], Max: sizes[2]}
+	}
+	if err := p.Validate(); err != nil {
+		return Params{}, fmt.Errorf("chunk size %q: %w", s, err)
+	}
+	return p, nil
+}
 
 // Validate reports whether the bounds are usable.
 func (p Params) Validate() error {

@@ -280,3 +280,31 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestParseParams(t *testing.T) {
+	for in, want := range map[string]Params{
+		"64K":            DefaultParams,
+		"16K:64K:256K":   DefaultParams,
+		"16384":          {4096, 16384, 65536},
+		"1K:4K:1M":       {1 << 10, 4 << 10, 1 << 20},
+		"4096:8192:9000": {4096, 8192, 9000},
+	} {
+		if got, err := ParseParams(in); err != nil || got != want {
+			t.Errorf("ParseParams(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for in, msg := range map[string]string{
+		"":           `"" is not a size`,
+		"64K:256K":   "want AVG or MIN:AVG:MAX",
+		"64X":        `"64X" is not a size`,
+		"-1":         `"-1" is not a size`,
+		"1M:64K:2M":  "sizes must grow",
+		"128":        "min size 32 is below 64 bytes",
+		"100M":       `"100M" is not a size`,
+		"1K:2K:100M": `"100M" is not a size`,
+	} {
+		if _, err := ParseParams(in); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("ParseParams(%q): %v; want an error saying %s", in, err, msg)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/mkbootfs/mkbootfs/chunker"
 	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
 )
@@ -24,6 +25,7 @@ func newConvertCmd() *cobra.Command {
 		bootinit  string
 		opts      converter.Options
 
+		chunkSize      string
 		profileRun     bool
 		profileFrom    string
 		profileTimeout time.Duration
@@ -74,6 +76,12 @@ of them).`,
 			var profileArgs []string
 			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
 				args, profileArgs = args[:dash], args[dash:]
+			}
+			if chunkSize != "" {
+				var err error
+				if opts.Params, err = chunker.ParseParams(chunkSize); err != nil {
+					return fmt.Errorf("--chunk-size: %w", err)
+				}
 			}
 			if profileRun && profileFrom != "" {
 				return errors.New("--profile records a profile and --profile-from reads one: give one of them")
@@ -179,6 +187,7 @@ of them).`,
 	f.StringVar(&bootinit, "bootinit", "", "the bootinit `binary` to put in the boot image (default: $MKBOOTFS_BOOTINIT, or bootinit next to mkbootfs)")
 	f.StringVar(&opts.Platform, "platform", "", "pick `OS/ARCH[/VARIANT]` from a multi-platform image (default: this machine's)")
 	f.BoolVar(&opts.Pull, "pull", false, "read a bare reference from its registry even if the docker daemon has it")
+	f.StringVar(&chunkSize, "chunk-size", "", "chunk sizes as casync takes them: `AVG` or MIN:AVG:MAX, in bytes or with K or M (default 16K:64K:256K; smaller chunks fetch less for scattered reads, e.g. a tools image, and make more requests)")
 	f.BoolVar(&profileRun, "profile", false, "run the converted image once (docker run --network host; a command after -- replaces its cmd), record what its start reads, and lay that out first for boots to prefetch")
 	f.StringVar(&profileFrom, "profile-from", "", "lay out first what the profile `FILE` reads (recorded with docker run -e MKBOOTFS_PROFILE=PATH)")
 	f.DurationVar(&profileTimeout, "profile-timeout", time.Minute, "with --profile: stop the run after this long (a server's start is what is profiled)")

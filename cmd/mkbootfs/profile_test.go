@@ -60,7 +60,7 @@ func profileImages(t *testing.T) string {
 	return strings.TrimSpace(testenv.Run(t, "docker", "images", "-q", "mkbootfs-profile"))
 }
 
-func TestConvertProfileUsage(t *testing.T) {
+func TestConvertUsage(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad")
 	os.WriteFile(bad, []byte("not a profile\n"), 0o644)
@@ -73,6 +73,7 @@ func TestConvertProfileUsage(t *testing.T) {
 		{[]string{"convert", "--profile", "--profile-from", bad, "dir:" + dir, "docker-daemon:x:y"}, "give one of them"},
 		{[]string{"convert", "--profile-from", bad, "--index", "x", "dir:" + dir}, "profile " + bad + ", line 1: starts with \"not a profile\""},
 		{[]string{"convert", "--profile-from", filepath.Join(dir, "none"), "--index", "x", "dir:" + dir}, "--profile-from: open " + filepath.Join(dir, "none")},
+		{[]string{"convert", "--chunk-size", "64K:1K", "--index", "x", "dir:" + dir}, "--chunk-size: chunk size \"64K:1K\": want AVG or MIN:AVG:MAX"},
 	} {
 		cmd := newRootCmd()
 		cmd.SetArgs(tc.args)

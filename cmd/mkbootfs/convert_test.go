@@ -1,0 +1,36 @@
+package main
+
+import (
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/mkbootfs/mkbootfs/converter"
+)
+
+// TestConvertChunkSize converts with casync's --chunk-size syntax: the
+// index records the sizes, and the chunks keep to them.
+func TestConvertChunkSize(t *testing.T) {
+	src := t.TempDir()
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	os.WriteFile(filepath.Join(src, "random"), data, 0o644)
+	idx := filepath.Join(t.TempDir(), "x.idx")
+	convertCLI(t, "--chunk-size", "4K:16K:64K", "--store", t.TempDir(), "--index", idx, "dir:"+src)
+	x, err := loadIndex(idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := x.Meta[converter.MetaChunker]; got != "fastcdc 4096/16384/65536" {
+		t.Errorf("the index records the chunker as %q", got)
+	}
+	for i, c := range x.Chunks[:len(x.Chunks)-1] {
+		if c.Size < 4096 || c.Size > 65536 {
+			t.Errorf("chunk %d is %d bytes, outside 4K..64K", i, c.Size)
+		}
+	}
+	if n := len(x.Chunks); n < 32 || n > 128 {
+		t.Errorf("1 MiB of random data in %d chunks of 16 KiB on average", n)
+	}
+}
