@@ -94,6 +94,12 @@ type Options struct {
 	Lazy lazyfs.Options
 }
 
+// sessionReadAhead is the kernel's readahead on the tools mount: a session
+// page-faults its binaries in, scattered, and each fault reads this much
+// around it. 32 KiB against the default 128 KiB cut what the ps, strace
+// and gdb session of TestAttachFetchesLittle fetches from 19.9 to 17.8 MB.
+const sessionReadAhead = 32 << 10
+
 // Result is a finished session.
 type Result struct {
 	// ExitCode is the command's: its status, or 128+N for signal N.
@@ -332,7 +338,7 @@ func (a *attachment) start(ctx context.Context) error {
 		}
 		a.fuse.Close()
 		a.fuse = nil
-		if a.srv, err = lazyfs.Mount(fmt.Sprintf("/dev/fd/%d", fd), a.fs, lazyfs.MountOptions{AllowOther: true}); err != nil {
+		if a.srv, err = lazyfs.Mount(fmt.Sprintf("/dev/fd/%d", fd), a.fs, lazyfs.MountOptions{AllowOther: true, MaxReadAhead: sessionReadAhead}); err != nil {
 			return fmt.Errorf("serving the tools image: %w", err)
 		}
 		if err := send(a.conn, message{Serving: true}); err != nil {

@@ -21,6 +21,11 @@ type MountOptions struct {
 	AllowOther bool
 	// FsName is the source shown in /proc/mounts; default "mkbootfs".
 	FsName string
+	// MaxReadAhead bounds the kernel's readahead of a file, and so the
+	// bytes around each page fault it reads; default and most MaxRead.
+	// Scattered readers (a debug session's page faults) fetch less with
+	// less.
+	MaxReadAhead int
 	// Debug logs every FUSE request.
 	Debug bool
 }
@@ -68,6 +73,10 @@ func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
 		name = "mkbootfs"
 	}
 	timeout := cacheTimeout
+	readAhead := MaxRead
+	if o.MaxReadAhead > 0 {
+		readAhead = min(o.MaxReadAhead, MaxRead)
+	}
 	opts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther: o.AllowOther,
@@ -83,7 +92,7 @@ func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
 			// Linux: bigger requests buy nothing, and go-fuse keeps a
 			// buffer of this size per request in flight.
 			MaxWrite:      MaxRead,
-			MaxReadAhead:  MaxRead,
+			MaxReadAhead:  readAhead,
 			MaxBackground: 64,   // readahead requests in flight
 			EnableAcl:     true, // the kernel enforces the image's POSIX ACLs
 
