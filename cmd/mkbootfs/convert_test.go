@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/mkbootfs/mkbootfs/converter"
@@ -32,5 +35,25 @@ func TestConvertChunkSize(t *testing.T) {
 	}
 	if n := len(x.Chunks); n < 32 || n > 128 {
 		t.Errorf("1 MiB of random data in %d chunks of 16 KiB on average", n)
+	}
+}
+
+// usage is a command line that must fail with an error saying want.
+type usage struct {
+	args []string
+	want string
+}
+
+// checkUsage runs each command line and checks its error.
+func checkUsage(t *testing.T, cases []usage) {
+	t.Helper()
+	for _, tc := range cases {
+		cmd := newRootCmd()
+		cmd.SetArgs(tc.args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("mkbootfs %s: %v; want an error saying %q", strings.Join(tc.args, " "), err, tc.want)
+		}
 	}
 }

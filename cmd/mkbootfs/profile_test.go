@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,23 +62,12 @@ func TestConvertUsage(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad")
 	os.WriteFile(bad, []byte("not a profile\n"), 0o644)
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
+	checkUsage(t, []usage{
 		{[]string{"convert", "--index", "x", "dir:" + dir, "--", "true"}, "a command after -- is for --profile"},
 		{[]string{"convert", "--profile", "--index", "x", "dir:" + dir}, "--profile runs the boot image, so it needs a TARGET"},
 		{[]string{"convert", "--profile", "--profile-from", bad, "dir:" + dir, "docker-daemon:x:y"}, "give one of them"},
 		{[]string{"convert", "--profile-from", bad, "--index", "x", "dir:" + dir}, "profile " + bad + ", line 1: starts with \"not a profile\""},
 		{[]string{"convert", "--profile-from", filepath.Join(dir, "none"), "--index", "x", "dir:" + dir}, "--profile-from: open " + filepath.Join(dir, "none")},
 		{[]string{"convert", "--chunk-size", "64K:1K", "--index", "x", "dir:" + dir}, "--chunk-size: chunk size \"64K:1K\": want AVG or MIN:AVG:MAX"},
-	} {
-		cmd := newRootCmd()
-		cmd.SetArgs(tc.args)
-		cmd.SetOut(io.Discard)
-		cmd.SetErr(io.Discard)
-		if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("mkbootfs %s: %v; want an error saying %q", strings.Join(tc.args, " "), err, tc.want)
-		}
-	}
+	})
 }

@@ -108,24 +108,13 @@ func TestServe(t *testing.T) {
 
 func TestServeUsage(t *testing.T) {
 	dir := t.TempDir()
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
+	checkUsage(t, []usage{
 		{[]string{"serve", dir}, "--http ADDR, --ssh ADDR"},
 		{[]string{"serve", "--ssh", "127.0.0.1:0", dir}, "--host-key"},
 		{[]string{"serve", "--http", "127.0.0.1:0", filepath.Join(dir, "missing")}, "missing"},
 		{[]string{"serve", "--ssh", "127.0.0.1:0", "--host-key", filepath.Join(dir, "nokey"), "--authorized-keys", filepath.Join(dir, "nokeys"), dir}, "ssh-keygen"},
 		{[]string{"serve", "--http", "256.0.0.1:0", dir}, "256.0.0.1"},
-	} {
-		cmd := newRootCmd()
-		cmd.SetArgs(tc.args)
-		cmd.SetOut(io.Discard)
-		cmd.SetErr(io.Discard)
-		if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("mkbootfs %s: %v; want an error saying %q", strings.Join(tc.args, " "), err, tc.want)
-		}
-	}
+	})
 }
 
 // serveLogs is a buffer that the servers' goroutines write to at once.
