@@ -184,7 +184,7 @@ func tarInode(hdr *tar.Header) (index.Inode, error) {
 		return n, fmt.Errorf("owner %d:%d is out of range", hdr.Uid, hdr.Gid)
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // the reader gives TypeReg for old-style entries too
 		for k := range hdr.PAXRecords {
 			if strings.HasPrefix(k, "GNU.sparse.") {
 				return n, errors.New("sparse tar entries are not supported: rebuild the layer without --sparse")

@@ -131,7 +131,7 @@ func edgeTree() []tfile {
 		{path: "/etc", mode: syscall.S_IFDIR | 0o755, mtime: 1700000000_123456789},
 		{path: "/etc/hostname", mode: syscall.S_IFREG | 0o644, data: []byte("lazy\n"), mtime: 1600000000_000000001},
 		{path: "/etc/empty", mode: syscall.S_IFREG | 0o600, uid: 1000, gid: 1000},
-		{path: "/etc/shadow", mode: syscall.S_IFREG | 0o000, data: []byte("root:*:19000::::::\n")},
+		{path: "/etc/shadow", mode: syscall.S_IFREG, data: []byte("root:*:19000::::::\n")}, // mode 000
 		{path: "/bin/big", mode: syscall.S_IFREG | 0o755, data: randomBytes(1, 300<<10), mtime: -1_500000000},
 		{path: "/bin/big-hardlink", link: "/bin/big"},
 		{path: "/bin/su", mode: syscall.S_IFREG | syscall.S_ISUID | 0o755, data: []byte("#!/bin/sh\nsetuid\n")},
