@@ -38,8 +38,9 @@ step_app() {
 	mkdir -p "$work"
 	docker build -q -t "$app" "$root/sample/app" >/dev/null || die "docker build of sample/app (scripts/busybox-image.sh makes its base)"
 	docker push -q "$app" >/dev/null || die "docker push $app (scripts/setup.sh starts the registry)"
-	"$mkbootfs" convert --store "$store" "$app" "$app-bootfs" ||
-		die "mkbootfs convert --store $store $app $app-bootfs"
+	# --profile runs the app once and lays out first what its start reads.
+	"$mkbootfs" convert --profile --store "$store" "$app" "$app-bootfs" -- demo ||
+		die "mkbootfs convert --profile --store $store $app $app-bootfs -- demo"
 	docker rmi -f "$app-bootfs" >/dev/null 2>&1 || true
 	docker volume rm -f mkbootfs-demo-cache >/dev/null 2>&1 || true
 	want=$(docker run --rm "$app" demo) || die "docker run $app"
