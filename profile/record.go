@@ -62,19 +62,25 @@ func Record(ctx context.Context, o RecordOptions) (*Profile, error) {
 		out = io.Discard
 	}
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd := exec.Command("docker", args...)
 	cmd.Stdout, cmd.Stderr = out, io.MultiWriter(out, &stderr)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("recording a profile: docker run: %w", err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	// Ended from outside, the container goes too: killing the docker
+	// client would leave it running.
 	var runErr error
 	select {
 	case runErr = <-exited:
 	case <-time.After(o.Timeout):
 		exec.Command("docker", "stop", "-t", "10", name).Run()
 		runErr = <-exited
+	case <-ctx.Done():
+		exec.Command("docker", "rm", "-f", name).Run()
+		<-exited
+		return nil, fmt.Errorf("recording a profile: %w", ctx.Err())
 	}
 	path := filepath.Join(dir, "profile")
 	f, err := os.Open(path)

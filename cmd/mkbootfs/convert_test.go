@@ -57,3 +57,16 @@ func checkUsage(t *testing.T, cases []usage) {
 		}
 	}
 }
+
+// TestConvertStaleProfile converts with a profile that names nothing in
+// the tree: the conversion goes on and says so.
+func TestConvertStaleProfile(t *testing.T) {
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "present"), []byte("data"), 0o644)
+	prof := filepath.Join(t.TempDir(), "profile")
+	os.WriteFile(prof, []byte("mkbootfs profile 1\n\"/gone\" 0+4096\n"), 0o644)
+	out := convertCLI(t, "--profile-from", prof, "--store", t.TempDir(), "--index", filepath.Join(t.TempDir(), "x.idx"), "dir:"+src)
+	if !strings.Contains(out, "warning: none of the profile's 1 files is a file with data in dir:"+src) {
+		t.Errorf("no warning about a profile that matches nothing:\n%s", out)
+	}
+}
