@@ -83,6 +83,9 @@ of them).`,
 					return fmt.Errorf("--chunk-size: %w", err)
 				}
 			}
+			if profileTimeout <= 0 {
+				return fmt.Errorf("--profile-timeout %v: want a positive duration, e.g. 30s", profileTimeout)
+			}
 			if profileRun && profileFrom != "" {
 				return errors.New("--profile records a profile and --profile-from reads one: give one of them")
 			}

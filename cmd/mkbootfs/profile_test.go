@@ -68,6 +68,7 @@ func TestConvertUsage(t *testing.T) {
 		{[]string{"convert", "--profile", "--profile-from", bad, "dir:" + dir, "docker-daemon:x:y"}, "give one of them"},
 		{[]string{"convert", "--profile-from", bad, "--index", "x", "dir:" + dir}, "profile " + bad + ", line 1: starts with \"not a profile\""},
 		{[]string{"convert", "--profile-from", filepath.Join(dir, "none"), "--index", "x", "dir:" + dir}, "--profile-from: open " + filepath.Join(dir, "none")},
+		{[]string{"convert", "--profile", "--profile-timeout", "0s", "dir:" + dir, "docker-daemon:x:y"}, "--profile-timeout 0s: want a positive duration"},
 		{[]string{"convert", "--chunk-size", "64K:1K", "--index", "x", "dir:" + dir}, "--chunk-size: chunk size \"64K:1K\": want AVG or MIN:AVG:MAX"},
 	})
 }
