@@ -148,7 +148,7 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	opts := lazyfs.Options{Log: log.New(os.Stderr, "bootinit: ", 0)}
+	opts := lazyfs.Options{Log: log.New(os.Stderr, "bootinit: ", 0), ReadaheadWithinFiles: true}
 	rec, err := newRecording(x)
 	if err != nil {
 		return 0, err

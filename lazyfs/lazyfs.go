@@ -2,7 +2,8 @@
 // a chunk store: every lookup, getattr, readdir, readlink and xattr is
 // answered from the index in memory; a read fetches only the chunks it
 // needs, through the store (normally a store.Cache shared by the node), and
-// sequential reads fetch the file's next chunks ahead.
+// streaming reads fetch the next chunks ahead: of the file, or of the whole
+// tree when it is read file after file in tree order.
 //
 // The tree is immutable, so the mount tells the kernel to cache everything
 // (long entry and attribute timeouts, page cache kept across opens, cached
@@ -47,6 +48,12 @@ type Options struct {
 	// Readahead is how many chunks past a sequential read, up to the end
 	// of the file, are fetched in the background; default 16, negative: none.
 	Readahead int
+	// ReadaheadWithinFiles keeps readahead within the file being read,
+	// even when files are read one after another in tree order: a boot's
+	// reads are a program's, and what follows a file it reads whole (a
+	// config file, laid out by a profile next to the next one it reads)
+	// is seldom wanted.
+	ReadaheadWithinFiles bool
 	// Fetchers bounds the readahead fetches under way; default 8: a fetch
 	// mostly waits (for a disk or a network), so more than the CPUs.
 	Fetchers int
@@ -87,7 +94,9 @@ type FS struct {
 	log    *log.Logger
 	onRead func(ino, entry uint32, off int64, n int)
 	chunks *chunks
-	root   uint32 // the root directory's inode
+	// withinFiles is Options.ReadaheadWithinFiles.
+	withinFiles bool
+	root        uint32 // the root directory's inode
 	// dirEntry[i] is the entry of directory inode i (directories have one).
 	dirEntry []uint32
 	// noXattrs is set when no file has an xattr: Getxattr then answers
@@ -96,19 +105,24 @@ type FS struct {
 	noXattrs bool
 
 	reads, readBytes, readErrs atomic.Int64
+
+	// lastIno, lastChunk, treeStreak and treeFiles follow reads through
+	// the data stream, file after file, for readahead.
+	lastIno, lastChunk, treeStreak, treeFiles atomic.Int64
 }
 
 // New returns the filesystem of x whose chunks come from st.
 func New(x *index.Index, st store.Store, o Options) *FS {
 	o.setDefaults()
 	f := &FS{
-		x:        x,
-		st:       st,
-		log:      o.Log,
-		onRead:   o.OnRead,
-		chunks:   newChunks(x, st, &o),
-		root:     x.Entries[index.Root].Inode,
-		dirEntry: make([]uint32, len(x.Inodes)),
+		x:           x,
+		st:          st,
+		log:         o.Log,
+		onRead:      o.OnRead,
+		withinFiles: o.ReadaheadWithinFiles,
+		chunks:      newChunks(x, st, &o),
+		root:        x.Entries[index.Root].Inode,
+		dirEntry:    make([]uint32, len(x.Inodes)),
 	}
 	for e, ent := range x.Entries {
 		if x.Inodes[ent.Inode].IsDir() {

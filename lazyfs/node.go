@@ -58,20 +58,15 @@ func (n *node) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) 
 	return 0
 }
 
-// readaheadAfter is how many bytes of a file must be read in sequence
-// before lazyfs fetches ahead of the reads.
-const readaheadAfter = 512 << 10
-
-// streamSlack is how far from where the last read ended a read may start
-// and still continue a stream: a few of the kernel's largest reads.
-const streamSlack = 4 * MaxRead
-
 // Read implements fs.NodeReader: it loads the chunks the range needs and,
 // when the file is read sequentially, starts loading the ones after them.
 func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	f := n.fs
-	last := -1
+	first, last := -1, -1
 	k, err := f.x.ReadAt(n.ino, dest, off, func(i int) ([]byte, error) {
+		if first < 0 {
+			first = i
+		}
 		last = i
 		return f.chunks.get(ctx, i)
 	})
@@ -89,23 +84,8 @@ func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64
 	if f.onRead != nil {
 		f.onRead(n.ino, n.entry, off, k)
 	}
-	// Ahead only once reads have streamed through readaheadAfter bytes: a
-	// program loader or a reader of headers reads a file in a few short
-	// runs, which the kernel's own readahead serves; and within the file
-	// only: past its end is another file, which the reader may never want
-	// (at a boot, most of them).
-	// The kernel sends a stream's reads a few at a time, served in any
-	// order: a read near where the last one ended continues the stream.
-	streak := int64(k)
-	if prev := n.next.Swap(off + int64(k)); off > 0 && off >= prev-streamSlack && off <= prev+streamSlack {
-		streak = n.streak.Add(int64(k))
-	} else {
-		n.streak.Store(streak)
-	}
-	if last >= 0 && streak >= readaheadAfter {
-		if _, end, ok := f.x.ChunkSpan(n.ino); ok {
-			f.chunks.readahead(last, end)
-		}
+	if last >= 0 {
+		f.readAhead(n, off, k, first, last)
 	}
 	return fuse.ReadResultData(dest[:k]), 0
 }
@@ -162,4 +142,60 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 		NameLen: 255,
 	}
 	return 0
+}
+
+// readaheadAfter is how many bytes must be read in sequence before lazyfs
+// fetches ahead of the reads.
+const readaheadAfter = 512 << 10
+
+// A read of the tree file after file is read ahead once it has gone
+// through treeReadaheadFiles files and treeReadaheadAfter bytes in stream
+// order: most files are small, and each costs a fetch when not ahead.
+const (
+	treeReadaheadFiles = 3
+	treeReadaheadAfter = 128 << 10
+)
+
+// streamSlack is how far from where the last read of a file ended a read
+// may start and still continue a stream: a few of the kernel's largest
+// reads, which it sends a few at a time, served in any order.
+const streamSlack = 4 * MaxRead
+
+// readAhead starts fetching the chunks after a read of k bytes at off of
+// n, which took chunks first to last, once reads have streamed through
+// readaheadAfter bytes; a program loader or a reader of headers reads in
+// a few short runs, which the kernel's own readahead serves.
+//
+// A stream within one file is read ahead up to the file's end: past it is
+// another file, which the reader may never want (at a boot, most of them).
+// A stream through the data stream itself, file after file in stream
+// order (tar, cp -a, a checksum of the tree: the stream is in tree order),
+// is read ahead across files, unless Options.ReadaheadWithinFiles.
+func (f *FS) readAhead(n *node, off int64, k, first, last int) {
+	streak := int64(k)
+	if prev := n.next.Swap(off + int64(k)); off > 0 && off >= prev-streamSlack && off <= prev+streamSlack {
+		streak = n.streak.Add(int64(k))
+	} else {
+		n.streak.Store(streak)
+	}
+	treeStreak, treeFiles := int64(k), int64(0)
+	prevIno := uint32(f.lastIno.Swap(int64(n.ino)))
+	if prev := int(f.lastChunk.Swap(int64(last))); first >= prev && first <= prev+1 {
+		treeStreak = f.treeStreak.Add(int64(k))
+		treeFiles = f.treeFiles.Load()
+		if n.ino != prevIno {
+			treeFiles = f.treeFiles.Add(1)
+		}
+	} else {
+		f.treeStreak.Store(treeStreak)
+		f.treeFiles.Store(0)
+	}
+	switch {
+	case !f.withinFiles && treeFiles >= treeReadaheadFiles && treeStreak >= treeReadaheadAfter:
+		f.chunks.readahead(last, len(f.x.Chunks)-1)
+	case streak >= readaheadAfter:
+		if _, end, ok := f.x.ChunkSpan(n.ino); ok {
+			f.chunks.readahead(last, end)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package lazyfs_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -72,5 +73,30 @@ func TestReadahead(t *testing.T) {
 	e, _ := x.Resolve("big")
 	if len(reads) == 0 || reads[0].ino != x.Entries[e].Inode || reads[0].entry != e || reads[0].off != 0 || reads[0].n < 4096 {
 		t.Errorf("OnRead saw %+v, want a first read of inode %d through entry %d at 0", reads, x.Entries[e].Inode, e)
+	}
+}
+
+// TestTreeReadahead reads small files one after another in tree order, as
+// tar does: the chunks of the files after them are fetched ahead, unless
+// readahead is kept within files.
+func TestTreeReadahead(t *testing.T) {
+	storeDir := t.TempDir()
+	var files []tfile
+	for i := range 12 {
+		files = append(files, tfile{path: fmt.Sprintf("/f%02d", i), mode: syscall.S_IFREG | 0o644, data: randomBytes(uint64(i), 2*testChunk)})
+	}
+	x := buildTree(t, storeDir, files)
+	for _, within := range []bool{false, true} {
+		srv, mnt := mountFS(t, x, openLocal(t, storeDir), lazyfs.Options{ReadaheadWithinFiles: within})
+		for i := range 6 {
+			if _, err := os.ReadFile(filepath.Join(mnt, fmt.Sprintf("f%02d", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		st := srv.Stats()
+		if ahead := st.ChunksLoaded > 12; ahead == within {
+			t.Errorf("within files %v: reading 6 files of 2 chunks in tree order loaded %d chunks (%d ahead)", within, st.ChunksLoaded, st.Readaheads)
+		}
 	}
 }
