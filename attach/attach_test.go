@@ -494,8 +494,7 @@ func TestAttachKilled(t *testing.T) {
 	tools(t)
 	c := startContainer(t)
 	before := c.state(t)
-	o := Options{Target: c.name, Tools: fixture.ref, Command: []string{"sh", "-c", "sleep 1001 & sleep 1000"}}
-	spec, err := json.Marshal(o)
+	spec, err := json.Marshal(helperSpec{Target: c.name, Tools: fixture.ref, Command: []string{"sh", "-c", "sleep 1001 & sleep 1000"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,19 +537,24 @@ func TestAttachKilled(t *testing.T) {
 	}
 }
 
+// helperSpec is the session TestHelperAttach runs, passed as JSON.
+type helperSpec struct {
+	Target, Tools string
+	Command       []string
+}
+
 // TestHelperAttach is the attach process that TestAttachKilled kills.
 func TestHelperAttach(t *testing.T) {
 	spec := os.Getenv("MKBOOTFS_ATTACH_HELPER")
 	if spec == "" {
 		return
 	}
-	var o Options
-	if err := json.Unmarshal([]byte(spec), &o); err != nil {
+	var hs helperSpec
+	if err := json.Unmarshal([]byte(spec), &hs); err != nil {
 		t.Fatal(err)
 	}
 	devnull, _ := os.Open(os.DevNull)
-	o.Stdin = devnull
-	Run(context.Background(), o)
+	Run(context.Background(), Options{Target: hs.Target, Tools: hs.Tools, Command: hs.Command, Stdin: devnull})
 	t.Fatal("the session ended before the test killed it")
 }
 

@@ -63,7 +63,7 @@ type Options struct {
 	Log *log.Logger
 	// OnRead, when set, is told of every read served: n bytes at off of
 	// inode ino, opened through entry (a profile.Recorder's Read).
-	OnRead func(ino, entry uint32, off int64, n int) `json:"-"`
+	OnRead func(ino, entry uint32, off int64, n int)
 }
 
 func (o *Options) setDefaults() {
