@@ -37,8 +37,8 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 		if p, err := profile.Parse(bytes.NewReader(raw), bootconfig.Profile); err != nil {
 			fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
 		} else {
-			chunks = p.Chunks(x)
 			b.profile = regularFiles(p, x)
+			chunks = b.profile.Chunks(x)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)

@@ -172,6 +172,9 @@ const streamSlack = 4 * MaxRead
 // order (tar, cp -a, a checksum of the tree: the stream is in tree order),
 // is read ahead across files, unless Options.ReadaheadWithinFiles.
 func (f *FS) readAhead(n *node, off int64, k, first, last int) {
+	if f.chunks.ahead == 0 {
+		return
+	}
 	streak := int64(k)
 	if prev := n.next.Swap(off + int64(k)); off > 0 && off >= prev-streamSlack && off <= prev+streamSlack {
 		streak = n.streak.Add(int64(k))
