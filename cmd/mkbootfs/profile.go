@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker/cli/cli/config"
 	"github.com/spf13/cobra"
 
 	"github.com/mkbootfs/mkbootfs/converter"
@@ -45,18 +46,13 @@ func recordProfile(cmd *cobra.Command, res *converter.Result, bootBinary []byte,
 			break
 		}
 	}
-	if home, err := os.UserHomeDir(); err == nil {
-		if auth := filepath.Join(home, ".docker", "config.json"); fileExists(auth) {
-			o.AuthFile = auth
-		}
+	// docker's own config, as docker login wrote it ($DOCKER_CONFIG too).
+	auth := filepath.Join(config.Dir(), config.ConfigFileName)
+	if fi, err := os.Stat(auth); err == nil && fi.Mode().IsRegular() {
+		o.AuthFile = auth
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "profiling: running %s once (at most %v)\n", res.Index.Meta[converter.MetaSource], timeout)
 	return profile.Record(ctx, o)
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // removeImage untags the temporary boot image, and so deletes it.
