@@ -47,13 +47,9 @@ func LoadTools(ctx context.Context, ref string) (*Tools, error) {
 		return &Tools{Source: "the host's root", Path: defaultPath}, nil
 	}
 	if fi, err := os.Stat(ref); err == nil && fi.Mode().IsRegular() {
-		b, err := os.ReadFile(ref)
+		x, err := index.ReadFile(ref)
 		if err != nil {
-			return nil, err
-		}
-		x, err := index.Decode(b)
-		if err != nil {
-			return nil, fmt.Errorf("tools index %s: %w", ref, err)
+			return nil, fmt.Errorf("tools: %w", err)
 		}
 		t := &Tools{Source: ref, Index: x, Path: defaultPath}
 		if s := x.Meta[metaStores]; s != "" {

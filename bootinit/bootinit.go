@@ -127,15 +127,11 @@ func (b *boot) run(args []string) (int, error) {
 		return 0, err
 	}
 	start := time.Now()
-	raw, err := os.ReadFile(bootconfig.Index)
+	x, err := index.ReadFile(bootconfig.Index)
 	if err != nil {
 		return 0, fmt.Errorf("reading the index: %w", err)
 	}
-	x, err := index.Decode(raw)
-	if err != nil {
-		return 0, err
-	}
-	b.log.Printf("read the index (%d bytes, %d entries) in %v", len(raw), len(x.Entries), time.Since(start).Round(time.Microsecond))
+	b.log.Printf("read the index (%d entries) in %v", len(x.Entries), time.Since(start).Round(time.Microsecond))
 	st, err := openStores(cfg)
 	if err != nil {
 		return 0, err

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"syscall"
 )
@@ -102,6 +103,19 @@ func (w *writer) uvarint(v uint64) { w.buf = binary.AppendUvarint(w.buf, v) }
 func (w *writer) varint(v int64)   { w.buf = binary.AppendVarint(w.buf, v) }
 func (w *writer) string(s string)  { w.uvarint(uint64(len(s))); w.buf = append(w.buf, s...) }
 func (w *writer) bytes(b []byte)   { w.uvarint(uint64(len(b))); w.buf = append(w.buf, b...) }
+
+// ReadFile reads and decodes the index file at path; errors name it.
+func ReadFile(path string) (*Index, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	x, err := Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return x, nil
+}
 
 // Decode parses and validates an encoded index. Any damage is an error
 // wrapping ErrCorrupt; Decode never panics on bad input.

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
@@ -193,5 +195,17 @@ func TestDecodeForgedCounts(t *testing.T) {
 		if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(64*len(in)+1<<16); got > limit {
 			t.Errorf("%s: Decode of %d bytes allocated %d bytes, want at most %d", tt.name, len(in), got, limit)
 		}
+	}
+}
+
+func TestReadFile(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.idx")
+	os.WriteFile(bad, []byte("not an index"), 0o644)
+	if _, err := index.ReadFile(bad); err == nil || !strings.Contains(err.Error(), bad+": ") || !errors.Is(err, index.ErrCorrupt) {
+		t.Errorf("ReadFile of a non-index: %v; want an ErrCorrupt naming %s", err, bad)
+	}
+	if _, err := index.ReadFile(filepath.Join(dir, "none")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("ReadFile of a missing file: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/index"
 )
 
 // TestConvertChunkSize converts with casync's --chunk-size syntax: the
@@ -21,7 +22,7 @@ func TestConvertChunkSize(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "random"), data, 0o644)
 	idx := filepath.Join(t.TempDir(), "x.idx")
 	convertCLI(t, "--chunk-size", "4K:16K:64K", "--store", t.TempDir(), "--index", idx, "dir:"+src)
-	x, err := loadIndex(idx)
+	x, err := index.ReadFile(idx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/index"
 )
 
 func newExtractCmd() *cobra.Command {
@@ -15,7 +16,7 @@ func newExtractCmd() *cobra.Command {
 		Short: "Materialize the whole tree of an index into a directory",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			x, err := loadIndex(args[0])
+			x, err := index.ReadFile(args[0])
 			if err != nil {
 				return err
 			}

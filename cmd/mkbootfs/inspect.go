@@ -41,7 +41,7 @@ func newInspectCmd() *cobra.Command {
 		Short: "Summarize an index: entries, bytes, chunks, dedup, stores",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			x, err := loadIndex(args[0])
+			x, err := index.ReadFile(args[0])
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -55,7 +56,7 @@ place detaches it first; to clear it by hand, run
 				debug.SetMemoryLimit(lazyfs.MemoryLimit)
 			}
 			ctx := cmd.Context()
-			x, err := loadIndex(args[0])
+			x, err := index.ReadFile(args[0])
 			if err != nil {
 				return err
 			}

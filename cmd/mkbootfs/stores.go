@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/location"
 )
@@ -49,17 +47,4 @@ func storeURLs(urls []string) ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-// loadIndex reads an index file.
-func loadIndex(path string) (*index.Index, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	x, err := index.Decode(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return x, nil
 }
