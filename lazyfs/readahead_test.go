@@ -93,9 +93,9 @@ func TestTreeReadahead(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		// Readaheads counts the fetches as they start: no waiting.
 		st := srv.Stats()
-		if ahead := st.ChunksLoaded > 12; ahead == within {
+		if ahead := st.Readaheads > 0; ahead == within {
 			t.Errorf("within files %v: reading 6 files of 2 chunks in tree order loaded %d chunks (%d ahead)", within, st.ChunksLoaded, st.Readaheads)
 		}
 	}
