@@ -57,10 +57,11 @@ func fetchAll(ctx context.Context, cache *store.Cache, ids []store.ID, workers i
 			for id := range queue {
 				err := cache.Fetch(ctx, id)
 				mu.Lock()
-				if err != nil {
-					failed++
-				} else {
+				switch {
+				case err == nil:
 					fetched++
+				case ctx.Err() == nil: // stopped, not failed, when the app has exited
+					failed++
 				}
 				mu.Unlock()
 			}
