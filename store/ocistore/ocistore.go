@@ -356,7 +356,7 @@ func (s *Store) client(ctx context.Context, stale int) (*authState, error) {
 	if s.opt.Push {
 		scopes = []string{s.repo.Scope(transport.PushScope)}
 	}
-	tr, err := transport.NewWithContext(ctx, s.repo.Registry, auth, s.base, scopes)
+	tr, err := transport.NewWithContext(ctx, s.repo.Registry, auth, storetransport.FreshBodies(s.base), scopes)
 	if err != nil {
 		return nil, authError(s.repo.RegistryStr(), err)
 	}

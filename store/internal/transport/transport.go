@@ -26,3 +26,27 @@ func New(timeout time.Duration, parallelism int, tlsConfig *tls.Config) *http.Tr
 		DisableCompression: true,
 	}
 }
+
+// FreshBodies returns rt sending each request with a body of its own from
+// GetBody (http.NewRequest sets it for in-memory bodies). A RoundTripper
+// above it that resends a request after an auth challenge, as
+// go-containerregistry's bearer transport does, would otherwise send the
+// body the first attempt is still writing: a data race, and an empty body.
+func FreshBodies(rt http.RoundTripper) http.RoundTripper {
+	return freshBodies{rt}
+}
+
+type freshBodies struct{ rt http.RoundTripper }
+
+func (f freshBodies) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body == nil || req.Body == http.NoBody || req.GetBody == nil {
+		return f.rt.RoundTrip(req)
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return nil, err
+	}
+	r := req.Clone(req.Context())
+	r.Body = body
+	return f.rt.RoundTrip(r)
+}
