@@ -201,7 +201,9 @@ type Chunker struct {
 	bufSize      int
 	buf          []byte // buf[start:end] is read but not yet chunked
 	start, end   int
-	err          error // io.EOF, or the wrapped read error; sticky
+	err          error   // io.EOF, or the wrapped read error; sticky
+	pos          int64   // stream offset of buf[start]
+	cuts         []int64 // stream offsets where a chunk must end, ascending
 }
 
 // maxEmptyReads bounds how often a reader may return 0, nil in a row before
@@ -229,13 +231,33 @@ func (c *Chunker) Next() ([]byte, error) {
 	if c.end-c.start < c.p.Max && c.err == nil {
 		c.fill()
 	}
-	if c.start == c.end || (c.end-c.start < c.p.Max && c.err != io.EOF) {
+	data := c.buf[c.start:c.end]
+	for len(c.cuts) > 0 && c.cuts[0] <= c.pos {
+		c.cuts = c.cuts[1:]
+	}
+	// A forced cut within the buffered bytes ends the data there, as the
+	// stream's end would: what comes after it cannot move a boundary.
+	forced := len(c.cuts) > 0 && c.cuts[0]-c.pos <= int64(len(data))
+	if forced {
+		data = data[:c.cuts[0]-c.pos]
+	}
+	if len(data) == 0 || (!forced && len(data) < c.p.Max && c.err != io.EOF) {
 		return nil, c.err
 	}
-	n := cut(c.buf[c.start:c.end], c.p, c.small, c.large)
+	n := cut(data, c.p, c.small, c.large)
 	chunk := c.buf[c.start : c.start+n : c.start+n]
 	c.start += n
+	c.pos += int64(n)
 	return chunk, nil
+}
+
+// CutAt makes chunks also end at the given stream offsets, which must be
+// ascending: the converter cuts where a start's reads begin and end, so that
+// the chunks a start needs hold little else. Between two forced cuts the
+// content decides as before, so a cut costs at most one short chunk. Call it
+// before the first Next.
+func (c *Chunker) CutAt(offsets ...int64) {
+	c.cuts = offsets
 }
 
 // fill reads until a maximum chunk is buffered or the stream ends. Reads

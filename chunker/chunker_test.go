@@ -49,23 +49,49 @@ func collect(t *testing.T, c *Chunker) [][]byte {
 	}
 }
 
-// checkChunks compares got with the reference chunking of data and checks
-// that every chunk but the last is within p's bounds. It runs after all
-// chunks were taken, so it also catches a chunker that reuses its buffers.
-func checkChunks(got [][]byte, data []byte, p Params) error {
-	want := reference(data, p)
+// checkChunks compares got with the reference chunking of data, cut first
+// at cuts (ascending), and checks that every chunk is within p's bounds but
+// those that end at a cut or at the end. It runs after all chunks were
+// taken, so it also catches a chunker that reuses its buffers.
+func checkChunks(got [][]byte, data []byte, p Params, cuts ...int64) error {
+	var want [][]byte
+	ends := map[int64]bool{int64(len(data)): true}
+	var at int64
+	for _, c := range append(cuts, int64(len(data))) {
+		c = min(c, int64(len(data)))
+		if c > at {
+			want = append(want, reference(data[at:c], p)...)
+			at = c
+		}
+		ends[c] = true
+	}
 	if len(got) != len(want) {
 		return fmt.Errorf("got %d chunks, want %d", len(got), len(want))
 	}
+	var end int64
 	for i, chunk := range got {
 		if !bytes.Equal(chunk, want[i]) {
 			return fmt.Errorf("chunk %d: got %d bytes, want %d (or other bytes)", i, len(chunk), len(want[i]))
 		}
-		if len(chunk) > p.Max || len(chunk) == 0 || (len(chunk) < p.Min && i < len(got)-1) {
+		end += int64(len(chunk))
+		if len(chunk) > p.Max || len(chunk) == 0 || (len(chunk) < p.Min && !ends[end]) {
 			return fmt.Errorf("chunk %d of %d: %d bytes, outside %d..%d", i, len(got), len(chunk), p.Min, p.Max)
 		}
 	}
 	return nil
+}
+
+// seededCuts returns ascending offsets up to a little past n that depend
+// only on seed: none, dense, or sparse.
+func seededCuts(seed uint64, n int) []int64 {
+	rnd := rand.New(rand.NewPCG(seed, 2))
+	var cuts []int64
+	step := []int{0, 50, 3000}[seed%3]
+	for at := 0; step > 0 && at < n+step; {
+		at += 1 + rnd.IntN(2*step)
+		cuts = append(cuts, int64(at))
+	}
+	return cuts
 }
 
 // randomReader returns reads of random sizes from 0 to max bytes.
@@ -121,8 +147,10 @@ func FuzzReadSizes(f *testing.F) {
 				t.Fatal(err)
 			}
 			c.bufSize = p.Max + int(seed>>8%uint64(3*p.Max))
-			if err := checkChunks(collect(t, c), data, p); err != nil {
-				t.Fatalf("%d bytes, %s reader, %+v, buffer %d: %v", len(data), name, p, c.bufSize, err)
+			cuts := seededCuts(seed>>4, len(data))
+			c.CutAt(cuts...)
+			if err := checkChunks(collect(t, c), data, p, cuts...); err != nil {
+				t.Fatalf("%d bytes, %s reader, %+v, buffer %d, %d cuts: %v", len(data), name, p, c.bufSize, len(cuts), err)
 			}
 		}
 	})
@@ -140,6 +168,32 @@ func TestReadSizes(t *testing.T) {
 			}
 			if err := checkChunks(collect(t, c), data, DefaultParams); err != nil {
 				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestCutAt checks that forced cuts end chunks, whatever the read sizes,
+// and that between them the content decides as without them.
+func TestCutAt(t *testing.T) {
+	data := randomBytes(2, 5<<20+777)
+	cuts := []int64{1, 4096, 4097, 100000, 100001 + int64(DefaultParams.Max), 3 << 20, 5<<20 + 777, 6 << 20}
+	for name, r := range readers(data, 2) {
+		t.Run(name, func(t *testing.T) {
+			c, err := New(r, DefaultParams)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.CutAt(cuts...)
+			got := collect(t, c)
+			if err := checkChunks(got, data, DefaultParams, cuts...); err != nil {
+				t.Fatal(err)
+			}
+			// Past the last cut inside the data, the chunks are those of
+			// the uncut stream that starts there.
+			tail := reference(data[3<<20:], DefaultParams)
+			if !bytes.Equal(got[len(got)-1], tail[len(tail)-1]) {
+				t.Error("the last chunk differs from the uncut stream's")
 			}
 		})
 	}

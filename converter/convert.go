@@ -128,7 +128,8 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 	}
 
 	root, inodes, files := arrange(t, opts.Profile)
-	chunks, stats, err := chunkFiles(ctx, files, opts, p)
+	cuts := readCuts(t, opts.Profile, int64(opts.Params.Min))
+	chunks, stats, err := chunkFiles(ctx, files, cuts, opts, p)
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +224,41 @@ func profiledFirst(t *tree, files []*inode, prof *profile.Profile) []*inode {
 	return out
 }
 
+// readCuts returns where in the data stream the profile's reads begin and
+// end, after arrange placed the files: cutting chunks there keeps the bytes
+// a start does not read out of the chunks it fetches. Reads less than gap
+// apart count as one, since a chunk for the gap alone would cost a request
+// to save a few bytes; files read whole one after another are one read.
+func readCuts(t *tree, prof *profile.Profile, gap int64) []int64 {
+	if prof == nil {
+		return nil
+	}
+	type span struct{ start, end int64 }
+	var reads []span
+	for _, f := range prof.Files {
+		n := t.lookup(strings.TrimPrefix(f.Path, "/"))
+		if n == nil || !n.ino.meta.IsRegular() {
+			continue
+		}
+		m := &n.ino.meta
+		for _, r := range f.Ranges {
+			m.StreamSpans(r.Off, r.Len, func(start, length int64) {
+				reads = append(reads, span{start, start + length})
+			})
+		}
+	}
+	sort.Slice(reads, func(i, j int) bool { return reads[i].start < reads[j].start })
+	var cuts []int64
+	for i := 0; i < len(reads); {
+		cur := reads[i]
+		for i++; i < len(reads) && reads[i].start-cur.end < gap; i++ {
+			cur.end = max(cur.end, reads[i].end)
+		}
+		cuts = append(cuts, cur.start, cur.end)
+	}
+	return cuts
+}
+
 // stager is a store that can defer making puts durable to one Commit.
 type stager interface {
 	Stage(ctx context.Context, id store.ID, compressed []byte) error
@@ -233,7 +269,7 @@ type stager interface {
 // chunkFiles streams the files' data through the chunker and stores the
 // chunks the store lacks: cutting runs on one goroutine, hashing,
 // compressing and writing on all cores.
-func chunkFiles(ctx context.Context, files []*inode, opts Options, p *progress) ([]index.Chunk, Stats, error) {
+func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options, p *progress) ([]index.Chunk, Stats, error) {
 	var stats Stats
 	stream := &streamReader{files: files}
 	defer stream.close()
@@ -241,6 +277,7 @@ func chunkFiles(ctx context.Context, files []*inode, opts Options, p *progress) 
 	if err != nil {
 		return nil, stats, err
 	}
+	ck.CutAt(cuts...)
 	st, staged := opts.Store.(stager)
 	put := opts.Store.Put
 	if staged {

@@ -14,7 +14,8 @@ import (
 
 // TestProfileLaysOutFirst converts a tree with a profile: the profiled
 // files open the data stream, in the profile's order, the tree is the same,
-// and the profile's chunks are the stream's first.
+// the profile's chunks are among the profiled files' first ones, and they hold only the bytes
+// it reads: chunks are cut where its reads begin and end.
 func TestProfileLaysOutFirst(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "src")
 	os.Mkdir(src, 0o755)
@@ -47,9 +48,14 @@ func TestProfileLaysOutFirst(t *testing.T) {
 	if res.Stats.ProfileChunks == 0 || res.Profile != prof {
 		t.Errorf("stats %+v: no profile chunks", res.Stats)
 	}
+	if want := int64(4096 + 4096 + 1); res.Stats.ProfileBytes != want {
+		t.Errorf("the profile's chunks hold %d bytes, want the %d it reads", res.Stats.ProfileBytes, want)
+	}
+	text, _ := os.Stat(filepath.Join(src, "text"))
+	last := x.ChunkAt(300<<10 + text.Size() - 1)
 	for i, c := range prof.Chunks(x) {
-		if c > res.Stats.ProfileChunks {
-			t.Errorf("profile chunk %d is stream chunk %d: not among the first", i, c)
+		if c > last {
+			t.Errorf("profile chunk %d is stream chunk %d: not among the profiled files' %d", i, c, last+1)
 		}
 	}
 	out := filepath.Join(t.TempDir(), "out")

@@ -235,24 +235,29 @@ func (x *Index) ChunkSpan(ino uint32) (first, last int, ok bool) {
 // FileChunks calls fn, in order, for each chunk holding data of the
 // regular file ino in [off, off+n); holes hold none.
 func (x *Index) FileChunks(ino uint32, off, n int64, fn func(i int)) {
-	f := &x.Inodes[ino]
-	if !f.IsRegular() || off < 0 || n <= 0 || off >= f.Size {
-		return
-	}
-	end := min(off+n, f.Size)
-	span := func(stream, l int64) {
+	x.Inodes[ino].StreamSpans(off, n, func(stream, l int64) {
 		for i := x.ChunkAt(stream); i <= x.ChunkAt(stream+l-1); i++ {
 			fn(i)
 		}
-	}
-	if f.Extents == nil {
-		span(f.Offset+off, end-off)
+	})
+}
+
+// StreamSpans calls fn with where the data of the file's bytes off..off+size
+// lie in the data stream, in order: one span, or one per extent the range
+// meets in a sparse file. Holes and bytes past the end have no span.
+func (n *Inode) StreamSpans(off, size int64, fn func(stream, length int64)) {
+	if !n.IsRegular() || off < 0 || size <= 0 || off >= n.Size {
 		return
 	}
-	stream := f.Offset
-	for _, e := range f.Extents {
+	end := min(off+size, n.Size)
+	if n.Extents == nil {
+		fn(n.Offset+off, end-off)
+		return
+	}
+	stream := n.Offset
+	for _, e := range n.Extents {
 		if lo, hi := max(e.Off, off), min(e.Off+e.Len, end); lo < hi {
-			span(stream+lo-e.Off, hi-lo)
+			fn(stream+lo-e.Off, hi-lo)
 		}
 		stream += e.Len
 	}
