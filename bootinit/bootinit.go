@@ -153,7 +153,7 @@ func (b *boot) run(args []string) (int, error) {
 		opts.OnRead = rec.Read
 	}
 	f := lazyfs.New(x, st, opts)
-	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs", MaxReadAhead: bootReadAhead})
+	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs", MaxReadAhead: bootReadAhead, DirectOnly: true})
 	if err != nil {
 		return 0, mountHint(err)
 	}
@@ -236,7 +236,7 @@ func appIdentity() (identity, error) {
 func checkFUSE() error {
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("cannot open /dev/fuse (%v): run the container with --device /dev/fuse --cap-add SYS_ADMIN", err)
+		return fmt.Errorf("cannot open /dev/fuse (%v): run the container with --device /dev/fuse --cap-add SYS_ADMIN (and --security-opt apparmor=unconfined on AppArmor hosts)", err)
 	}
 	return unix.Close(fd)
 }

@@ -219,13 +219,16 @@ func TestHeavyReadsNeverWedge(t *testing.T) {
 }
 
 func TestClearFailures(t *testing.T) {
-	_, boot, storeDir := converted(t)
+	_, boot, _ := converted(t)
 	for _, tc := range []struct {
 		name  string
 		args  []string
 		wants []string
 	}{
-		{"no fuse", []string{"run", "--rm", boot, "true"}, []string{"--device /dev/fuse", "--cap-add SYS_ADMIN"}},
+		{"no fuse", []string{"run", "--rm", boot, "true"}, []string{"--device /dev/fuse", "--cap-add SYS_ADMIN", "apparmor=unconfined"}},
+		// bootinit must not fall back to a fusermount3, whose absence would
+		// hide why the mount was refused.
+		{"no CAP_SYS_ADMIN", []string{"run", "--rm", "--device", "/dev/fuse", boot, "true"}, []string{"operation not permitted", "--cap-add SYS_ADMIN", "apparmor=unconfined"}},
 		{"no store mounted", []string{"run", "--rm", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", boot, "true"}, []string{"/.bootfs/store"}},
 		{"loopback store", []string{"run", "--rm", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://127.0.0.1:1/store", boot, "true"}, []string{"127.0.0.1", "--network host"}},
 	} {
@@ -244,7 +247,6 @@ func TestClearFailures(t *testing.T) {
 			}
 		})
 	}
-	_ = storeDir
 }
 
 // countingHandler counts GETs per chunk path.

@@ -26,6 +26,10 @@ type MountOptions struct {
 	// Scattered readers (a debug session's page faults) fetch less with
 	// less.
 	MaxReadAhead int
+	// DirectOnly mounts with mount(2) alone, never through fusermount3:
+	// in a container there is none, and its absence would hide why the
+	// mount itself was refused (no CAP_SYS_ADMIN, AppArmor).
+	DirectOnly bool
 	// Debug logs every FUSE request.
 	Debug bool
 }
@@ -87,7 +91,8 @@ func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
 			Name:    "mkbootfs",
 			// No fusermount3 in a container; it falls back to it. A direct
 			// mount at /dev/fd/N would mount over the device node.
-			DirectMount: !premounted,
+			DirectMount:       !premounted,
+			DirectMountStrict: !premounted && o.DirectOnly,
 			// Reads come from the kernel's readahead, 128 KiB at most on
 			// Linux: bigger requests buy nothing, and go-fuse keeps a
 			// buffer of this size per request in flight.
