@@ -29,28 +29,31 @@ type source struct {
 	dir       string // dir: sources
 }
 
+// unsupported are skopeo's transports that mkbootfs does not read.
+var unsupported = map[string]bool{"oci-archive": true, "containers-storage": true, "ostree": true, "sif": true, "tarball": true}
+
 func parseSource(s string) (source, error) {
-	transport, rest, ok := strings.Cut(s, ":")
-	if !ok || strings.Contains(transport, "/") || strings.Contains(transport, ".") {
-		transport, rest = "", s // a bare reference like 127.0.0.1:5000/app:1
-	}
+	transport, rest, _ := strings.Cut(s, ":")
 	src := source{transport: transport, ref: rest}
 	switch transport {
 	case "dir":
 		src.dir = rest
 	case "docker":
 		src.ref = strings.TrimPrefix(rest, "//")
-	case "", "docker-daemon":
+	case "docker-daemon":
 	case "docker-archive", "oci":
 		if path, tag, ok := strings.Cut(rest, ":"); ok {
 			src.ref, src.tag = path, tag
 		}
 	default:
-		// A reference with a port but no dot, such as localhost:5000/app.
-		if _, err := name.ParseReference(s); err == nil && strings.Contains(rest, "/") {
-			return source{ref: s}, nil
+		if unsupported[transport] {
+			return src, fmt.Errorf("source %q: the %s: transport is not supported (use a registry reference, docker-daemon:, docker-archive:, oci: or dir:)", s, transport)
 		}
-		return src, fmt.Errorf("source %q: unknown transport %q (use a registry reference, docker-daemon:, docker-archive:, oci: or dir:)", s, transport)
+		// A bare reference: ubuntu, ubuntu:24.04, 127.0.0.1:5000/app:1.
+		if _, err := name.ParseReference(s); err != nil {
+			return src, fmt.Errorf("source %q: neither an image reference (%v) nor transport:name (use docker-daemon:, docker-archive:, oci: or dir:)", s, err)
+		}
+		return source{ref: s}, nil
 	}
 	if src.ref == "" {
 		return src, fmt.Errorf("source %q: nothing after the transport", s)
