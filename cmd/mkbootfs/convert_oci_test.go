@@ -37,13 +37,19 @@ func buildBootinit(t *testing.T) string {
 // convertCLI runs `mkbootfs convert ARGS...` and returns its output.
 func convertCLI(t *testing.T, args ...string) string {
 	t.Helper()
+	return runCLI(t, append([]string{"convert"}, args...)...)
+}
+
+// runCLI runs `mkbootfs ARGS...` and returns its output.
+func runCLI(t *testing.T, args ...string) string {
+	t.Helper()
 	cmd := newRootCmd()
 	var out bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&out)
-	cmd.SetArgs(append([]string{"convert"}, args...))
+	cmd.SetArgs(args)
 	if err := cmd.Execute(); err != nil {
-		t.Fatalf("mkbootfs convert %s: %v\n%s", strings.Join(args, " "), err, &out)
+		t.Fatalf("mkbootfs %s: %v\n%s", strings.Join(args, " "), err, &out)
 	}
 	return out.String()
 }

@@ -37,15 +37,15 @@ type summary struct {
 func newInspectCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "inspect [--json] INDEX",
-		Short: "Summarize an index: entries, bytes, chunks, dedup, stores",
+		Use:   "inspect [--json] INDEX-OR-IMAGE",
+		Short: "Summarize an index or boot image: entries, bytes, chunks, dedup, stores",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			x, err := index.ReadFile(args[0])
+			b, err := converter.ReadBoot(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			s := summarize(x)
+			s := summarize(b.Index, b.Stores)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -64,7 +64,7 @@ var typeNames = map[uint32]string{
 	unix.S_IFCHR: "char devices", unix.S_IFBLK: "block devices", unix.S_IFIFO: "fifos", unix.S_IFSOCK: "sockets",
 }
 
-func summarize(x *index.Index) summary {
+func summarize(x *index.Index, stores []string) summary {
 	s := summary{Entries: map[string]int{}, Inodes: len(x.Inodes), Chunks: len(x.Chunks), DataBytes: x.StreamSize(), Meta: x.Meta}
 	for _, e := range x.Entries {
 		n := &x.Inodes[e.Inode]
@@ -77,9 +77,7 @@ func summarize(x *index.Index) summary {
 	}
 	s.NewChunks, _ = strconv.Atoi(x.Meta[converter.MetaNewChunks])
 	s.NewBytes, _ = strconv.ParseInt(x.Meta[converter.MetaNewBytes], 10, 64)
-	if v := x.Meta[converter.MetaStores]; v != "" {
-		s.Stores = strings.Split(v, ",")
-	}
+	s.Stores = stores
 	unique := map[[32]byte]bool{}
 	for _, c := range x.Chunks {
 		unique[c.ID] = true

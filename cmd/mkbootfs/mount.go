@@ -6,13 +6,11 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/mkbootfs/mkbootfs/converter"
-	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -31,9 +29,10 @@ func newMountCmd() *cobra.Command {
 		opts       lazyfs.Options
 	)
 	cmd := &cobra.Command{
-		Use:   "mount [flags] INDEX MOUNTPOINT",
-		Short: "Mount the tree of an index read-only, fetching chunks as they are read",
-		Long: `Mount serves the tree of INDEX at MOUNTPOINT until interrupted (SIGINT or
+		Use:   "mount [flags] INDEX-OR-IMAGE MOUNTPOINT",
+		Short: "Mount the tree of an index or boot image read-only, fetching chunks as they are read",
+		Long: `Mount serves the tree of INDEX-OR-IMAGE (an index file, or a boot image
+by convert's transport names) at MOUNTPOINT until interrupted (SIGINT or
 SIGTERM), then unmounts it (if files are still open in it, it is detached at
 once and served until they are closed). Names, attributes, listings, links and xattrs come
 from the index in memory; a read fetches only the chunks it needs from the
@@ -56,12 +55,13 @@ place detaches it first; to clear it by hand, run
 				debug.SetMemoryLimit(lazyfs.MemoryLimit)
 			}
 			ctx := cmd.Context()
-			x, err := index.ReadFile(args[0])
+			b, err := converter.ReadBoot(ctx, args[0])
 			if err != nil {
 				return err
 			}
-			if len(stores) == 0 && x.Meta[converter.MetaStores] != "" {
-				stores = strings.Split(x.Meta[converter.MetaStores], ",")
+			x := b.Index
+			if len(stores) == 0 {
+				stores = b.Stores
 			}
 			if len(stores) == 0 {
 				stores = []string{defaultStore()}
@@ -130,7 +130,7 @@ place detaches it first; to clear it by hand, run
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&stores, "store", nil, "chunk store: "+location.Schemes+" (repeatable, tried in order; default: the stores recorded in the index)")
+	f.StringArrayVar(&stores, "store", nil, "chunk store: "+location.Schemes+" (repeatable, tried in order; default: the stores recorded at convert time)")
 	f.StringVar(&cacheDir, "cache", "", "keep fetched chunks in the cache `DIR`, shared with other mounts")
 	f.BoolVar(&stats, "stats", false, "print what the mount fetched and served when it ends")
 	f.StringVar(&statsFile, "stats-file", "", "keep the stats, as JSON, in `FILE` (rewritten every 2 seconds)")
