@@ -72,6 +72,12 @@ func ociImage(t *testing.T, layers ...v1.Layer) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ociSource(t, img)
+}
+
+// ociSource writes img in an OCI layout and returns its source name.
+func ociSource(t *testing.T, img v1.Image) string {
+	t.Helper()
 	dir := t.TempDir()
 	p, err := layout.Write(dir, empty.Index)
 	if err != nil {

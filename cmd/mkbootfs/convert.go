@@ -34,8 +34,11 @@ func newConvertCmd() *cobra.Command {
 		Use:   "convert [flags] SOURCE [TARGET]",
 		Short: "Convert an image into chunks, an index and a lazily pulled boot image",
 		Long: `Convert flattens SOURCE, cuts its files into content-defined chunks in the
-chunk store, and writes a boot image to TARGET: one small layer with bootinit
-and the index, and SOURCE's config. Run it as you would run SOURCE, with
+chunk store, and writes a boot image to TARGET of two small layers: bootinit's,
+the same in every boot image, so a node pulls it once; and SOURCE's own, with
+the index, the boot config that says where the chunks live, and a skeleton of
+SOURCE's tree. Its config is SOURCE's, with bootinit in front of the
+entrypoint. Run it as you would run SOURCE, with
   docker run --device /dev/fuse --cap-add SYS_ADMIN -v mkbootfs-cache:/.bootfs/cache TARGET
 and, for a directory store on this host, -v STORE:/.bootfs/store:ro.
 
@@ -215,7 +218,12 @@ func defaultTarget(source string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("source %q has no tag to derive a target from: give a TARGET", source)
 	}
-	return "docker-daemon:" + tag.Context().Name() + ":" + tag.TagStr() + "-bootfs", nil
+	// Named as the source was, not as tag.Context().Name() spells it
+	// (index.docker.io/library/ubuntu), so the output names what docker lists.
+	if !strings.HasSuffix(ref, ":"+tag.TagStr()) {
+		ref += ":" + tag.TagStr()
+	}
+	return "docker-daemon:" + ref + "-bootfs", nil
 }
 
 // readBootinit finds the bootinit binary: the flag, $MKBOOTFS_BOOTINIT,

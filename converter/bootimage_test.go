@@ -1,0 +1,164 @@
+package converter_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/store/local"
+)
+
+// TestBootImageKeepsTheConfig converts images and builds their boot
+// images: bootinit runs in front of the original entrypoint, every other
+// setting of the original config is kept as it was, and the boot image
+// records where its chunks live, in the boot config bootinit reads and in
+// a label.
+func TestBootImageKeepsTheConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		platform v1.Platform
+		config   v1.Config
+	}{
+		{"every setting", v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, v1.Config{
+			Entrypoint:   []string{"/docker-entrypoint.sh", "--verbose"},
+			Cmd:          []string{"serve", "--port", "8080"},
+			Env:          []string{"PATH=/usr/local/bin:/usr/bin:/bin", "FOO=bar baz"},
+			User:         "app:staff",
+			WorkingDir:   "/srv/app",
+			ExposedPorts: map[string]struct{}{"8080/tcp": {}, "53/udp": {}},
+			Volumes:      map[string]struct{}{"/var/lib/app": {}, "/cache": {}},
+			Labels:       map[string]string{"org.opencontainers.image.title": "app", "maintainer": "someone"},
+			StopSignal:   "SIGQUIT",
+			Healthcheck:  &v1.HealthConfig{Test: []string{"CMD", "/healthz"}, Interval: 30 * time.Second, Timeout: 5 * time.Second, Retries: 3},
+			Shell:        []string{"/bin/bash", "-c"},
+			OnBuild:      []string{"RUN make"},
+			ArgsEscaped:  true,
+		}},
+		// bootinit alone is the entrypoint: docker appends the cmd to it.
+		{"cmd only", v1.Platform{OS: "linux", Architecture: "amd64"}, v1.Config{Cmd: []string{"/bin/sh"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			img, err := mutate.AppendLayers(empty.Image, layerOf(t, dir("srv"), dir("srv/app"), file("srv/app/run", "#!/bin/sh\n")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err = mutate.ConfigFile(img, &v1.ConfigFile{
+				OS: tc.platform.OS, Architecture: tc.platform.Architecture, Variant: tc.platform.Variant,
+				RootFS: v1.RootFS{Type: "layers"}, Config: *tc.config.DeepCopy(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			source := ociSource(t, img)
+			storeDir := t.TempDir()
+			s, err := local.Open(storeDir, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := converter.Convert(ctx, converter.Options{Source: source, Store: s, StoreURLs: []string{storeDir}, TmpDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			stores := []string{storeDir, "https://chunks.example/store/"}
+			boot, err := converter.BootImage(ctx, res, []byte("bootinit"), s, stores)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// As a runtime reads it: from the config's bytes.
+			raw, err := boot.RawConfigFile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := v1.ParseConfigFile(bytes.NewReader(raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			if p := got.Platform(); p == nil || p.String() != tc.platform.String() {
+				t.Errorf("boot image platform %v, want the original's %v", p, tc.platform.String())
+			}
+			wantEntrypoint := append([]string{bootconfig.Bootinit, "--"}, tc.config.Entrypoint...)
+			if !reflect.DeepEqual(got.Config.Entrypoint, wantEntrypoint) {
+				t.Errorf("entrypoint %q, want %q: bootinit, then the original's", got.Config.Entrypoint, wantEntrypoint)
+			}
+			if got.Config.Labels[converter.LabelSource] != source {
+				t.Errorf("label %s = %q, want %q", converter.LabelSource, got.Config.Labels[converter.LabelSource], source)
+			}
+			if want := strings.Join(stores, ","); got.Config.Labels[converter.LabelStores] != want {
+				t.Errorf("label %s = %q, want %q", converter.LabelStores, got.Config.Labels[converter.LabelStores], want)
+			}
+
+			// Everything else is the original's, as it was.
+			rest := *got.Config.DeepCopy()
+			rest.Entrypoint = tc.config.Entrypoint
+			delete(rest.Labels, converter.LabelSource)
+			delete(rest.Labels, converter.LabelStores)
+			if len(rest.Labels) == 0 {
+				rest.Labels = tc.config.Labels
+			}
+			if !reflect.DeepEqual(rest, tc.config) {
+				t.Errorf("boot image config, entrypoint and mkbootfs labels aside:\n%s\nwant the original's:\n%s", asJSON(rest), asJSON(tc.config))
+			}
+			if _, ok := res.Image.Config.Config.Labels[converter.LabelStores]; ok {
+				t.Errorf("building the boot image labelled the source image's config in the conversion result")
+			}
+
+			layers, err := boot.Layers()
+			if err != nil || len(layers) != 2 {
+				t.Fatalf("boot image has %d layers (%v), want bootinit's and its own", len(layers), err)
+			}
+			var cfg bootconfig.Config
+			if err := json.Unmarshal(layerFile(t, layers[1], bootconfig.ConfigFile), &cfg); err != nil {
+				t.Fatalf("boot config: %v", err)
+			}
+			if cfg.Source != source || !reflect.DeepEqual(cfg.Stores, stores) {
+				t.Errorf("boot config %+v, want source %q and stores %q", cfg, source, stores)
+			}
+		})
+	}
+}
+
+func asJSON(v any) string {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	return string(b)
+}
+
+// layerFile returns the content of the regular file at p in l.
+func layerFile(t *testing.T, l v1.Layer, p string) []byte {
+	t.Helper()
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			t.Fatalf("no %s in the layer", p)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Typeflag == tar.TypeReg && "/"+strings.TrimPrefix(hdr.Name, "./") == p {
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}
+}
