@@ -42,7 +42,9 @@ type MountOptions struct {
 const MemoryLimit = 24 << 20
 
 // Kernel caching: the tree never changes, so the kernel may keep entries,
-// attributes and negative lookups as long as it likes.
+// attributes and negative lookups as long as it likes. Against go-fuse's
+// default of 1 s, on the Debian minbase tree: a warm `find` takes 2.5-5x
+// and a warm `ls -lR` 8-10x as long.
 const cacheTimeout = 24 * time.Hour
 
 // Server is a mounted filesystem.
@@ -98,7 +100,7 @@ func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
 			// buffer of this size per request in flight.
 			MaxWrite:      MaxRead,
 			MaxReadAhead:  readAhead,
-			MaxBackground: 64,   // readahead requests in flight
+			MaxBackground: 64,   // readahead requests in flight; the kernel's 12 made a cold tar of Debian ~15% slower
 			EnableAcl:     true, // the kernel enforces the image's POSIX ACLs
 
 			EnableSymlinkCaching:     true,

@@ -10,7 +10,10 @@ import (
 // OPEN, OPENDIR and FLUSH with ENOSYS, so the kernel stops sending them (and
 // RELEASE and RELEASEDIR) and keeps file pages and directory listings
 // cached (FUSE's no_open and no_opendir, Linux 5.1 and later): a warm walk
-// of the tree then costs no round trip per file or directory. Without an
+// of the tree then costs no round trip per file or directory. Measured with
+// a tar of the warm Debian minbase tree: answering OPEN with
+// FOPEN_KEEP_CACHE takes 2.5x as long (a round trip per file), and without
+// it 10x (the page cache is dropped at each open). Without an
 // open directory handle go-fuse cannot list a directory, so rawFS lists it,
 // straight from the index; the kernel's node IDs are the inode numbers
 // (Options.ExternalNodeID).
