@@ -588,3 +588,32 @@ func TestInodeNumbers(t *testing.T) {
 		t.Errorf("readdir of an empty directory: %v, %v", ents, err)
 	}
 }
+
+// The image's setuid binaries run as their owner, and the kernel enforces
+// its modes (default_permissions), for a user other than the mounter.
+func TestSetuidAndPermissions(t *testing.T) {
+	id, err := os.ReadFile("/usr/bin/id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	storeDir := t.TempDir()
+	x := buildTree(t, storeDir, []tfile{
+		{path: "/bin/id-setuid", mode: syscall.S_IFREG | 0o4755, data: id},
+		{path: "/root/secret", mode: syscall.S_IFREG | 0o600, data: []byte("root only\n")},
+	})
+	_, mnt := mountFS(t, x, openLocal(t, storeDir), lazyfs.Options{})
+	// t.TempDir's directories are 0700: let the user reach the mount.
+	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	asNobody := func(args ...string) (string, error) {
+		out, err := exec.Command("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--"}, args...)...).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	if out, err := asNobody(mnt+"/bin/id-setuid", "-u"); err != nil || out != "0" {
+		t.Errorf("setuid id run by nobody: %q, %v; want euid 0", out, err)
+	}
+	if out, err := asNobody("cat", mnt+"/root/secret"); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("nobody reading a 0600 root file: %q, %v; want permission denied", out, err)
+	}
+}
