@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -104,23 +105,55 @@ type result struct {
 // the test instead of hanging it.
 func docker(t *testing.T, args ...string) result {
 	t.Helper()
+	return run(t, nil, "docker", args...)
+}
+
+// run runs a program with stdin, bounded in time as docker is.
+func run(t *testing.T, stdin io.Reader, name string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd := exec.CommandContext(ctx, name, args...)
 	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &stdout, &stderr
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("docker %s: timed out\nstderr: %s", strings.Join(args, " "), stderr.String())
+		t.Fatalf("%s %s: timed out\nstderr: %s", name, strings.Join(args, " "), stderr.String())
 	}
 	code := 0
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		code = ee.ExitCode()
 	} else if err != nil {
-		t.Fatalf("docker %s: %v", strings.Join(args, " "), err)
+		t.Fatalf("%s %s: %v", name, strings.Join(args, " "), err)
 	}
 	return result{stdout.String(), stderr.String(), code}
+}
+
+// start runs a detached container, removed with its anonymous volumes when
+// the test ends.
+func start(t *testing.T, name string, args ...string) {
+	t.Helper()
+	docker(t, "rm", "-f", "-v", name)
+	if r := docker(t, append([]string{"run", "-d", "--name", name}, args...)...); r.code != 0 {
+		t.Fatalf("docker run %s: %s", name, r.stderr)
+	}
+	t.Cleanup(func() { docker(t, "rm", "-f", "-v", name) })
+}
+
+// waitForLog waits until the container's output holds want; the app
+// prints it once it is ready for what the test does next.
+func waitForLog(t *testing.T, name, want string) {
+	t.Helper()
+	for i := 0; i < 600; i++ {
+		r := docker(t, "logs", name)
+		if strings.Contains(r.stdout, want) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r := docker(t, "logs", name)
+	t.Fatalf("%s never printed %q; stdout %q, stderr %q", name, want, r.stdout, r.stderr)
 }
 
 // runFlags are what a converted image needs, given to the original too so
@@ -131,6 +164,7 @@ func runFlags(storeDir string) []string {
 
 func TestRunsLikeTheOriginal(t *testing.T) {
 	orig, boot, storeDir := converted(t)
+	readAll := []string{"sh", "-c", "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | md5sum"}
 	for _, tc := range []struct {
 		name  string
 		flags []string
@@ -148,6 +182,15 @@ func TestRunsLikeTheOriginal(t *testing.T) {
 		{"entrypoint", []string{"--entrypoint", "/bin/sh"}, []string{"-c", "echo $0 $1; id", "x"}},
 		{"entrypoint on PATH", []string{"--entrypoint", "apt-get", "-u", "nobody"}, []string{"--version"}},
 		{"setuid binary", []string{"-u", "nobody"}, []string{"sh", "-c", "ls -l /usr/bin/passwd | cut -c1-10"}},
+		// Every mount docker made, with its options, and the files it
+		// writes; the root differs (bootinit's overlay) and the store is
+		// bootinit's own.
+		{"docker's mounts and files", []string{"--add-host", "x:1.2.3.4", "--dns", "9.9.9.9", "--shm-size", "8m"}, []string{"sh", "-c", `hostname; cat /etc/hostname; grep -w x /etc/hosts; grep -v '^#' /etc/resolv.conf
+cut -d' ' -f1-4 /proc/self/mounts | grep -v -e ' / ' -e ' /.bootfs/' | sort
+echo shared > /dev/shm/f && cat /dev/shm/f; ls /dev/pts; readlink /proc/self/exe`}},
+		// Stores are tried in order: one down or not mounted is passed over.
+		{"unreachable first store", []string{"-e", "MKBOOTFS_STORE=http://127.0.0.1:1/store,/.bootfs/store"}, readAll},
+		{"missing first store", []string{"-e", "MKBOOTFS_STORE=/.bootfs/none,/.bootfs/store"}, readAll},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base := append(runFlags(storeDir), tc.flags...)
@@ -163,12 +206,7 @@ func TestRunsLikeTheOriginal(t *testing.T) {
 func TestExecAndStop(t *testing.T) {
 	_, boot, storeDir := converted(t)
 	name := "mkbootfs-e2e-exec"
-	docker(t, "rm", "-f", name)
-	flags := append(runFlags(storeDir)[2:], "-d", "--name", name, boot, "sleep", "600")
-	if r := docker(t, append([]string{"run"}, flags...)...); r.code != 0 {
-		t.Fatalf("docker run: %s", r.stderr)
-	}
-	defer docker(t, "rm", "-f", name)
+	start(t, name, append(runFlags(storeDir)[2:], boot, "sleep", "600")...)
 	r := docker(t, "exec", name, "cat", "/etc/debian_version")
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "12.") {
 		t.Fatalf("docker exec sees %q (exit %d, %s): not the converted image's files", r.stdout, r.code, r.stderr)
@@ -182,6 +220,91 @@ func TestExecAndStop(t *testing.T) {
 	if r := docker(t, "inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name); r.stdout != "false 143\n" {
 		t.Fatalf("after docker stop: %q; want the app killed by the forwarded SIGTERM", r.stdout)
 	}
+}
+
+func TestSignalsReachTheApp(t *testing.T) {
+	orig, boot, storeDir := converted(t)
+	signals := []string{"INT", "HUP", "WINCH", "USR1", "USR2", "QUIT"}
+	app := `for s in ` + strings.Join(signals, " ") + `; do trap "echo got $s" $s; done
+trap 'echo got TERM; exit 7' TERM
+echo ready
+while :; do sleep 1 & wait $!; done`
+	// The original's shell is PID 1, which gets the signals it traps: the
+	// app must get them all the same under bootinit.
+	for _, img := range []struct{ name, ref string }{{"original", orig}, {"converted", boot}} {
+		t.Run(img.name, func(t *testing.T) {
+			name := "mkbootfs-e2e-signals"
+			start(t, name, append(runFlags(storeDir)[2:], img.ref, "sh", "-c", app)...)
+			waitForLog(t, name, "ready\n")
+			for _, s := range append(signals, "TERM") {
+				if r := docker(t, "kill", "-s", s, name); r.code != 0 {
+					t.Fatalf("docker kill -s %s: %s", s, r.stderr)
+				}
+				waitForLog(t, name, "got "+s+"\n")
+			}
+			if r := docker(t, "wait", name); r.stdout != "7\n" {
+				t.Fatalf("exit %q, want 7 from the app's TERM trap", r.stdout)
+			}
+		})
+	}
+}
+
+func TestOrphansAreReaped(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	// Each subshell exits at once, orphaning its background job to PID 1.
+	orphans := `for i in 1 2 3; do (sleep 0 & echo $! >> /tmp/orphans); done`
+	// A zombie keeps its /proc entry: wait until every orphan's is gone (or
+	// give up), then list every process's state.
+	check := `n=0; for p in $(cat /tmp/orphans); do while [ -e /proc/$p ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done; done
+wc -l < /tmp/orphans
+sed -n 's/^\([0-9]*\) (\(.*\)) \(.\) .*/\1 \2 \3/p' /proc/[0-9]*/stat`
+	name := "mkbootfs-e2e-orphans"
+	start(t, name, append(runFlags(storeDir)[2:], boot, "sh", "-c", orphans+"; echo ready; exec sleep 600")...)
+	waitForLog(t, name, "ready\n")
+	// Orphans of docker exec's processes are reparented to PID 1 too.
+	if r := docker(t, "exec", name, "sh", "-c", orphans); r.code != 0 {
+		t.Fatalf("docker exec: %s", r.stderr)
+	}
+	r := docker(t, "exec", name, "sh", "-c", check)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "6\n") {
+		t.Fatalf("exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n")[1:] {
+		if strings.HasSuffix(l, " Z") {
+			t.Errorf("zombie: %s", l)
+		}
+	}
+}
+
+func TestInteractiveTerminal(t *testing.T) {
+	orig, boot, storeDir := converted(t)
+	script := testenv.Command(t, "script") // gives docker run -it the terminal it wants on its stdin
+	app := `read line; echo "got $line"; tty
+test -t 0 && test -t 1 && test -t 2 && echo terminal
+set -- $(sed 's/.*) //' /proc/$$/stat)
+[ "$5" != 0 ] && echo controlling tty
+[ "$3" = "$6" ] && echo foreground`
+	for _, img := range []struct{ name, ref string }{{"original", orig}, {"converted", boot}} {
+		t.Run(img.name, func(t *testing.T) {
+			args := append(append([]string{"docker", "run", "-it"}, runFlags(storeDir)[1:]...), img.ref, "sh", "-c", app)
+			r := run(t, strings.NewReader("hello\n"), script, "-qec", shellQuote(args), "/dev/null")
+			out := strings.ReplaceAll(r.stdout, "\r\n", "\n")
+			for _, want := range []string{"got hello\n", "/dev/pts/", "terminal\n", "controlling tty\n", "foreground\n"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("no %q in the app's output %q (exit %d, stderr %s)", want, out, r.code, r.stderr)
+				}
+			}
+		})
+	}
+}
+
+// shellQuote quotes args into one command line for sh.
+func shellQuote(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
 }
 
 func TestMountsAndPrivateWrites(t *testing.T) {
@@ -208,13 +331,49 @@ rm /etc/debian_version && echo removed`
 
 func TestHeavyReadsNeverWedge(t *testing.T) {
 	_, boot, storeDir := converted(t)
-	// GOGC=1 makes bootinit collect garbage all the time, the case in which
-	// starting a process from the FUSE server's own process deadlocked.
-	for i := 0; i < 3; i++ {
-		r := docker(t, append(runFlags(storeDir), "-e", "GOGC=1", boot, "sh", "-c", "tar -cf - /usr /etc 2>/dev/null | wc -c; kill -9 -1; echo alive")...)
-		if r.code != 0 || !strings.HasSuffix(r.stdout, "alive\n") {
-			t.Fatalf("run %d: exit %d, stdout %q, stderr %s", i, r.code, r.stdout, r.stderr)
-		}
+	alive := func(r result) bool { return r.code == 0 && strings.HasSuffix(r.stdout, "alive\n") }
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		ends  func(r result) bool
+	}{
+		// PID 1 is immune to kill -9 -1: bootinit lives on and serves.
+		{"bootinit as PID 1", nil, alive},
+		// Under docker-init, kill -9 -1 kills bootinit and with it the
+		// image's mount: the container must end, killed (137), not hang.
+		{"under --init", []string{"--init"}, func(r result) bool { return r.code == 137 || alive(r) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// GOGC=1 makes bootinit collect garbage all the time, the case in
+			// which starting a process from the FUSE server's own process
+			// deadlocked.
+			for i := 0; i < 3; i++ {
+				r := docker(t, append(append(runFlags(storeDir), tc.flags...), "-e", "GOGC=1", boot, "sh", "-c", "tar -cf - /usr /etc 2>/dev/null | wc -c; kill -9 -1; echo alive")...)
+				if !tc.ends(r) {
+					t.Fatalf("run %d: exit %d, stdout %q, stderr %s", i, r.code, r.stdout, r.stderr)
+				}
+			}
+		})
+	}
+}
+
+func TestWritableLayerOnAVolume(t *testing.T) {
+	orig, boot, storeDir := converted(t)
+	name := "mkbootfs-e2e-rw"
+	start(t, name, append(runFlags(storeDir)[2:], "-v", "/.bootfs/rw", boot, "sh", "-c",
+		"echo mine > /etc/written && cat /etc/written && rm /etc/debian_version && echo removed")...)
+	if r := docker(t, "wait", name); r.stdout != "0\n" {
+		t.Fatalf("exit %q: %s", r.stdout, docker(t, "logs", name).stderr)
+	}
+	if r := docker(t, "logs", name); r.stdout != "mine\nremoved\n" {
+		t.Fatalf("stdout %q, stderr %s", r.stdout, r.stderr)
+	}
+	vol := strings.TrimSpace(docker(t, "inspect", "-f", `{{range .Mounts}}{{if eq .Destination "/.bootfs/rw"}}{{.Name}}{{end}}{{end}}`, name).stdout)
+	// The write and the deletion (a whiteout) are in the volume, not in a
+	// tmpfs gone with the container.
+	r := docker(t, "run", "--rm", "-v", vol+":/rw:ro", orig, "sh", "-c", "cat /rw/upper/etc/written && test -c /rw/upper/etc/debian_version && echo whiteout")
+	if r.code != 0 || r.stdout != "mine\nwhiteout\n" {
+		t.Fatalf("volume %q holds: exit %d, stdout %q, stderr %s", vol, r.code, r.stdout, r.stderr)
 	}
 }
 
