@@ -174,6 +174,8 @@ func TestRunsLikeTheOriginal(t *testing.T) {
 		{"exit code", nil, []string{"sh", "-c", "echo out; echo err >&2; exit 3"}},
 		{"user workdir env", []string{"-u", "nobody", "-w", "/tmp", "-e", "FOO=bar"}, []string{"sh", "-c", "id; pwd; echo $FOO; env | sort"}},
 		{"uid:gid", []string{"-u", "1234:5678"}, []string{"id"}},
+		// As runc does, a missing working directory is made, root's.
+		{"new workdir", []string{"-u", "nobody", "-w", "/srv/new/dir"}, []string{"sh", "-c", "pwd; ls -ld /srv/new /srv/new/dir | cut -d' ' -f1,3,4"}},
 		{"init", []string{"--init"}, []string{"sh", "-c", "echo under init; exit 5"}},
 		{"tty", []string{"-t"}, []string{"sh", "-c", "test -t 0 && test -t 1 && echo terminal"}},
 		// The app is never PID 1 (bootinit is), so it dies of signals that

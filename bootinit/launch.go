@@ -2,6 +2,7 @@ package bootinit
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -31,6 +32,21 @@ func (l launch) args() ([]string, error) {
 	return []string{launcherName, string(b)}, nil
 }
 
+// enterDir makes dir the working directory, making it first, as root,
+// when the image lacks it: runc does so for a WORKDIR or -w.
+func enterDir(dir string) error {
+	err := unix.Chdir(dir)
+	if errors.Is(err, unix.ENOENT) {
+		if err = os.MkdirAll(dir, 0o755); err == nil {
+			err = unix.Chdir(dir)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("working directory %s: %w", dir, err)
+	}
+	return nil
+}
+
 // runLaunch runs in the launcher, whose cwd is the new root: it enters the
 // root, takes the app's identity and terminal, and execs the app.
 func runLaunch(spec string) error {
@@ -41,10 +57,8 @@ func runLaunch(spec string) error {
 	if err := unix.Chroot("."); err != nil {
 		return fmt.Errorf("entering the image: %w", err)
 	}
-	if err := unix.Chdir(l.Dir); err != nil {
-		if err := unix.Chdir("/"); err != nil {
-			return err
-		}
+	if err := enterDir(l.Dir); err != nil {
+		return err
 	}
 	if l.Foreground {
 		// As a shell's job control does: own process group, in the
