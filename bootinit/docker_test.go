@@ -331,6 +331,93 @@ rm /etc/debian_version && echo removed`
 	}
 }
 
+// volumeImage is the Debian image with files of every kind in a VOLUME
+// directory, and a directory of only plain files, whose skeleton is empty.
+// perl's syscalls 188 and 191 are x86-64's setxattr and getxattr.
+const volumeImage = `FROM %s
+RUN mkdir -p /data/sub/empty /plain && echo hello > /data/sub/file && ln -s sub/file /data/link \
+ && echo x > /data/a && ln /data/a /data/b && cp /bin/true /data/tool && mkfifo /data/fifo \
+ && perl -e '@a = ("/data/tool", "security.capability", pack("V5", 0x2000001, 1 << 10, 0, 0, 0)); syscall(188, @a, 20, 0) == 0 or die "setxattr: $!"' \
+ && chown -R 1234:5678 /data/sub && chown -h 1234:5678 /data/link && chown 42:43 /data && chmod 0750 /data \
+ && touch -h -d @1000000 /data/link && touch -d @2000000 /data/sub/empty \
+ && echo plain > /plain/file && chown 7:8 /plain && chmod 0700 /plain
+VOLUME /data
+`
+
+func TestVolumesGetTheImageFiles(t *testing.T) {
+	debian, _, _ := converted(t)
+	orig := fmt.Sprintf("mkbootfs-test/volumes:e2e-%d", os.Getpid())
+	if r := run(t, strings.NewReader(fmt.Sprintf(volumeImage, debian)), "docker", "build", "-q", "-t", orig, "-"); r.code != 0 {
+		t.Fatalf("docker build: %s", r.stderr)
+	}
+	defer docker(t, "rmi", "-f", orig)
+	boot, storeDir, err := convertImage(orig, orig+"-bootfs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(filepath.Dir(storeDir))
+	defer docker(t, "rmi", "-f", boot)
+
+	// Every entry with its type, mode, owner, size, links, mtime and
+	// target; not the mtimes of the directories copied into, which docker's
+	// copy dates, nor those of the mount points.
+	script := `find /data /plain -maxdepth 0 -printf '%p %y %m %U:%G\n'
+find /data /plain -mindepth 1 \( -type d ! -empty -printf '%p %y %m %U:%G\n' \) -o -printf '%p %y %m %U:%G %s %n %T@ %l\n' | sort
+[ /data/a -ef /data/b ] && echo hard link
+perl -e '@a = ("/data/tool", "security.capability", "\0" x 64); $n = syscall(191, @a, 64); print $n < 0 ? "no capability\n" : unpack("H*", substr($a[2], 0, $n)) . "\n"'
+cat /data/sub/file /plain/file`
+	vol := func(name string) string { return "mkbootfs-e2e-copyup-" + name }
+	removeVolumes := func() { docker(t, "volume", "rm", "-f", vol("data"), vol("plain")) }
+	defer removeVolumes()
+	bind := t.TempDir()
+	for _, tc := range []struct {
+		name   string
+		flags  []string // @NAME is a fresh named volume
+		held   bool     // the named volumes hold a file already
+		copies bool     // docker copies the image's files into the volumes
+	}{
+		{"named volumes", []string{"-v", "@data:/data", "-v", "@plain:/plain"}, false, true},
+		{"anonymous volumes", []string{"-v", "/data", "-v", "/plain"}, false, true},
+		{"the image's VOLUME", nil, false, true},
+		{"read-only volumes", []string{"-v", "@data:/data:ro", "-v", "@plain:/plain:ro"}, false, true},
+		{"bind mount", []string{"-v", bind + ":/data"}, false, false},
+		{"nocopy volumes", []string{"-v", "@data:/data:nocopy", "-v", "@plain:/plain:nocopy"}, false, false},
+		{"volumes in use", []string{"-v", "@data:/data", "-v", "@plain:/plain"}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var flags []string
+			for _, f := range tc.flags {
+				if name, ok := strings.CutPrefix(f, "@"); ok {
+					f = vol(name)
+				}
+				flags = append(flags, f)
+			}
+			runOn := func(img string) result {
+				removeVolumes()
+				if tc.held {
+					// The Debian image has no /seed: docker copies nothing.
+					for _, v := range []string{vol("data"), vol("plain")} {
+						if r := docker(t, "run", "--rm", "-v", v+":/seed", debian, "sh", "-c", "echo mine > /seed/mine && touch -d @3000000 /seed/mine"); r.code != 0 {
+							t.Fatalf("filling the volume %s: %s", v, r.stderr)
+						}
+					}
+				}
+				return docker(t, append(append(append(runFlags(storeDir), flags...), img), "sh", "-c", script)...)
+			}
+			want, got := runOn(orig), runOn(boot)
+			if got.stdout != want.stdout || got.code != want.code {
+				t.Fatalf("converted: exit %d, stdout:\n%s\nstderr: %s\noriginal: exit %d, stdout:\n%s", got.code, got.stdout, got.stderr, want.code, want.stdout)
+			}
+			if copied := strings.HasSuffix(want.stdout, "hello\nplain\n"); copied != tc.copies {
+				t.Fatalf("docker copied the image's files into the original's volumes: %v, want %v; stdout:\n%s", copied, tc.copies, want.stdout)
+			}
+			if ents, err := os.ReadDir(bind); err != nil || len(ents) > 0 {
+				t.Fatalf("the bind-mounted directory holds %v (%v); docker copies nothing into one", ents, err)
+			}
+		})
+	}
+}
+
 func TestHeavyReadsNeverWedge(t *testing.T) {
 	_, boot, storeDir := converted(t)
 	alive := func(r result) bool { return r.code == 0 && strings.HasSuffix(r.stdout, "alive\n") }

@@ -5,31 +5,43 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// mountPoints returns the mount points of this mount namespace from
+// mountEntry is a mount of this mount namespace, from mountinfo.
+type mountEntry struct {
+	point    string // where it is mounted
+	root     string // the directory of its file system that is mounted there
+	readOnly bool
+}
+
+// readMountinfo returns the mounts of this mount namespace from
 // mountinfo, in mount order.
-func mountPoints(mountinfo string) ([]string, error) {
+func readMountinfo(mountinfo string) ([]mountEntry, error) {
 	f, err := os.Open(mountinfo)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var points []string
+	var mounts []mountEntry
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
+		if len(fields) < 6 {
 			return nil, fmt.Errorf("%s: short line %q", mountinfo, sc.Text())
 		}
-		points = append(points, unescapeMountinfo(fields[4]))
+		mounts = append(mounts, mountEntry{
+			point:    unescapeMountinfo(fields[4]),
+			root:     unescapeMountinfo(fields[3]),
+			readOnly: slices.Contains(strings.Split(fields[5], ","), "ro"),
+		})
 	}
-	return points, sc.Err()
+	return mounts, sc.Err()
 }
 
 // unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
@@ -54,16 +66,16 @@ func unescapeMountinfo(s string) string {
 // toCarry picks the mounts docker made that the new root must show: every
 // mount but the root and bootinit's own, and only the topmost of nested
 // ones, since a moved mount takes its submounts along.
-func toCarry(points []string, own string) []string {
-	under := func(p, dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
+func toCarry(mounts []mountEntry, own string) []string {
 	var out []string
-	for _, p := range points {
-		if p == "/" || under(p, own) {
+	for _, m := range mounts {
+		p := m.point
+		if p == "/" || isUnder(p, own) {
 			continue
 		}
 		nested := false
 		for _, q := range out {
-			if under(p, q) {
+			if isUnder(p, q) {
 				nested = true
 				break
 			}
@@ -74,13 +86,18 @@ func toCarry(points []string, own string) []string {
 		// A later mount on an ancestor hides this one; keep the ancestor.
 		kept := out[:0]
 		for _, q := range out {
-			if !under(q, p) {
+			if !isUnder(q, p) {
 				kept = append(kept, q)
 			}
 		}
 		out = append(kept, p)
 	}
 	return out
+}
+
+// isUnder reports whether path p is dir or inside it.
+func isUnder(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
 }
 
 // carry moves the mount at p to the same path in the new root. The mount

@@ -22,11 +22,14 @@ func (b *boot) switchRoot() (*os.File, error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return nil, fmt.Errorf("making / private: %w", err)
 	}
-	points, err := mountPoints("/proc/self/mountinfo")
+	mounts, err := readMountinfo("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
-	carried := toCarry(points, bootconfig.Dir)
+	if err := b.copyUp(mounts); err != nil {
+		return nil, err
+	}
+	carried := toCarry(mounts, bootconfig.Dir)
 	// /proc goes last: moving a mount targets /proc/self/fd.
 	for i, p := range carried {
 		if p == "/proc" {
