@@ -77,12 +77,6 @@ func Main(args []string) int {
 	return code
 }
 
-// bootReadAhead is the kernel's readahead on the image: a start maps its
-// binaries and libraries and page-faults them in, and each fault reads this
-// much around it. 32 KiB against the default 128 KiB fetched 3.9 MB of
-// chunks instead of 4.5 for apt-get --version, 6.6 instead of 7.1 for
-// python's http.server (bench/coldstart.sh).
-const bootReadAhead = 32 << 10
 
 type boot struct {
 	log     *log.Logger
@@ -153,7 +147,7 @@ func (b *boot) run(args []string) (int, error) {
 		opts.OnRead = rec.Read
 	}
 	f := lazyfs.New(x, st, opts)
-	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs", MaxReadAhead: bootReadAhead, DirectOnly: true})
+	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs", MaxReadAhead: profile.ReadAround, DirectOnly: true})
 	if err != nil {
 		return 0, mountHint(err)
 	}

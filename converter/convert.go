@@ -226,7 +226,8 @@ func profiledFirst(t *tree, files []*inode, prof *profile.Profile) []*inode {
 
 // readCuts returns where in the data stream the profile's reads begin and
 // end, after arrange placed the files: cutting chunks there keeps the bytes
-// a start does not read out of the chunks it fetches. Reads less than gap
+// a start does not read out of the chunks it fetches. Each read is taken
+// with profile.ReadAround of its file before and after it. Reads less than gap
 // apart count as one, since a chunk for the gap alone would cost a request
 // to save a few bytes; files read whole one after another are one read.
 func readCuts(t *tree, prof *profile.Profile, gap int64) []int64 {
@@ -242,6 +243,7 @@ func readCuts(t *tree, prof *profile.Profile, gap int64) []int64 {
 		}
 		m := &n.ino.meta
 		for _, r := range f.Ranges {
+			r = r.Around(m.Size)
 			m.StreamSpans(r.Off, r.Len, func(start, length int64) {
 				reads = append(reads, span{start, start + length})
 			})

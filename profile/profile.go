@@ -162,7 +162,29 @@ func merge(rs []Range) []Range {
 	return out
 }
 
-// Chunks returns the stream chunks of x that hold the profiled ranges, in
+// ReadAround is how much of a file around each profiled read is laid out
+// and prefetched with it, and the kernel's readahead on the lazy image at
+// boot (bootinit mounts it so): a start maps its binaries and libraries and
+// page-faults them in, and each fault reads this much around it. A boot
+// whose faults fall a little differently from the recorded one's then still
+// reads only the profile's chunks. Measured with bench/coldstart.sh against
+// 32 KiB of readahead and no widening: apt-get --version fetched 112
+// chunks, all of the profile, and 2.3 MB, instead of 120 and 2.6 MB; a
+// start on a node that has bootinit's layer took 1.6 s instead of 2.2; and
+// warm starts fetched nothing more instead of 10 to 19 chunks. Widening by
+// 32 KiB (with 32 KiB of readahead) fetched 3.8 MB.
+const ReadAround = 8 << 10
+
+// Around returns r widened by ReadAround on each side, within a file of
+// size bytes.
+func (r Range) Around(size int64) Range {
+	end := min(r.Off+r.Len+ReadAround, size)
+	off := min(max(r.Off-ReadAround, 0), end)
+	return Range{Off: off, Len: end - off}
+}
+
+// Chunks returns the stream chunks of x that hold the profiled ranges,
+// each widened by ReadAround, in
 // the order the profile reads them, each once. Files x does not have as
 // regular files are passed over: a profile recorded on an older build of an
 // image still serves the files that stayed.
@@ -176,6 +198,7 @@ func (p *Profile) Chunks(x *index.Index) []int {
 		}
 		ino := x.Entries[e].Inode
 		for _, r := range f.Ranges {
+			r = r.Around(x.Inodes[ino].Size)
 			x.FileChunks(ino, r.Off, r.Len, func(i int) {
 				if !seen[i] {
 					seen[i] = true

@@ -11,8 +11,8 @@ import (
 )
 
 // testIndex is a tree of three files over a stream of four 100-byte chunks:
-// /a (150 bytes at 0), /dir/b (100 bytes at 150), /dir/sparse (1000 bytes
-// with data at 500..650, stream 250..400).
+// /a (150 bytes at 0), /dir/b (100 bytes at 150), /dir/sparse (200000 bytes
+// with data at 100000..100150, stream 250..400).
 func testIndex(t *testing.T) *index.Index {
 	t.Helper()
 	inodes := []index.Inode{
@@ -20,7 +20,7 @@ func testIndex(t *testing.T) *index.Index {
 		{Mode: syscall.S_IFREG | 0o644, Size: 150, Offset: 0},
 		{Mode: syscall.S_IFDIR | 0o755},
 		{Mode: syscall.S_IFREG | 0o644, Size: 100, Offset: 150},
-		{Mode: syscall.S_IFREG | 0o644, Size: 1000, Offset: 250, Extents: []index.Extent{{Off: 500, Len: 150}}},
+		{Mode: syscall.S_IFREG | 0o644, Size: 200000, Offset: 250, Extents: []index.Extent{{Off: 100000, Len: 150}}},
 	}
 	root := &index.Node{Inode: 0, Children: []*index.Node{
 		{Name: "a", Inode: 1},
@@ -121,19 +121,37 @@ func TestRecorder(t *testing.T) {
 	}
 }
 
+func TestAround(t *testing.T) {
+	for _, tc := range []struct {
+		r    Range
+		size int64
+		want Range
+	}{
+		{Range{0, 10}, 1 << 20, Range{0, 10 + ReadAround}},
+		{Range{100 << 10, 4096}, 1 << 20, Range{100<<10 - ReadAround, 4096 + 2*ReadAround}},
+		{Range{100, 10}, 500, Range{0, 500}},
+		{Range{1 << 20, 10}, 1000, Range{1000, 0}},
+	} {
+		if got := tc.r.Around(tc.size); got != tc.want {
+			t.Errorf("%+v.Around(%d) = %+v, want %+v", tc.r, tc.size, got, tc.want)
+		}
+	}
+}
+
 func TestChunks(t *testing.T) {
 	x := testIndex(t)
+	// Each range is widened by ReadAround: a small file is taken whole.
 	p := &Profile{Files: []File{
-		{Path: "/dir/b", Ranges: []Range{{0, 10}}},         // stream 150..160: chunk 1
-		{Path: "/gone", Ranges: []Range{{0, 10}}},          // not in the image: passed over
-		{Path: "/dir", Ranges: []Range{{0, 10}}},           // not a file: passed over
-		{Path: "/a", Ranges: []Range{{0, 10}, {120, 30}}},  // chunks 0 and 1 (already)
-		{Path: "/dir/sparse", Ranges: []Range{{0, 100}}},   // a hole: nothing
-		{Path: "/dir/sparse", Ranges: []Range{{600, 400}}}, // stream 350..400: chunk 3
-		{Path: "/dir/sparse", Ranges: []Range{{2000, 10}}}, // past the end: nothing
+		{Path: "/dir/b", Ranges: []Range{{0, 10}}},           // all of b, stream 150..250: chunks 1 and 2
+		{Path: "/gone", Ranges: []Range{{0, 10}}},            // not in the image: passed over
+		{Path: "/dir", Ranges: []Range{{0, 10}}},             // not a file: passed over
+		{Path: "/a", Ranges: []Range{{0, 10}, {120, 30}}},    // all of a: chunks 0 and 1 (already)
+		{Path: "/dir/sparse", Ranges: []Range{{0, 100}}},     // a hole, ReadAround away from the data: nothing
+		{Path: "/dir/sparse", Ranges: []Range{{130000, 10}}}, // the data, stream 250..400, within ReadAround: chunks 2 and 3
+		{Path: "/dir/sparse", Ranges: []Range{{300000, 10}}}, // past the end: nothing
 	}}
 	got := p.Chunks(x)
-	if want := []int{1, 0, 3}; !slices.Equal(got, want) {
+	if want := []int{1, 2, 0, 3}; !slices.Equal(got, want) {
 		t.Errorf("Chunks = %v, want %v", got, want)
 	}
 }
