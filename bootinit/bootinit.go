@@ -77,7 +77,6 @@ func Main(args []string) int {
 	return code
 }
 
-
 type boot struct {
 	log     *log.Logger
 	srv     *lazyfs.Server
