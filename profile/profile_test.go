@@ -142,13 +142,13 @@ func TestChunks(t *testing.T) {
 	x := testIndex(t)
 	// Each range is widened by ReadAround: a small file is taken whole.
 	p := &Profile{Files: []File{
-		{Path: "/dir/b", Ranges: []Range{{0, 10}}},           // all of b, stream 150..250: chunks 1 and 2
-		{Path: "/gone", Ranges: []Range{{0, 10}}},            // not in the image: passed over
-		{Path: "/dir", Ranges: []Range{{0, 10}}},             // not a file: passed over
-		{Path: "/a", Ranges: []Range{{0, 10}, {120, 30}}},    // all of a: chunks 0 and 1 (already)
-		{Path: "/dir/sparse", Ranges: []Range{{0, 100}}},     // a hole, ReadAround away from the data: nothing
-		{Path: "/dir/sparse", Ranges: []Range{{130000, 10}}}, // the data, stream 250..400, within ReadAround: chunks 2 and 3
-		{Path: "/dir/sparse", Ranges: []Range{{300000, 10}}}, // past the end: nothing
+		{Path: "/dir/b", Ranges: []Range{{0, 10}}},                          // all of b, stream 150..250: chunks 1 and 2
+		{Path: "/gone", Ranges: []Range{{0, 10}}},                           // not in the image: passed over
+		{Path: "/dir", Ranges: []Range{{0, 10}}},                            // not a file: passed over
+		{Path: "/a", Ranges: []Range{{0, 10}, {120, 30}}},                   // all of a: chunks 0 and 1 (already)
+		{Path: "/dir/sparse", Ranges: []Range{{0, 100}}},                    // a hole, ReadAround away from the data: nothing
+		{Path: "/dir/sparse", Ranges: []Range{{100150 + ReadAround/2, 10}}}, // the data, stream 250..400, within ReadAround: chunks 2 and 3
+		{Path: "/dir/sparse", Ranges: []Range{{300000, 10}}},                // past the end: nothing
 	}}
 	got := p.Chunks(x)
 	if want := []int{1, 2, 0, 3}; !slices.Equal(got, want) {
