@@ -22,7 +22,7 @@ import (
 // replaced by StoreDir, where the host's store is bind-mounted.
 func storeURLs(cfg *bootconfig.Config) []string {
 	if env := os.Getenv(bootconfig.EnvStore); env != "" {
-		return present(strings.Split(env, ","))
+		return strings.Split(env, ",")
 	}
 	urls := make([]string, len(cfg.Stores))
 	for i, u := range cfg.Stores {
@@ -31,30 +31,7 @@ func storeURLs(cfg *bootconfig.Config) []string {
 			urls[i] = bootconfig.StoreDir
 		}
 	}
-	return present(urls)
-}
-
-// present leaves out the directory stores that do not exist (not mounted),
-// as a store that is down is passed over for the next. With none left it
-// keeps them all, so that opening them says what is missing.
-func present(urls []string) []string {
-	var out []string
-	for _, u := range urls {
-		if isLocal(u) {
-			s, err := location.Open(context.Background(), u, location.Options{})
-			if errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			if err == nil {
-				s.Close()
-			}
-		}
-		out = append(out, u)
-	}
-	if len(out) == 0 {
-		return urls
-	}
-	return out
+	return urls
 }
 
 func isLocal(u string) bool { return !strings.Contains(u, "://") || strings.HasPrefix(u, "file://") }

@@ -4,10 +4,12 @@
 package location
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -74,14 +76,21 @@ func Open(ctx context.Context, loc string, opt Options) (store.Store, error) {
 
 // OpenList returns one store over locs: reads try each in order (a store
 // that fails moves behind the others for a while), writes go to the first,
-// and transient errors are retried with backoff.
+// and transient errors are retried with backoff. A directory store that
+// does not exist (not mounted, say) is passed over as a store that is down
+// would be, unless no store is left.
 func OpenList(ctx context.Context, locs []string, opt Options) (store.Store, error) {
 	if len(locs) == 0 {
 		return nil, errors.New("no store given; want " + Schemes)
 	}
 	stores := make([]store.Store, 0, len(locs))
+	var missing error
 	for _, loc := range locs {
 		s, err := Open(ctx, loc, opt)
+		if errors.Is(err, os.ErrNotExist) {
+			missing = cmp.Or(missing, err)
+			continue
+		}
 		if err != nil {
 			for _, s := range stores {
 				s.Close()
@@ -89,6 +98,9 @@ func OpenList(ctx context.Context, locs []string, opt Options) (store.Store, err
 			return nil, err
 		}
 		stores = append(stores, s)
+	}
+	if len(stores) == 0 {
+		return nil, missing
 	}
 	retry := opt.Retry
 	if retry.Timeout == 0 {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -195,6 +196,29 @@ func TestOpenListConformance(t *testing.T) {
 		}
 		return &storetest.Backend{Store: s, Corrupt: storetest.CorruptLocal(first)}
 	})
+}
+
+// A directory store that is not there is passed over for the next,
+// unless it is the only one.
+func TestOpenListMissingDirectory(t *testing.T) {
+	l := openLocal(t)
+	data := storetest.Chunk(3, 5000)
+	id, _, err := store.Save(context.Background(), l, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "not-mounted")
+	s, err := location.OpenList(context.Background(), []string{missing, l.Dir()}, location.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, err := store.Load(context.Background(), s, id); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Load past a missing directory store: %v", err)
+	}
+	if _, err := location.OpenList(context.Background(), []string{missing}, location.Options{}); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Errorf("OpenList of a missing directory alone: %v, want an error naming it", err)
+	}
 }
 
 func TestOpenListErrors(t *testing.T) {
