@@ -100,29 +100,3 @@ func TestTreeReadahead(t *testing.T) {
 		}
 	}
 }
-
-// TestWithoutReadahead streams through a file on the thread of
-// WithoutReadahead: nothing is fetched ahead, as the same stream elsewhere
-// would (TestReadahead).
-func TestWithoutReadahead(t *testing.T) {
-	storeDir := t.TempDir()
-	x := buildTree(t, storeDir, []tfile{{path: "/big", mode: syscall.S_IFREG | 0o644, data: randomBytes(1, 64*testChunk)}})
-	srv, mnt := mountFS(t, x, openLocal(t, storeDir), lazyfs.Options{Readahead: 16})
-	srv.WithoutReadahead(func() {
-		f, err := os.Open(filepath.Join(mnt, "big"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		stream := make([]byte, 128<<10)
-		for off := int64(0); off < 32*testChunk; off += int64(len(stream)) {
-			if _, err := f.ReadAt(stream, off); err != nil {
-				t.Fatal(err)
-			}
-		}
-	})
-	// Readaheads are counted as the read that starts them is served.
-	if st := srv.Stats(); st.Readaheads != 0 {
-		t.Errorf("after reading half the file without readahead: %d chunks loaded, %d of them ahead; want none ahead", st.ChunksLoaded, st.Readaheads)
-	}
-}
