@@ -27,7 +27,6 @@ package lazyfs
 
 import (
 	"log"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -110,22 +109,6 @@ type FS struct {
 	// lastIno, lastChunk, treeStreak and treeFiles follow reads through
 	// the data stream, file after file, for readahead.
 	lastIno, lastChunk, treeStreak, treeFiles atomic.Int64
-	// quietThread is the thread ID whose reads start no readahead (see
-	// WithoutReadahead); 0: none.
-	quietThread atomic.Int64
-}
-
-// WithoutReadahead runs fn on an OS thread of its own whose reads of the
-// mount start no readahead: the reads of a caller that knows what it will
-// need, such as bootinit warming the page cache with the ranges of a boot
-// profile, say nothing of what the app reads next. The kernel tells the
-// server which thread a read is for, so fn must read through the kernel on
-// this goroutine (the kernel's own readahead of a read counts as its).
-func (f *FS) WithoutReadahead(fn func()) {
-	runtime.LockOSThread() // never unlocked: the thread ends with fn's goroutine
-	f.quietThread.Store(int64(unix.Gettid()))
-	defer f.quietThread.Store(0)
-	fn()
 }
 
 // New returns the filesystem of x whose chunks come from st.

@@ -84,20 +84,10 @@ func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64
 	if f.onRead != nil {
 		f.onRead(n.ino, n.entry, off, k)
 	}
-	if last >= 0 && !f.quiet(ctx) {
+	if last >= 0 {
 		f.readAhead(n, off, k, first, last)
 	}
 	return fuse.ReadResultData(dest[:k]), 0
-}
-
-// quiet reports whether the read is for the thread of WithoutReadahead.
-func (f *FS) quiet(ctx context.Context) bool {
-	q := f.quietThread.Load()
-	if q == 0 {
-		return false
-	}
-	c, ok := fuse.FromContext(ctx)
-	return ok && int64(c.Pid) == q
 }
 
 // Readlink implements fs.NodeReadlinker.
