@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -119,7 +120,7 @@ func copyUpVolume(image *os.Root, m mountEntry, nested map[string]bool) (bool, e
 // copied into it from the boot image's skeleton, whose every entry mirrors
 // the image directory img: directories, the image's symlinks, symlinks to
 // bootinit for its executables and the boot layer's own copies of a few
-// files. The skeleton is dated at the Unix epoch (converter.BootImage),
+// files. The skeleton is dated bootconfig.LayerTime,
 // which docker's copy keeps on all but the directories it copied entries
 // into; that tells a copy of the skeleton from a volume that docker left
 // empty (nocopy) or the app wrote to.
@@ -134,7 +135,7 @@ func holdsSkeleton(vol, img *os.File, rel string, nested map[string]bool) (bool,
 		if err := unix.Fstat(int(vol.Fd()), &st); err != nil {
 			return false, err
 		}
-		return st.Mtim == unix.Timespec{}, nil
+		return isLayerTime(st.Mtim), nil
 	}
 	for _, name := range names {
 		var v, i unix.Stat_t
@@ -157,7 +158,7 @@ func holdsSkeleton(vol, img *os.File, rel string, nested map[string]bool) (bool,
 			}
 			continue
 		}
-		if v.Mtim != (unix.Timespec{}) {
+		if !isLayerTime(v.Mtim) {
 			return false, nil
 		}
 		switch vType {
@@ -184,6 +185,12 @@ func holdsSkeleton(vol, img *os.File, rel string, nested map[string]bool) (bool,
 		}
 	}
 	return true, nil
+}
+
+// isLayerTime reports whether ts is the date of every entry of the boot
+// image's layers.
+func isLayerTime(ts unix.Timespec) bool {
+	return time.Unix(ts.Unix()).Equal(bootconfig.LayerTime)
 }
 
 func holdsSkeletonDir(vol, img *os.File, name, rel string, nested map[string]bool) (bool, error) {

@@ -85,7 +85,8 @@ func TestHoldsSkeleton(t *testing.T) {
 // epoch dates p as the converter dates the skeleton.
 func epoch(t *testing.T, p string) {
 	t.Helper()
-	must(t, unix.UtimesNanoAt(unix.AT_FDCWD, p, make([]unix.Timespec, 2), unix.AT_SYMLINK_NOFOLLOW))
+	ts := unix.NsecToTimespec(bootconfig.LayerTime.UnixNano())
+	must(t, unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW))
 }
 
 func must(t *testing.T, err error) {

@@ -54,8 +54,7 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 	if err != nil {
 		return nil, err
 	}
-	// Fixed times keep the layers, and so the image digest, reproducible.
-	epoch := time.Unix(0, 0)
+	epoch := bootconfig.LayerTime
 	// bootinit has a layer of its own: the same in every boot image, so a
 	// node pulls it once, whatever it runs.
 	bootLayer, err := tarLayer(func(tw *tar.Writer) error {

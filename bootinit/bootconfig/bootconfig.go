@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"time"
 )
 
 // Paths in a boot image. Everything of mkbootfs lives under Dir, which the
@@ -33,6 +34,11 @@ const (
 	UpperDir = Dir + "/rw"
 	RootDir  = Dir + "/root"
 )
+
+// LayerTime dates every entry of a boot image's layers: a fixed time keeps
+// their digests reproducible, and it tells bootinit what docker copied into
+// a volume from the skeleton (see bootinit's copy-up).
+var LayerTime = time.Unix(0, 0)
 
 // Env variables that change a boot at run time.
 const (
