@@ -159,7 +159,13 @@ func waitForLog(t *testing.T, name, want string) {
 // runFlags are what a converted image needs, given to the original too so
 // that the two runs differ only in the image.
 func runFlags(storeDir string) []string {
-	return []string{"run", "--rm", "--hostname", "e2e", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-v", storeDir + ":/.bootfs/store:ro"}
+	return append([]string{"run", "--rm"}, bootFlags(storeDir)...)
+}
+
+// bootFlags are the docker run flags a boot image needs, its store in
+// storeDir.
+func bootFlags(storeDir string) []string {
+	return []string{"--hostname", "e2e", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-v", storeDir + ":/.bootfs/store:ro"}
 }
 
 func TestRunsLikeTheOriginal(t *testing.T) {
@@ -208,7 +214,7 @@ echo shared > /dev/shm/f && cat /dev/shm/f; ls /dev/pts; readlink /proc/self/exe
 func TestExecAndStop(t *testing.T) {
 	_, boot, storeDir := converted(t)
 	name := "mkbootfs-e2e-exec"
-	start(t, name, append(runFlags(storeDir)[2:], boot, "sleep", "600")...)
+	start(t, name, append(bootFlags(storeDir), boot, "sleep", "600")...)
 	r := docker(t, "exec", name, "cat", "/etc/debian_version")
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "12.") {
 		t.Fatalf("docker exec sees %q (exit %d, %s): not the converted image's files", r.stdout, r.code, r.stderr)
@@ -236,7 +242,7 @@ while :; do sleep 1 & wait $!; done`
 	for _, img := range []struct{ name, ref string }{{"original", orig}, {"converted", boot}} {
 		t.Run(img.name, func(t *testing.T) {
 			name := "mkbootfs-e2e-signals"
-			start(t, name, append(runFlags(storeDir)[2:], img.ref, "sh", "-c", app)...)
+			start(t, name, append(bootFlags(storeDir), img.ref, "sh", "-c", app)...)
 			waitForLog(t, name, "ready\n")
 			for _, s := range append(signals, "TERM") {
 				if r := docker(t, "kill", "-s", s, name); r.code != 0 {
@@ -261,7 +267,7 @@ func TestOrphansAreReaped(t *testing.T) {
 wc -l < /tmp/orphans
 sed -n 's/^\([0-9]*\) (\(.*\)) \(.\) .*/\1 \2 \3/p' /proc/[0-9]*/stat`
 	name := "mkbootfs-e2e-orphans"
-	start(t, name, append(runFlags(storeDir)[2:], boot, "sh", "-c", orphans+"; echo ready; exec sleep 600")...)
+	start(t, name, append(bootFlags(storeDir), boot, "sh", "-c", orphans+"; echo ready; exec sleep 600")...)
 	waitForLog(t, name, "ready\n")
 	// Orphans of docker exec's processes are reparented to PID 1 too.
 	if r := docker(t, "exec", name, "sh", "-c", orphans); r.code != 0 {
@@ -288,7 +294,7 @@ set -- $(sed 's/.*) //' /proc/$$/stat)
 [ "$3" = "$6" ] && echo foreground`
 	for _, img := range []struct{ name, ref string }{{"original", orig}, {"converted", boot}} {
 		t.Run(img.name, func(t *testing.T) {
-			args := append(append([]string{"docker", "run", "-it"}, runFlags(storeDir)[1:]...), img.ref, "sh", "-c", app)
+			args := append(append([]string{"docker", "run", "-it", "--rm"}, bootFlags(storeDir)...), img.ref, "sh", "-c", app)
 			r := run(t, strings.NewReader("hello\n"), script, "-qec", shellQuote(args), "/dev/null")
 			out := strings.ReplaceAll(r.stdout, "\r\n", "\n")
 			for _, want := range []string{"got hello\n", "/dev/pts/", "terminal\n", "controlling tty\n", "foreground\n"} {
@@ -449,7 +455,7 @@ func TestHeavyReadsNeverWedge(t *testing.T) {
 func TestWritableLayerOnAVolume(t *testing.T) {
 	orig, boot, storeDir := converted(t)
 	name := "mkbootfs-e2e-rw"
-	start(t, name, append(runFlags(storeDir)[2:], "-v", "/.bootfs/rw", boot, "sh", "-c",
+	start(t, name, append(bootFlags(storeDir), "-v", "/.bootfs/rw", boot, "sh", "-c",
 		"echo mine > /etc/written && cat /etc/written && rm /etc/debian_version && echo removed")...)
 	if r := docker(t, "wait", name); r.stdout != "0\n" {
 		t.Fatalf("exit %q: %s", r.stdout, docker(t, "logs", name).stderr)
