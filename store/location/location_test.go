@@ -99,15 +99,22 @@ func TestOpenCreate(t *testing.T) {
 	s.Close()
 }
 
-// TestEachStore reads one chunk through every kind of location, each
-// served by a real server.
-func TestEachStore(t *testing.T) {
-	l := openLocal(t)
-	data := storetest.Chunk(1, 100000)
+// saveChunk puts a chunk made from seed into l.
+func saveChunk(t *testing.T, l *local.Store, seed uint64, size int) (store.ID, []byte) {
+	t.Helper()
+	data := storetest.Chunk(seed, size)
 	id, _, err := store.Save(context.Background(), l, data)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return id, data
+}
+
+// TestEachStore reads one chunk through every kind of location, each
+// served by a real server.
+func TestEachStore(t *testing.T) {
+	l := openLocal(t)
+	id, data := saveChunk(t, l, 1, 100000)
 	for _, tc := range remotes(t, l) {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := location.OpenList(context.Background(), []string{tc.url}, tc.opt)
@@ -146,11 +153,7 @@ func remotes(t testing.TB, l *local.Store) []remote {
 // serve every chunk.
 func TestOpenListFailover(t *testing.T) {
 	l := openLocal(t)
-	data := storetest.Chunk(2, 5000)
-	id, _, err := store.Save(context.Background(), l, data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, data := saveChunk(t, l, 2, 5000)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -202,11 +205,7 @@ func TestOpenListConformance(t *testing.T) {
 // unless it is the only one.
 func TestOpenListMissingDirectory(t *testing.T) {
 	l := openLocal(t)
-	data := storetest.Chunk(3, 5000)
-	id, _, err := store.Save(context.Background(), l, data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, data := saveChunk(t, l, 3, 5000)
 	missing := filepath.Join(t.TempDir(), "not-mounted")
 	s, err := location.OpenList(context.Background(), []string{missing, l.Dir()}, location.Options{})
 	if err != nil {
