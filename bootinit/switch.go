@@ -98,8 +98,8 @@ func isMountPoint(p string) bool {
 	return unix.Stat(p, &st) == nil && unix.Stat(filepath.Dir(p), &parent) == nil && st.Dev != parent.Dev
 }
 
-// keepDevices makes the device nodes bootinit itself opens by path (the
-// FUSE library opens /dev/null) in its own root, whose /dev moved away.
+// keepDevices makes the device nodes a program may open by path in
+// bootinit's own root, whose /dev moved away.
 func keepDevices() {
 	for _, d := range []struct {
 		path         string
