@@ -58,7 +58,13 @@ func Main(args []string) int {
 		logw = os.Stderr
 	}
 	b := &boot{log: log.New(logw, "bootinit: ", log.Lmicroseconds)}
-	godebug.SetMemoryLimit(lazyfs.MemoryLimit) // keeps the FUSE server's RSS small
+	// The memory limit alone paces the collector: it keeps the FUSE
+	// server's RSS small, and a boot, which decodes a few MB of chunks
+	// over a live heap of a few MB, runs no collection at all (GOGC's
+	// default ran several, in a warm `apt-get --version` about 15 ms of
+	// the 200).
+	godebug.SetMemoryLimit(lazyfs.MemoryLimit)
+	godebug.SetGCPercent(-1)
 	var code int
 	var err error
 	if len(args) == 2 && args[0] == launcherName {
@@ -154,21 +160,20 @@ func (b *boot) run(args []string) (int, error) {
 	if err := checkStore(x, st, storeURLs(cfg)); err != nil {
 		return 0, err
 	}
-	// Not while recording: the profile would record its own reads.
-	lower := -1
+	// Warming starts as soon as the image is mounted, on the spare core,
+	// while bootinit switches root and starts the app. Not while
+	// recording: the profile would record its own reads.
+	warmed := func() {}
 	if b.profile != nil && rec == nil {
-		lower, _ = unix.Open(bootconfig.LowerDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if lower, err := unix.Open(bootconfig.LowerDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			warmed = b.warmPageCache(ctx, lower)
+		}
 	}
 	root, err := b.switchRoot()
 	if err != nil {
-		if lower >= 0 {
-			unix.Close(lower)
-		}
+		cancel()
+		warmed()
 		return 0, err
-	}
-	warmed := func() {}
-	if lower >= 0 {
-		warmed = b.warmPageCache(ctx, lower)
 	}
 	code, err := b.runApp(root, argv, app, dir)
 	cancel()

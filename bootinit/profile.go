@@ -83,6 +83,11 @@ func regularFiles(p *profile.Profile, x *index.Index) *profile.Profile {
 // returned wait must be called, once ctx has ended, before bootinit exits:
 // a file of its own mount still open as it exits would be flushed to its
 // server as that server dies, and the exit would hang.
+// warmPiece is the most the kernel reads ahead for one fadvise on a FUSE
+// mount (the mount's io_pages, 128 KiB): the rest of a longer range would
+// be left cold.
+const warmPiece = 128 << 10
+
 func (b *boot) warmPageCache(ctx context.Context, lower int) (wait func()) {
 	done := make(chan struct{})
 	go func() {
@@ -97,7 +102,9 @@ func (b *boot) warmPageCache(ctx context.Context, lower int) (wait func()) {
 				continue
 			}
 			for _, r := range f.Ranges {
-				unix.Fadvise(fd, r.Off, r.Len, unix.FADV_WILLNEED)
+				for off, end := r.Off, r.Off+r.Len; off < end; off += warmPiece {
+					unix.Fadvise(fd, off, min(warmPiece, end-off), unix.FADV_WILLNEED)
+				}
 			}
 			unix.Close(fd)
 		}
