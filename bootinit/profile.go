@@ -76,8 +76,9 @@ func regularFiles(p *profile.Profile, x *index.Index) *profile.Profile {
 // background: the FUSE reads this makes load and decode the chunks on a
 // spare core while the app starts, and the app then finds its files in
 // memory, through the overlay, as on a native filesystem. Failures are
-// left to the app's own reads. A warm `apt-get --version` went from 0.28
-// to 0.26 s (docker run, median of 12) with it.
+// left to the app's own reads. On a warm node, `python3 -m http.server
+// --help` prints its usage in 0.33 s with it and 0.44 s without (docker
+// run, median of 12; 0.22 s for the original image).
 //
 // lower is the mount's root, opened before the root was switched. The
 // returned wait must be called, once ctx has ended, before bootinit exits:
