@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +125,36 @@ func TestProfile(t *testing.T) {
 			if r, _ := run(nil, "true"); r.code != 0 {
 				t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
 			}
+		}
+	})
+	t.Run("warm", func(t *testing.T) {
+		// bootinit reads the profile's ranges into the page cache whole,
+		// also one longer than the 128 KiB the kernel reads ahead for
+		// one fadvise on a FUSE mount: fincore counts them resident
+		// though the app never reads the file.
+		var file string
+		var want int64
+		for _, f := range prof.Files {
+			var sum int64
+			long := false
+			for _, r := range f.Ranges {
+				sum += r.Len
+				long = long || r.Len > 128<<10
+			}
+			if long && file == "" {
+				file, want = f.Path, sum
+			}
+		}
+		if file == "" {
+			t.Fatal("no range of the profile is longer than 128 KiB")
+		}
+		r, _ := run(nil, "sh", "-c", "sleep 2; fincore --bytes --noheadings --output RES "+file)
+		res, err := strconv.ParseInt(strings.TrimSpace(r.stdout), 10, 64)
+		if r.code != 0 || err != nil {
+			t.Fatalf("exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
+		}
+		if res < want {
+			t.Errorf("%s: %d bytes in the page cache, want the profile's %d", file, res, want)
 		}
 	})
 	t.Run("none", func(t *testing.T) {
