@@ -128,33 +128,36 @@ func TestProfile(t *testing.T) {
 		}
 	})
 	t.Run("warm", func(t *testing.T) {
-		// bootinit reads the profile's ranges into the page cache whole,
-		// also one longer than the 128 KiB the kernel reads ahead for
-		// one fadvise on a FUSE mount: fincore counts them resident
-		// though the app never reads the file.
+		// bootinit reads the profile's ranges into the page cache, also
+		// past the 128 KiB the kernel reads ahead for one fadvise on a
+		// FUSE mount: fincore counts them resident though the app never
+		// reads the file. Warming is best effort and a busy machine may
+		// be slow at it, so the app polls, and the test asks for half of
+		// what the long ranges hold past their first 128 KiB: one fadvise
+		// per range reads none of it.
 		var file string
 		var want int64
 		for _, f := range prof.Files {
-			var sum int64
-			long := false
+			var head, tail int64
 			for _, r := range f.Ranges {
-				sum += r.Len
-				long = long || r.Len > 128<<10
+				head += min(r.Len, 128<<10)
+				tail += max(r.Len-128<<10, 0)
 			}
-			if long && file == "" {
-				file, want = f.Path, sum
+			if tail > 0 && file == "" {
+				file, want = f.Path, head+tail/2
 			}
 		}
 		if file == "" {
 			t.Fatal("no range of the profile is longer than 128 KiB")
 		}
-		r, _ := run(nil, "sh", "-c", "sleep 2; fincore --bytes --noheadings --output RES "+file)
+		poll := fmt.Sprintf(`for i in $(seq 100); do r=$(fincore --bytes --noheadings --output RES %s); [ "$r" -ge %d ] && break; sleep 0.2; done; echo "$r"`, file, want)
+		r, _ := run(nil, "sh", "-c", poll)
 		res, err := strconv.ParseInt(strings.TrimSpace(r.stdout), 10, 64)
 		if r.code != 0 || err != nil {
 			t.Fatalf("exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
 		}
 		if res < want {
-			t.Errorf("%s: %d bytes in the page cache, want the profile's %d", file, res, want)
+			t.Errorf("%s: %d bytes in the page cache, want at least %d", file, res, want)
 		}
 	})
 	t.Run("none", func(t *testing.T) {
