@@ -71,6 +71,11 @@ func regularFiles(p *profile.Profile, x *index.Index) *profile.Profile {
 	return out
 }
 
+// warmPiece is the most the kernel reads ahead for one fadvise on a FUSE
+// mount (the mount's io_pages, 128 KiB): the rest of a longer range would
+// be left cold.
+const warmPiece = 128 << 10
+
 // warmPageCache asks the kernel to read the profile's ranges of the
 // mounted image into its page cache (posix_fadvise WILLNEED), in the
 // background: the FUSE reads this makes load and decode the chunks on a
@@ -84,11 +89,6 @@ func regularFiles(p *profile.Profile, x *index.Index) *profile.Profile {
 // returned wait must be called, once ctx has ended, before bootinit exits:
 // a file of its own mount still open as it exits would be flushed to its
 // server as that server dies, and the exit would hang.
-// warmPiece is the most the kernel reads ahead for one fadvise on a FUSE
-// mount (the mount's io_pages, 128 KiB): the rest of a longer range would
-// be left cold.
-const warmPiece = 128 << 10
-
 func (b *boot) warmPageCache(ctx context.Context, lower int) (wait func()) {
 	done := make(chan struct{})
 	go func() {

@@ -184,10 +184,10 @@ func (r Range) Around(size int64) Range {
 }
 
 // Chunks returns the stream chunks of x that hold the profiled ranges,
-// each widened by ReadAround, in
-// the order the profile reads them, each once. Files x does not have as
-// regular files are passed over: a profile recorded on an older build of an
-// image still serves the files that stayed.
+// each widened by ReadAround, in the order the profile reads them, each
+// once. Files x does not have as regular files are passed over: a profile
+// recorded on an older build of an image still serves the files that
+// stayed.
 func (p *Profile) Chunks(x *index.Index) []int {
 	var out []int
 	seen := map[int]bool{}
