@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/internal/xattrs"
 )
 
 // Docker fills an empty volume with the image's files at its mount point
@@ -342,37 +343,16 @@ func setMetadata(dst, src *os.File, name string, st *unix.Stat_t) error {
 }
 
 func copyXattrs(dst, src string) error {
-	names, err := xattrCall(func(b []byte) (int, error) { return unix.Llistxattr(src, b) })
-	if errors.Is(err, unix.ENOTSUP) {
-		return nil
-	}
+	attrs, err := xattrs.Read(src)
 	if err != nil {
 		return err
 	}
-	for _, name := range strings.Split(string(names), "\x00") {
-		if name == "" {
-			continue
-		}
-		value, err := xattrCall(func(b []byte) (int, error) { return unix.Lgetxattr(src, name, b) })
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		if err := unix.Lsetxattr(dst, name, value, 0); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+	for _, a := range attrs {
+		if err := unix.Lsetxattr(dst, a.Name, a.Value, 0); err != nil {
+			return fmt.Errorf("%s: %w", a.Name, err)
 		}
 	}
 	return nil
-}
-
-// xattrCall calls an xattr getter once for the size and once for the value.
-func xattrCall(get func([]byte) (int, error)) ([]byte, error) {
-	n, err := get(nil)
-	if err != nil || n == 0 {
-		return nil, err
-	}
-	b := make([]byte, n)
-	n, err = get(b)
-	return b[:n], err
 }
 
 // procPath names the entry name of dir for the calls that take only a

@@ -9,11 +9,11 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/internal/xattrs"
 )
 
 // readDir builds the tree from a root directory on this machine: every
@@ -119,41 +119,12 @@ func statInode(p string, st *unix.Stat_t) (index.Inode, error) {
 	case unix.S_IFCHR, unix.S_IFBLK:
 		n.Rdev = st.Rdev
 	}
-	xattrs, err := readXattrs(p)
+	xattrs, err := xattrs.Read(p)
 	if err != nil {
 		return n, fmt.Errorf("xattrs of %s: %w", p, err)
 	}
 	n.Xattrs = xattrs
 	return n, nil
-}
-
-func readXattrs(p string) ([]index.Xattr, error) {
-	size, err := unix.Llistxattr(p, nil)
-	if err != nil || size == 0 {
-		if errors.Is(err, unix.ENOTSUP) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	buf := make([]byte, size)
-	size, err = unix.Llistxattr(p, buf)
-	if err != nil {
-		return nil, err
-	}
-	var xattrs []index.Xattr
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
-		vsize, err := unix.Lgetxattr(p, name, nil)
-		if err != nil {
-			return nil, err
-		}
-		val := make([]byte, vsize)
-		if vsize, err = unix.Lgetxattr(p, name, val); err != nil {
-			return nil, err
-		}
-		xattrs = append(xattrs, index.Xattr{Name: name, Value: val[:vsize]})
-	}
-	sort.Slice(xattrs, func(i, j int) bool { return xattrs[i].Name < xattrs[j].Name })
-	return xattrs, nil
 }
 
 // dataExtents finds a sparse file's data runs.
