@@ -153,7 +153,11 @@ func holdsSkeleton(vol, img *os.File, rel string, nested map[string]bool) (bool,
 			if iType != unix.S_IFDIR {
 				return false, nil
 			}
-			ok, err := holdsSkeletonDir(vol, img, name, path.Join(rel, name), nested)
+			var ok bool
+			err := inSubdirs(vol, img, name, func(subVol, subImg *os.File) (err error) {
+				ok, err = holdsSkeleton(subVol, subImg, path.Join(rel, name), nested)
+				return err
+			})
 			if !ok || err != nil {
 				return false, err
 			}
@@ -192,20 +196,6 @@ func holdsSkeleton(vol, img *os.File, rel string, nested map[string]bool) (bool,
 // image's layers.
 func isLayerTime(ts unix.Timespec) bool {
 	return time.Unix(ts.Unix()).Equal(bootconfig.LayerTime)
-}
-
-func holdsSkeletonDir(vol, img *os.File, name, rel string, nested map[string]bool) (bool, error) {
-	subVol, err := openAt(vol, name, unix.O_DIRECTORY)
-	if err != nil {
-		return false, err
-	}
-	defer subVol.Close()
-	subImg, err := openAt(img, name, unix.O_DIRECTORY)
-	if err != nil {
-		return false, err
-	}
-	defer subImg.Close()
-	return holdsSkeleton(subVol, subImg, rel, nested)
 }
 
 // copier copies an image directory into a volume as docker's copy-up
@@ -257,7 +247,7 @@ func (c *copier) copyEntry(dst, src *os.File, name, rel string) error {
 		if err := setMetadata(dst, src, name, &st); err != nil {
 			return err
 		}
-		return c.copySubdir(dst, src, name, rel)
+		return inSubdirs(dst, src, name, func(subDst, subSrc *os.File) error { return c.copyDir(subDst, subSrc, rel) })
 	case unix.S_IFREG:
 		if st.Nlink > 1 {
 			if first, ok := c.links[st.Ino]; ok {
@@ -287,18 +277,19 @@ func (c *copier) copyEntry(dst, src *os.File, name, rel string) error {
 	return setMetadata(dst, src, name, &st)
 }
 
-func (c *copier) copySubdir(dst, src *os.File, name, rel string) error {
-	subDst, err := openAt(dst, name, unix.O_DIRECTORY)
+// inSubdirs calls fn with the directories name of a and of b, open.
+func inSubdirs(a, b *os.File, name string, fn func(subA, subB *os.File) error) error {
+	subA, err := openAt(a, name, unix.O_DIRECTORY)
 	if err != nil {
 		return err
 	}
-	defer subDst.Close()
-	subSrc, err := openAt(src, name, unix.O_DIRECTORY)
+	defer subA.Close()
+	subB, err := openAt(b, name, unix.O_DIRECTORY)
 	if err != nil {
 		return err
 	}
-	defer subSrc.Close()
-	return c.copyDir(subDst, subSrc, rel)
+	defer subB.Close()
+	return fn(subA, subB)
 }
 
 func copyFile(dst, src *os.File, name string) error {
