@@ -9,7 +9,7 @@ need_root
 
 packages=(
 	docker.io docker-registry  # container engine, and a real registry to push to
-	casync rsync attr acl fuse3 # peers and checkers of the chunk store, tree and mounts
+	casync zstd rsync attr acl fuse3 # peers and checkers of the chunk store, tree and mounts
 	debootstrap busybox-static # sample trees and images, made offline
 	openssh-server nginx       # chunk servers over SFTP and HTTP
 	iproute2 procps kmod curl ca-certificates util-linux

@@ -189,6 +189,13 @@ func TestCacheLoad(t *testing.T) {
 			if st != tc.stats {
 				t.Errorf("stats = %+v, want %+v", st, tc.stats)
 			}
+			// A fetched chunk is kept uncompressed, so no start decompresses it.
+			if tc.stats.Misses > 0 {
+				c.Close() // waits for the write
+				if kept, err := os.ReadFile(cachePath(cacheDir)); err != nil || !bytes.Equal(kept, store.EncodeRaw(want)) {
+					t.Errorf("the cache keeps %d bytes (%v), want the chunk's raw frame", len(kept), err)
+				}
+			}
 		})
 	}
 }

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/mkbootfs/mkbootfs/internal/testenv"
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
@@ -41,6 +44,66 @@ func TestEncodeDecode(t *testing.T) {
 			}
 			if !bytes.Equal(got, tc.data) {
 				t.Fatalf("decoded %d bytes, want the %d bytes encoded", len(got), len(tc.data))
+			}
+		})
+	}
+}
+
+// A raw frame is a zstd frame: Decode and the zstd tool read it back, at
+// every block boundary.
+func TestEncodeRaw(t *testing.T) {
+	zstdTool := testenv.Command(t, "zstd")
+	for _, n := range []int{0, 1, 128<<10 - 1, 128 << 10, 128<<10 + 1, 3 << 20} {
+		data := random(uint64(n), n)
+		raw := store.EncodeRaw(data)
+		if len(raw) > n+9+3*(n/(128<<10)+1) {
+			t.Errorf("%d bytes: a raw frame of %d bytes", n, len(raw))
+		}
+		got, err := store.Decode(store.Sum(data), raw)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: Decode gave %d bytes, %v", n, len(got), err)
+		}
+		if got, err := store.DecodeInPlace(store.Sum(data), bytes.Clone(raw)); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: DecodeInPlace gave %d bytes, %v", n, len(got), err)
+		}
+		cmd := exec.Command(zstdTool, "-d", "-c")
+		cmd.Stdin = bytes.NewReader(raw)
+		out, err := cmd.Output()
+		if err != nil || !bytes.Equal(out, data) {
+			t.Fatalf("%d bytes: zstd -d gave %d bytes, %v", n, len(out), err)
+		}
+	}
+}
+
+// DecodeInPlace takes any stored chunk, and a damaged raw frame is as
+// corrupt to it as to Decode.
+func TestDecodeInPlace(t *testing.T) {
+	data := random(3, 300<<10) // three raw blocks
+	id := store.Sum(data)
+	raw := store.EncodeRaw(data)
+	secondBlock := 9 + 3 + 128<<10
+	damage := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(raw)) }
+	for _, tc := range []struct {
+		name    string
+		stored  []byte
+		wantErr bool
+	}{
+		{"zstd frame", store.Encode(data), false},
+		{"raw frame", raw, false},
+		{"truncated", raw[:len(raw)-1], true},
+		{"trailing byte", append(bytes.Clone(raw), 0), true},
+		{"content flipped", damage(func(b []byte) []byte { b[len(b)/2] ^= 1; return b }), true},
+		{"second block not raw", damage(func(b []byte) []byte { b[secondBlock] |= 2 << 1; return b }), true},
+		{"size too small", damage(func(b []byte) []byte { b[5]--; return b }), true},
+		{"no last block", damage(func(b []byte) []byte { b[len(b)-(300<<10-256<<10)-3] &^= 1; return b }), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := store.DecodeInPlace(id, bytes.Clone(tc.stored))
+			switch {
+			case tc.wantErr && !errors.Is(err, store.ErrCorrupt):
+				t.Fatalf("DecodeInPlace = %d bytes, %v; want ErrCorrupt", len(got), err)
+			case !tc.wantErr && (err != nil || !bytes.Equal(got, data)):
+				t.Fatalf("DecodeInPlace = %d bytes, %v; want the data", len(got), err)
 			}
 		})
 	}
@@ -135,4 +198,29 @@ func FuzzDecode(f *testing.F) {
 			t.Fatal("Decode returned bytes that do not match the id")
 		}
 	})
+}
+
+// The node cache keeps chunks raw: BenchmarkDecode/raw against /zstd is
+// what that saves at each container start, per chunk read. The data is a
+// real program's, as a boot reads: this test binary.
+func BenchmarkDecode(b *testing.B) {
+	exe, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := exe[:min(len(exe), 64<<10)]
+	id := store.Sum(data)
+	for _, form := range []struct {
+		name   string
+		stored []byte
+	}{{"zstd", store.Encode(data)}, {"raw", store.EncodeRaw(data)}} {
+		b.Run(form.name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, err := store.Decode(id, form.stored); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
