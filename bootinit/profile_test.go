@@ -70,14 +70,14 @@ func TestProfile(t *testing.T) {
 	}
 	t.Logf("profile: %d files, %d bytes read, %d chunks (%d in the image)", len(prof.Files), prof.Bytes(), len(inProfile), len(res.Index.Chunks))
 
-	run := func(env []string, cmd ...string) (result, map[string]int) {
+	// run runs cmd in the profiled image with more docker run options, and
+	// returns the chunks it fetched from the store.
+	run := func(opts []string, cmd ...string) (result, map[string]int) {
 		ch, addr := serveCounting(t, storeDir)
 		args := []string{"run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
 			"-e", "MKBOOTFS_STORE=http://" + addr, "-e", "MKBOOTFS_DEBUG=1"}
-		for _, e := range env {
-			args = append(args, "-e", e)
-		}
-		r := docker(t, append(append(args, profiled), cmd...)...)
+		args = append(append(args, opts...), profiled)
+		r := docker(t, append(args, cmd...)...)
 		ch.mu.Lock()
 		defer ch.mu.Unlock()
 		gets := map[string]int{}
@@ -160,8 +160,25 @@ func TestProfile(t *testing.T) {
 			t.Errorf("%s: %d bytes in the page cache, want at least %d", file, res, want)
 		}
 	})
+	t.Run("warm node", func(t *testing.T) {
+		// Once a start has filled the node's cache, the next ones fetch
+		// nothing: the warming reads only the profile's ranges, and
+		// starts no readahead past them.
+		vol := fmt.Sprintf("mkbootfs-test-profile-%d", os.Getpid())
+		defer exec.Command("docker", "volume", "rm", "-f", vol).Run()
+		cache := []string{"-v", vol + ":/.bootfs/cache"}
+		if r, _ := run(cache, "apt-get", "--version"); r.code != 0 {
+			t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
+		}
+		for i := range 4 {
+			r, gets := run(cache, "apt-get", "--version")
+			if r.code != 0 || len(gets) > 0 {
+				t.Errorf("warm start %d: exit %d, %d chunks fetched, want none", i+1, r.code, len(gets))
+			}
+		}
+	})
 	t.Run("none", func(t *testing.T) {
-		r, gets := run([]string{"MKBOOTFS_PREFETCH=none"}, "true")
+		r, gets := run([]string{"-e", "MKBOOTFS_PREFETCH=none"}, "true")
 		if r.code != 0 || len(gets) >= len(inProfile)/2 {
 			t.Fatalf("exit %d, %d chunks fetched with no prefetch for `true`; stderr:\n%s", r.code, len(gets), r.stderr)
 		}
@@ -171,7 +188,7 @@ func TestProfile(t *testing.T) {
 			"MKBOOTFS_PREFETCH=some":                "MKBOOTFS_PREFETCH=\"some\": want profile (the default), all or none",
 			"MKBOOTFS_PROFILE=/no/such/dir/profile": "MKBOOTFS_PROFILE=/no/such/dir/profile: open /no/such/dir: no such file or directory (mount a directory there",
 		} {
-			r, _ := run([]string{env}, "true")
+			r, _ := run([]string{"-e", env}, "true")
 			if r.code != 125 || !strings.Contains(r.stderr, want) {
 				t.Errorf("%s: exit %d, stderr %q; want 125 and %q", env, r.code, r.stderr, want)
 			}

@@ -26,6 +26,7 @@
 package lazyfs
 
 import (
+	"context"
 	"log"
 	"sync/atomic"
 	"syscall"
@@ -106,6 +107,9 @@ type FS struct {
 
 	reads, readBytes, readErrs atomic.Int64
 
+	// quietTID is the thread whose reads start no readahead (NoReadaheadFor).
+	quietTID atomic.Int64
+
 	// lastIno, lastChunk, treeStreak and treeFiles follow reads through
 	// the data stream, file after file, for readahead.
 	lastIno, lastChunk, treeStreak, treeFiles atomic.Int64
@@ -137,6 +141,22 @@ func New(x *index.Index, st store.Store, o Options) *FS {
 		}
 	}
 	return f
+}
+
+// NoReadaheadFor makes the reads of thread tid (as the mount's pid
+// namespace numbers it) start no readahead, nor count in the streams that
+// do: bootinit's page-cache warming reads the profile's ranges and nothing
+// else is wanted, yet its runs of reads through a file looked like a
+// stream, and each warm start fetched a few chunks past them.
+func (f *FS) NoReadaheadFor(tid int) { f.quietTID.Store(int64(tid)) }
+
+func (f *FS) quietReader(ctx context.Context) bool {
+	tid := f.quietTID.Load()
+	if tid == 0 {
+		return false
+	}
+	c, ok := fuse.FromContext(ctx)
+	return ok && int64(c.Pid) == tid
 }
 
 // Root returns the root directory's node, for fs.Mount.

@@ -84,7 +84,7 @@ func (n *node) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64
 	if f.onRead != nil {
 		f.onRead(n.ino, n.entry, off, k)
 	}
-	if last >= 0 {
+	if last >= 0 && !f.quietReader(ctx) {
 		f.readAhead(n, off, k, first, last)
 	}
 	return fuse.ReadResultData(dest[:k]), 0

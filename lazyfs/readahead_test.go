@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/lazyfs"
 )
@@ -73,6 +76,52 @@ func TestReadahead(t *testing.T) {
 	e, _ := x.Resolve("big")
 	if len(reads) == 0 || reads[0].ino != x.Entries[e].Inode || reads[0].entry != e || reads[0].off != 0 || reads[0].n < 4096 {
 		t.Errorf("OnRead saw %+v, want a first read of inode %d through entry %d at 0", reads, x.Entries[e].Inode, e)
+	}
+}
+
+// TestNoReadaheadFor streams through half a file from a thread whose reads start
+// no readahead, then through another from any other thread: only that one
+// is read ahead.
+func TestNoReadaheadFor(t *testing.T) {
+	storeDir := t.TempDir()
+	x := buildTree(t, storeDir, []tfile{
+		{path: "/quiet", mode: syscall.S_IFREG | 0o644, data: randomBytes(3, 128*testChunk)},
+		{path: "/loud", mode: syscall.S_IFREG | 0o644, data: randomBytes(4, 128*testChunk)},
+	})
+	srv, mnt := mountFS(t, x, openLocal(t, storeDir), lazyfs.Options{Readahead: 16})
+	stream := func(name string) error {
+		f, err := os.Open(filepath.Join(mnt, name))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		buf := make([]byte, 128<<10)
+		for off := int64(0); off < 64*testChunk; off += int64(len(buf)) {
+			if _, err := f.ReadAt(buf, off); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	errs := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		srv.NoReadaheadFor(unix.Gettid())
+		defer srv.NoReadaheadFor(0)
+		errs <- stream("quiet")
+	}()
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	if st := srv.Stats(); st.Readaheads != 0 {
+		t.Errorf("a stream through half a 128-chunk file by the quiet thread: %d chunks read ahead, want none", st.Readaheads)
+	}
+	if err := stream("loud"); err != nil {
+		t.Fatal(err)
+	}
+	if st := srv.Stats(); st.Readaheads == 0 {
+		t.Errorf("a stream through half a 128-chunk file by another thread: nothing read ahead")
 	}
 }
 
