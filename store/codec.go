@@ -66,10 +66,7 @@ func Decode(id ID, raw []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: not a zstd chunk (%d bytes): %v", ErrCorrupt, len(raw), err)
 	}
-	if Sum(data) != id {
-		return nil, fmt.Errorf("%w: content hashes to %s", ErrCorrupt, Sum(data).Short())
-	}
-	return data, nil
+	return verified(id, data)
 }
 
 // DecodeInPlace is Decode for a stored chunk the caller owns and uses no
@@ -87,10 +84,7 @@ func DecodeInPlace(id ID, raw []byte) ([]byte, error) {
 		data = append(data, raw[p+3:p+3+k]...) // moves down within raw
 		p += 3 + k
 	}
-	if Sum(data) != id {
-		return nil, fmt.Errorf("%w: content hashes to %s", ErrCorrupt, Sum(data).Short())
-	}
-	return data, nil
+	return verified(id, data)
 }
 
 // rawContent checks that raw is an EncodeRaw frame, raw blocks to the
@@ -119,3 +113,11 @@ func rawContent(raw []byte) (n int, ok bool) {
 }
 
 func rawBlockHeader(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 }
+
+// verified returns data if it is chunk id's content.
+func verified(id ID, data []byte) ([]byte, error) {
+	if sum := Sum(data); sum != id {
+		return nil, fmt.Errorf("%w: content hashes to %s", ErrCorrupt, sum.Short())
+	}
+	return data, nil
+}
