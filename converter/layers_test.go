@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/extract"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
@@ -107,7 +108,7 @@ func extracted(t *testing.T, source string) string {
 	t.Helper()
 	x, s := convert(t, source)
 	out := filepath.Join(t.TempDir(), "out")
-	if err := converter.Extract(context.Background(), x, s, out); err != nil {
+	if err := extract.Extract(context.Background(), x, s, out); err != nil {
 		t.Fatal(err)
 	}
 	return out
@@ -219,7 +220,7 @@ func TestExtractRefusesNonEmptyDir(t *testing.T) {
 	x, s := convert(t, ociImage(t, layerOf(t, file("f", "x"))))
 	out := t.TempDir()
 	os.WriteFile(filepath.Join(out, "there"), nil, 0o644)
-	if err := converter.Extract(context.Background(), x, s, out); err == nil || !strings.Contains(err.Error(), "not empty") {
+	if err := extract.Extract(context.Background(), x, s, out); err == nil || !strings.Contains(err.Error(), "not empty") {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/extract"
 	"github.com/mkbootfs/mkbootfs/internal/testtree"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store/local"
@@ -61,7 +62,7 @@ func TestProfileLaysOutFirst(t *testing.T) {
 		}
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	if err := converter.Extract(context.Background(), x, s, out); err != nil {
+	if err := extract.Extract(context.Background(), x, s, out); err != nil {
 		t.Fatal(err)
 	}
 	if diff := testtree.Diff(t, src, out); diff != "" {

@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/extract"
 )
 
 func newExtractCmd() *cobra.Command {
@@ -25,7 +26,7 @@ func newExtractCmd() *cobra.Command {
 				return err
 			}
 			defer s.Close()
-			return converter.Extract(cmd.Context(), b.Index, s, args[1])
+			return extract.Extract(cmd.Context(), b.Index, s, args[1])
 		},
 	}
 	cmd.Flags().StringArrayVar(&stores, "store", nil, "chunk store URL or directory (repeatable; default: the stores recorded at convert time)")

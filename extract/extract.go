@@ -1,4 +1,10 @@
-package converter
+// Package extract materializes an index's tree as real files in a
+// directory: the whole of it (mkbootfs extract), or the files a boot reads
+// and the directories above them (bootinit's boot tree in the node cache).
+// Every entry is created relative to a directory descriptor of a directory
+// it made itself, with O_NOFOLLOW, so no name in the index can reach
+// outside the directory.
+package extract
 
 import (
 	"context"
@@ -17,10 +23,27 @@ import (
 )
 
 // Extract materializes the tree of x into dir, which must be empty or not
-// exist, reading file data from s. Every entry is created relative to a
-// directory descriptor of a directory Extract made itself, with
-// O_NOFOLLOW, so no name in the index can reach outside dir.
+// exist, reading file data from s.
 func Extract(ctx context.Context, x *index.Index, s store.Store, dir string) error {
+	return extract(ctx, x, s, dir, nil)
+}
+
+// Files materializes the given entries of x and the directories that hold
+// them (with their owners, modes, xattrs and times; the root's too) into
+// dir, which must be empty or not exist; nothing else of the tree.
+func Files(ctx context.Context, x *index.Index, s store.Store, dir string, entries []uint32) error {
+	want := make([]bool, len(x.Entries))
+	for _, e := range entries {
+		for ; !want[e] && e != index.Root; e = x.Entries[e].Parent {
+			want[e] = true
+		}
+	}
+	return extract(ctx, x, s, dir, want)
+}
+
+// extract materializes the entries of x that want marks, all when want is
+// nil.
+func extract(ctx context.Context, x *index.Index, s store.Store, dir string, want []bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -39,6 +62,7 @@ func Extract(ctx context.Context, x *index.Index, s store.Store, dir string) err
 		x:      x,
 		dir:    dir,
 		chunks: newChunkLoader(ctx, x, s),
+		want:   want,
 		links:  map[uint32]string{},
 		root:   os.Geteuid() == 0,
 	}
@@ -66,6 +90,7 @@ type extractor struct {
 	x      *index.Index
 	dir    string
 	chunks *chunkLoader
+	want   []bool            // the entries to make; nil: all
 	links  map[uint32]string // inode -> path of its first name, for hard links
 	root   bool
 }
@@ -76,6 +101,9 @@ func (e *extractor) dirContents(dirfd int, de uint32, path string) error {
 	for c := first; c < first+count; c++ {
 		if err := e.ctx.Err(); err != nil {
 			return err
+		}
+		if e.want != nil && !e.want[c] {
+			continue
 		}
 		ent := &e.x.Entries[c]
 		n := &e.x.Inodes[ent.Inode]
