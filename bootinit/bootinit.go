@@ -30,6 +30,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
 	"github.com/mkbootfs/mkbootfs/profile"
+	"github.com/mkbootfs/mkbootfs/store"
 )
 
 // Exit codes for failures of bootinit itself, as docker uses them.
@@ -87,6 +88,11 @@ type boot struct {
 	log     *log.Logger
 	srv     *lazyfs.Server
 	profile *profile.Profile // the image's, unless prefetch is off
+
+	tree       string // where the image's boot tree is or goes; "": none
+	treeInUse  bool   // the tree is there, and stacked over the lazy mount
+	treeCancel context.CancelFunc
+	treeDone   chan struct{} // closes when the tree being made is done
 }
 
 func (b *boot) run(args []string) (int, error) {
@@ -135,6 +141,19 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	rec, err := newRecording(x)
+	if err != nil {
+		return 0, err
+	}
+	tree, err := treePath(cfg)
+	if err != nil {
+		return 0, err
+	}
+	// The boot tree lives in the node cache, and a recording must see
+	// every read.
+	if _, ok := st.(*store.Cache); ok && rec == nil {
+		b.tree, b.treeInUse = tree, tree != "" && isDir(tree)
+	}
 	// The profile's chunks are fetched from the start, while bootinit
 	// mounts and switches root, before the app asks for them.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -144,10 +163,6 @@ func (b *boot) run(args []string) (int, error) {
 		return 0, err
 	}
 	opts := lazyfs.Options{Log: log.New(os.Stderr, "bootinit: ", 0), ReadaheadWithinFiles: true}
-	rec, err := newRecording(x)
-	if err != nil {
-		return 0, err
-	}
 	if rec != nil {
 		opts.OnRead = rec.Read
 	}
@@ -162,9 +177,10 @@ func (b *boot) run(args []string) (int, error) {
 	}
 	// Warming starts as soon as the image is mounted, on the spare core,
 	// while bootinit switches root and starts the app. Not while
-	// recording: the profile would record its own reads.
+	// recording: the profile would record its own reads; nor over a boot
+	// tree, which holds the profile's files.
 	warmed := func() {}
-	if b.profile != nil && rec == nil {
+	if b.profile != nil && rec == nil && !b.treeInUse {
 		if lower, err := unix.Open(bootconfig.LowerDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
 			warmed = b.warmPageCache(ctx, lower)
 		}
@@ -179,6 +195,7 @@ func (b *boot) run(args []string) (int, error) {
 	cancel()
 	<-prefetched
 	warmed()
+	b.finishTree()
 	if rec != nil {
 		if werr := rec.save(); werr != nil {
 			fmt.Fprintln(os.Stderr, "bootinit:", werr)

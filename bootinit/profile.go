@@ -39,7 +39,9 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 			fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
 		} else {
 			b.profile = regularFiles(p, x)
-			chunks = b.profile.Chunks(x)
+			if !b.treeInUse { // else the tree holds the profile's files
+				chunks = b.profile.Chunks(x)
+			}
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
@@ -52,7 +54,13 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 		return done, nil
 	}
 	start := time.Now()
-	go prefetch(ctx, x, cache, chunks, all, func(n, failed int) {
+	// A start that found the profile in the cache makes the boot tree.
+	profiledIn := func(warm bool) {
+		if warm && b.tree != "" && !b.treeInUse && b.profile != nil {
+			b.startTree(x, cache, b.tree)
+		}
+	}
+	go prefetch(ctx, x, cache, chunks, all, profiledIn, func(n, failed int) {
 		b.log.Printf("prefetched %d chunks (%d of the profile; %d failed) in %v", n, len(chunks), failed, time.Since(start).Round(time.Millisecond))
 		close(done)
 	})

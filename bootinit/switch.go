@@ -85,7 +85,18 @@ func (b *boot) mountOverlay() error {
 			return fmt.Errorf("writable layer: %w", err)
 		}
 	}
-	opts := "lowerdir=" + bootconfig.LowerDir + ",upperdir=" + upper + ",workdir=" + work
+	opts := ",upperdir=" + upper + ",workdir=" + work
+	if b.treeInUse {
+		// The boot tree above the lazy mount: its files hide their lazy twins.
+		err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, "lowerdir="+b.tree+":"+bootconfig.LowerDir+opts)
+		if err == nil {
+			b.log.Printf("the boot tree %s is stacked over the lazy mount", b.tree)
+			return nil
+		}
+		b.log.Printf("stacking the boot tree %s: %v; booting without it", b.tree, err)
+		b.treeInUse = false
+	}
+	opts = "lowerdir=" + bootconfig.LowerDir + opts
 	if err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the overlay (%s): %w", opts, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,7 +52,16 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 		return nil, err
 	}
 	source := res.Index.Meta[MetaSource]
-	cfgJSON, err := json.MarshalIndent(bootconfig.Config{Source: source, Stores: stores}, "", "  ")
+	boot := bootconfig.Config{Source: source, Stores: stores}
+	var prof bytes.Buffer
+	if res.Profile != nil {
+		res.Profile.WriteTo(&prof)
+		h := sha256.New()
+		h.Write(idx)
+		h.Write(prof.Bytes())
+		boot.Tree = hex.EncodeToString(h.Sum(nil))
+	}
+	cfgJSON, err := json.MarshalIndent(boot, "", "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -97,9 +108,7 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 			return err
 		}
 		if res.Profile != nil {
-			var b bytes.Buffer
-			res.Profile.WriteTo(&b)
-			if err := tarFile(tw, bootconfig.Profile, 0o644, b.Bytes(), epoch); err != nil {
+			if err := tarFile(tw, bootconfig.Profile, 0o644, prof.Bytes(), epoch); err != nil {
 				return err
 			}
 		}

@@ -22,6 +22,10 @@ const (
 	Profile = Dir + "/profile"
 	// CacheDir is the node-shared chunk cache: mount a named volume here.
 	CacheDir = Dir + "/cache"
+	// TreesDir, in the cache, holds the boot trees: for each image a node
+	// has started more than once, the files its profile reads, whole, as
+	// plain files (see Config.Tree).
+	TreesDir = CacheDir + "/trees"
 	// StoreDir is where a local store recorded at convert time is looked
 	// for: bind-mount the host's store directory here.
 	StoreDir = Dir + "/store"
@@ -53,6 +57,10 @@ const (
 	// the app exits: mount a directory to take it out, e.g.
 	// -v $PWD/prof:/prof -e MKBOOTFS_PROFILE=/prof/profile.
 	EnvProfile = "MKBOOTFS_PROFILE"
+	// EnvTree set to "off" makes bootinit neither use nor make the image's
+	// boot tree: every read of the image then goes through the lazy mount,
+	// verified.
+	EnvTree = "MKBOOTFS_TREE"
 	// EnvDebug set to 1 makes bootinit say what it does.
 	EnvDebug = "MKBOOTFS_DEBUG"
 )
@@ -64,6 +72,10 @@ type Config struct {
 	// Stores are the chunk store URLs recorded at convert time, tried in
 	// order. A local directory store is looked for at StoreDir.
 	Stores []string `json:"stores"`
+	// Tree names the image's boot tree in TreesDir: a digest of the index
+	// and the profile, so that no two images, nor two conversions of one,
+	// share one. Empty when the image has no profile.
+	Tree string `json:"tree,omitempty"`
 }
 
 // Load reads the boot config.

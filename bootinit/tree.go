@@ -1,0 +1,194 @@
+package bootinit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/extract"
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// The boot tree. Every start reads its working set again through a new
+// FUSE mount: the kernel's page cache of one mount is not another's, so a
+// warm start refills it (reading, verifying and copying the chunks) where a
+// plain container finds its files in memory. On a node that has started
+// an image before, bootinit therefore keeps the files the image's profile
+// reads, whole, as plain files in the node cache (bootconfig.TreesDir), and
+// stacks them as an overlay layer above the lazy mount: later starts read
+// them as a local filesystem, sharing the page cache as plain containers
+// do, and the lazy mount serves the rest.
+//
+// The first start on a node fetches only the profile's chunks. A start
+// that finds them all in the cache (the node runs the image again) fetches
+// the rest of the profiled files in the background and makes the tree:
+// in a temporary directory, synced, then renamed, so that no start ever
+// sees half a tree. Its reads are not verified chunk by chunk, as the lazy
+// mount's are: containers that share a cache volume trust each other with
+// it (MKBOOTFS_TREE=off keeps every read verified).
+
+// treeWait bounds how long bootinit, once the app has exited, finishes a
+// tree it is making: a short command exits long before the rest of its
+// files are fetched, and docker stop waits 10 s before SIGKILL.
+const treeWait = 5 * time.Second
+
+// staleTemp is the age past which a temporary tree is one a killed
+// bootinit left behind.
+const staleTemp = time.Hour
+
+// treeTempPrefix begins the names of trees being made.
+const treeTempPrefix = ".tmp-"
+
+// treePath returns where the image's boot tree is or goes, "" when it has
+// none (no profile, MKBOOTFS_TREE=off).
+func treePath(cfg *bootconfig.Config) (string, error) {
+	switch v := os.Getenv(bootconfig.EnvTree); v {
+	case "", "on":
+	case "off":
+		return "", nil
+	default:
+		return "", &exitError{exitBoot, fmt.Errorf("%s=%q: want on (the default) or off", bootconfig.EnvTree, v)}
+	}
+	if len(cfg.Tree) != 64 || strings.Trim(cfg.Tree, "0123456789abcdef") != "" {
+		return "", nil // none, or not a name this converter writes
+	}
+	return filepath.Join(bootconfig.TreesDir, cfg.Tree), nil
+}
+
+// isDir reports whether p is a directory.
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+// treeFiles are the entries of the profile's files a tree holds: regular
+// files with one name (a tree cannot give a hard link its other names).
+func (b *boot) treeFiles(x *index.Index) []uint32 {
+	var entries []uint32
+	for _, f := range b.profile.Files {
+		e, err := x.Resolve(f.Path)
+		if err != nil {
+			continue
+		}
+		if n := &x.Inodes[x.Entries[e].Inode]; n.IsRegular() && n.Nlink == 1 {
+			entries = append(entries, e)
+		}
+	}
+	return entries
+}
+
+// startTree makes the image's boot tree at dir in the background, its
+// files read through st (the node cache, which keeps what it fetches);
+// finishTree waits for it.
+func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	b.treeCancel, b.treeDone = cancel, done
+	go func() {
+		defer close(done)
+		start := time.Now()
+		entries := b.treeFiles(x)
+		if err := makeTree(ctx, x, st, dir, entries); err != nil {
+			b.log.Printf("boot tree not made: %v", err)
+			return
+		}
+		b.log.Printf("made the boot tree %s (%d files) in %v", dir, len(entries), time.Since(start).Round(time.Millisecond))
+	}()
+}
+
+// finishTree waits, at most treeWait, for the tree startTree makes.
+func (b *boot) finishTree() {
+	if b.treeDone == nil {
+		return
+	}
+	select {
+	case <-b.treeDone:
+	case <-time.After(treeWait):
+		b.treeCancel()
+		<-b.treeDone
+	}
+	b.treeCancel()
+}
+
+// makeTree materializes entries of x at dir: in a temporary directory
+// beside it, synced to disk (a start reads the tree unverified: it must not
+// find torn files after a crash), then renamed. Another start making the
+// same tree at the same time is no error: the first rename wins.
+func makeTree(ctx context.Context, x *index.Index, st store.Store, dir string, entries []uint32) error {
+	if len(entries) == 0 {
+		return errors.New("the profile holds no file a tree can hold")
+	}
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return err
+	}
+	removeStaleTemps(parent)
+	tmp, err := os.MkdirTemp(parent, treeTempPrefix)
+	if err != nil {
+		return err
+	}
+	if err := extract.Files(ctx, x, st, tmp, entries); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	if err := syncDir(tmp, true); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		if isDir(dir) {
+			return nil
+		}
+		return err
+	}
+	return syncDir(parent, false)
+}
+
+// syncDir syncs the directory p, and with all the whole filesystem it is
+// on: one syncfs writes a new tree's files at once, where an fsync per
+// file would commit the journal once for each.
+func syncDir(p string, all bool) error {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if all {
+		err = unix.Syncfs(fd)
+	} else {
+		err = unix.Fsync(fd)
+	}
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", p, err)
+	}
+	return nil
+}
+
+// removeStaleTemps removes the temporary trees of bootinits killed while
+// making one.
+func removeStaleTemps(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), treeTempPrefix) {
+			continue
+		}
+		// Not the mtime: a tree's root takes the image root's.
+		p := filepath.Join(dir, e.Name())
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) == nil && time.Since(time.Unix(st.Ctim.Unix())) > staleTemp {
+			os.RemoveAll(p)
+		}
+	}
+}
