@@ -163,10 +163,11 @@ func TestProfile(t *testing.T) {
 	t.Run("warm node", func(t *testing.T) {
 		// Once a start has filled the node's cache, the next ones fetch
 		// nothing: the warming reads only the profile's ranges, and
-		// starts no readahead past them.
+		// starts no readahead past them. (Without the boot tree, which
+		// the second start would fetch the rest of the files for.)
 		vol := fmt.Sprintf("mkbootfs-test-profile-%d", os.Getpid())
 		defer exec.Command("docker", "volume", "rm", "-f", vol).Run()
-		cache := []string{"-v", vol + ":/.bootfs/cache"}
+		cache := []string{"-v", vol + ":/.bootfs/cache", "-e", "MKBOOTFS_TREE=off"}
 		if r, _ := run(cache, "apt-get", "--version"); r.code != 0 {
 			t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
 		}
@@ -175,6 +176,67 @@ func TestProfile(t *testing.T) {
 			if r.code != 0 || len(gets) > 0 {
 				t.Errorf("warm start %d: exit %d, %d chunks fetched, want none", i+1, r.code, len(gets))
 			}
+		}
+	})
+	t.Run("boot tree", func(t *testing.T) {
+		// The first start fetches the profile; the second finds it in
+		// the cache, fetches the rest of the profiled files and keeps
+		// them as the boot tree; the third reads them from it, and they
+		// are the image's files, attributes and all.
+		vol := fmt.Sprintf("mkbootfs-test-tree-%d", os.Getpid())
+		defer exec.Command("docker", "volume", "rm", "-f", vol).Run()
+		cache := []string{"-v", vol + ":/.bootfs/cache"}
+		r, gets := run(cache, "apt-get", "--version")
+		mnt := strings.TrimSpace(docker(t, "volume", "inspect", "-f", "{{.Mountpoint}}", vol).stdout)
+		trees := filepath.Join(mnt, "trees")
+		if _, err := os.Stat(trees); r.code != 0 || !os.IsNotExist(err) {
+			t.Fatalf("first start: exit %d, trees: %v; stderr:\n%s", r.code, err, r.stderr)
+		}
+		r, gets = run(cache, "apt-get", "--version")
+		ents, _ := os.ReadDir(trees)
+		if r.code != 0 || !strings.Contains(r.stderr, "made the boot tree") || len(ents) != 1 {
+			t.Fatalf("second start: exit %d, %d entries in trees; stderr:\n%s", r.code, len(ents), r.stderr)
+		}
+		t.Logf("second start: %d chunks fetched to complete the profile's files", len(gets))
+
+		var files []string
+		for _, f := range prof.Files {
+			files = append(files, f.Path)
+		}
+		look := "stat -c '%n %F %a %u %g %s %Y' " + strings.Join(files, " ") + " && sha256sum " + strings.Join(files, " ")
+		r, gets = run(cache, "apt-get", "--version")
+		if r.code != 0 || !strings.Contains(r.stderr, "is stacked over the lazy mount") || len(gets) > 0 {
+			t.Fatalf("third start: exit %d, %d chunks fetched; stderr:\n%s", r.code, len(gets), r.stderr)
+		}
+		if r, _ = run(cache, "sh", "-c", look); r.code != 0 {
+			t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
+		}
+		want := docker(t, "run", "--rm", origImg, "sh", "-c", look)
+		if want.code != 0 || r.stdout != want.stdout {
+			t.Errorf("the profiled files through the boot tree:\n%s\nin the original image:\n%s", r.stdout, want.stdout)
+		}
+		if r, _ = run(append(cache, "-e", "MKBOOTFS_TREE=off"), "true"); r.code != 0 || strings.Contains(r.stderr, "boot tree") {
+			t.Errorf("MKBOOTFS_TREE=off: exit %d, stderr:\n%s", r.code, r.stderr)
+		}
+	})
+	t.Run("boot tree, dead store", func(t *testing.T) {
+		// A store that dies before the rest of the files are fetched
+		// costs the tree, not the start, and leaves nothing half made.
+		vol := fmt.Sprintf("mkbootfs-test-tree-dead-%d", os.Getpid())
+		defer exec.Command("docker", "volume", "rm", "-f", vol).Run()
+		cache := []string{"-v", vol + ":/.bootfs/cache"}
+		if r, _ := run(cache, "apt-get", "--version"); r.code != 0 {
+			t.Fatalf("first start: exit %d, stderr:\n%s", r.code, r.stderr)
+		}
+		args := []string{"run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+			"-e", "MKBOOTFS_STORE=http://127.0.0.1:1", "-e", "MKBOOTFS_DEBUG=1"}
+		r := docker(t, append(append(args, cache...), profiled, "apt-get", "--version")...)
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "apt ") || !strings.Contains(r.stderr, "boot tree not made") {
+			t.Fatalf("exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
+		}
+		mnt := strings.TrimSpace(docker(t, "volume", "inspect", "-f", "{{.Mountpoint}}", vol).stdout)
+		if ents, err := os.ReadDir(filepath.Join(mnt, "trees")); err != nil || len(ents) != 0 {
+			t.Errorf("trees holds %v (%v), want nothing", ents, err)
 		}
 	})
 	t.Run("none", func(t *testing.T) {
@@ -186,6 +248,7 @@ func TestProfile(t *testing.T) {
 	t.Run("bad env", func(t *testing.T) {
 		for env, want := range map[string]string{
 			"MKBOOTFS_PREFETCH=some":                "MKBOOTFS_PREFETCH=\"some\": want profile (the default), all or none",
+			"MKBOOTFS_TREE=no":                      "MKBOOTFS_TREE=\"no\": want on (the default) or off",
 			"MKBOOTFS_PROFILE=/no/such/dir/profile": "MKBOOTFS_PROFILE=/no/such/dir/profile: open /no/such/dir: no such file or directory (mount a directory there",
 		} {
 			r, _ := run([]string{"-e", env}, "true")

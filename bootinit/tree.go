@@ -130,7 +130,7 @@ func makeTree(ctx context.Context, x *index.Index, st store.Store, dir string, e
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return err
 	}
-	removeStaleTemps(parent)
+	removeStaleTemps(parent, staleTemp)
 	tmp, err := os.MkdirTemp(parent, treeTempPrefix)
 	if err != nil {
 		return err
@@ -173,9 +173,9 @@ func syncDir(p string, all bool) error {
 	return nil
 }
 
-// removeStaleTemps removes the temporary trees of bootinits killed while
-// making one.
-func removeStaleTemps(dir string) {
+// removeStaleTemps removes the temporary trees in dir older than age: those
+// of bootinits killed while making one.
+func removeStaleTemps(dir string, age time.Duration) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return
@@ -187,7 +187,7 @@ func removeStaleTemps(dir string) {
 		// Not the mtime: a tree's root takes the image root's.
 		p := filepath.Join(dir, e.Name())
 		var st unix.Stat_t
-		if unix.Lstat(p, &st) == nil && time.Since(time.Unix(st.Ctim.Unix())) > staleTemp {
+		if unix.Lstat(p, &st) == nil && time.Since(time.Unix(st.Ctim.Unix())) >= age {
 			os.RemoveAll(p)
 		}
 	}

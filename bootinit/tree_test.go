@@ -1,0 +1,116 @@
+package bootinit
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/store/local"
+)
+
+// treeSource converts a small tree and returns its index, its store and
+// the entries of two of its files.
+func treeSource(t *testing.T) (*index.Index, *local.Store, []uint32) {
+	t.Helper()
+	src := t.TempDir()
+	for name, body := range map[string]string{"usr/bin/app": "#!/bin/sh\n", "usr/lib/libx.so": "ELF", "etc/other": "not in the tree"} {
+		p := filepath.Join(src, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := local.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := converter.Convert(context.Background(), converter.Options{Source: "dir:" + src, Store: s, TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries []uint32
+	for _, p := range []string{"/usr/bin/app", "/usr/lib/libx.so"} {
+		e, err := res.Index.Resolve(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	return res.Index, s, entries
+}
+
+// TestMakeTree: starts making the same tree at once end with one tree and
+// no temporary left; a cancelled one leaves nothing.
+func TestMakeTree(t *testing.T) {
+	x, s, entries := treeSource(t)
+	trees := filepath.Join(t.TempDir(), "trees")
+	dir := filepath.Join(trees, "name")
+
+	if err := makeTree(canceled(), x, s, dir, entries); err == nil {
+		t.Error("a cancelled tree was made")
+	}
+	assertEntries(t, trees)
+
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if err := makeTree(context.Background(), x, s, dir, entries); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	assertEntries(t, trees, "name")
+	if b, err := os.ReadFile(filepath.Join(dir, "usr/lib/libx.so")); err != nil || string(b) != "ELF" {
+		t.Errorf("usr/lib/libx.so: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc")); !os.IsNotExist(err) {
+		t.Errorf("etc, which holds no chosen file, is in the tree: %v", err)
+	}
+}
+
+func TestRemoveStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{treeTempPrefix + "killed", "kept"} {
+		if err := os.MkdirAll(filepath.Join(dir, name, "usr"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removeStaleTemps(dir, staleTemp)
+	assertEntries(t, dir, treeTempPrefix+"killed", "kept")
+	removeStaleTemps(dir, 0)
+	assertEntries(t, dir, "kept")
+}
+
+func canceled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// assertEntries checks that dir holds exactly the names want.
+func assertEntries(t *testing.T, dir string, want ...string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range ents {
+		got = append(got, e.Name())
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%s holds %q, want %q", dir, got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("%s holds %q, want %q", dir, got, want)
+		}
+	}
+}
