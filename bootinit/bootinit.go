@@ -1,6 +1,8 @@
 // Package bootinit is PID 1 of a converted container. It mounts the image
 // lazily (lazyfs over the chunk stores, through the node-shared cache),
-// stacks a writable overlay on it, carries over every mount docker made,
+// stacks a writable overlay on it (and between them, on a node that has
+// started the image before, its boot tree: see tree.go), carries over every
+// mount docker made,
 // moves the result onto / so that the app and `docker exec` see the
 // original image, and runs the original entrypoint as docker would have:
 // same argv, env, user, working directory and TTY. It then forwards
@@ -68,8 +70,10 @@ func Main(args []string) int {
 	godebug.SetGCPercent(-1)
 	var code int
 	var err error
-	if len(args) == 2 && args[0] == launcherName {
-		err = runLaunch(args[1])
+	if len(args) == 1 && args[0] == launcherName {
+		if err = runLaunch(); errors.Is(err, errNoLaunch) {
+			return exitBoot
+		}
 	} else {
 		code, err = b.run(args)
 	}
@@ -127,6 +131,11 @@ func (b *boot) run(args []string) (int, error) {
 	if err := checkFUSE(); err != nil {
 		return 0, err
 	}
+	lc, err := startLauncher()
+	if err != nil {
+		return 0, err
+	}
+	defer lc.close()
 	cfg, err := bootconfig.Load(bootconfig.ConfigFile)
 	if err != nil {
 		return 0, err
@@ -191,7 +200,7 @@ func (b *boot) run(args []string) (int, error) {
 		warmed()
 		return 0, err
 	}
-	code, err := b.runApp(root, argv, app, dir)
+	code, err := b.runApp(lc, root, argv, app, dir)
 	cancel()
 	<-prefetched
 	warmed()

@@ -178,6 +178,8 @@ func TestRunsLikeTheOriginal(t *testing.T) {
 	}{
 		{"file", nil, []string{"cat", "/etc/os-release"}},
 		{"exit code", nil, []string{"sh", "-c", "echo out; echo err >&2; exit 3"}},
+		// No descriptor of bootinit's or the launcher's reaches the app.
+		{"open files", nil, []string{"sh", "-c", "ls /proc/$$/fd"}},
 		{"user workdir env", []string{"-u", "nobody", "-w", "/tmp", "-e", "FOO=bar"}, []string{"sh", "-c", "id; pwd; echo $FOO; env | sort"}},
 		{"uid:gid", []string{"-u", "1234:5678"}, []string{"id"}},
 		// As runc does, a missing working directory is made, root's.

@@ -10,43 +10,34 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 )
 
 // runApp starts argv in the new root as the app's user and waits for it,
 // forwarding signals and reaping orphans. It returns the app's exit code.
 //
-// The app is started through a launcher, bootinit itself in launch mode:
+// The app is started through the launcher, bootinit itself in launch mode:
 // Go starts processes with vfork, which stops the forking thread until the
 // child has exec'd, and a garbage collection meanwhile waits for that
 // thread. Were the child to exec the app, the exec would read the app from
 // this process's FUSE mount, whose server the collection has stopped: a
-// deadlock. The launcher's own binary is in the boot layer; once running,
-// it enters the new root and execs the app while bootinit serves the reads.
-func (b *boot) runApp(root *os.File, argv []string, id identity, dir string) (int, error) {
-	env := os.Environ()
-	exe, err := lookPath(int(root.Fd()), argv[0], envPath(env))
-	if err != nil {
-		return 0, err
-	}
-	root.Close()
-	l := launch{Exe: exe, Argv: argv, Dir: dir, ID: id, Foreground: isTerminal(0)}
-	largs, err := l.args()
+// deadlock. The launcher's own binary is in the boot layer; launched, it
+// enters the new root and execs the app while bootinit serves the reads.
+func (b *boot) runApp(lc *launcher, root *os.File, argv []string, id identity, dir string) (int, error) {
+	exe, err := lookPath(int(root.Fd()), argv[0], envPath(os.Environ()))
 	if err != nil {
 		return 0, err
 	}
 	sigs := make(chan os.Signal, 64)
 	signal.Notify(sigs)
 	defer signal.Stop(sigs)
-	// No Dir: the launcher inherits bootinit's cwd, the new root.
-	proc, err := os.StartProcess(bootconfig.Bootinit, largs, &os.ProcAttr{Env: env, Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}})
+	err = lc.launch(launch{Exe: exe, Argv: argv, Dir: dir, ID: id, Foreground: isTerminal(0)}, root)
+	root.Close()
 	if err != nil {
-		return 0, fmt.Errorf("starting the launcher: %w", err)
+		return 0, err
 	}
-	b.log.Printf("started %q as pid %d (uid %d)", argv, proc.Pid, id.UID)
-	go forward(sigs, proc.Pid)
-	return reap(proc.Pid), nil
+	b.log.Printf("started %q as pid %d (uid %d)", argv, lc.proc.Pid, id.UID)
+	go forward(sigs, lc.proc.Pid)
+	return reap(lc.proc.Pid), nil
 }
 
 // forward passes every signal bootinit gets on to the app, as docker stop's
