@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -69,18 +70,35 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// treeFiles are the entries of the profile's files a tree holds: regular
-// files with one name (a tree cannot give a hard link its other names).
-func (b *boot) treeFiles(x *index.Index) []uint32 {
+// treeEntries are the entries a tree holds: the profile's regular files,
+// and the symlinks beside them and in the root, through which a start
+// finds its files (/lib, libfoo.so.1) at two round trips to the lazy mount
+// each. Only entries with one name: a tree cannot give a hard link its
+// other names.
+func (b *boot) treeEntries(x *index.Index) []uint32 {
 	var entries []uint32
+	oneName := func(e uint32) bool { return x.Inodes[x.Entries[e].Inode].Nlink == 1 }
+	dirs := map[uint32]bool{}
+	symlinksIn := func(dir uint32) {
+		if dirs[dir] {
+			return
+		}
+		dirs[dir] = true
+		first, count := x.Children(dir)
+		for c := first; c < first+count; c++ {
+			if x.Inodes[x.Entries[c].Inode].Type() == syscall.S_IFLNK && oneName(c) {
+				entries = append(entries, c)
+			}
+		}
+	}
+	symlinksIn(index.Root)
 	for _, f := range b.profile.Files {
 		e, err := x.Resolve(f.Path)
-		if err != nil {
+		if err != nil || !x.Inodes[x.Entries[e].Inode].IsRegular() || !oneName(e) {
 			continue
 		}
-		if n := &x.Inodes[x.Entries[e].Inode]; n.IsRegular() && n.Nlink == 1 {
-			entries = append(entries, e)
-		}
+		entries = append(entries, e)
+		symlinksIn(x.Entries[e].Parent)
 	}
 	return entries
 }
@@ -95,12 +113,12 @@ func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
 	go func() {
 		defer close(done)
 		start := time.Now()
-		entries := b.treeFiles(x)
+		entries := b.treeEntries(x)
 		if err := makeTree(ctx, x, st, dir, entries); err != nil {
 			b.log.Printf("boot tree not made: %v", err)
 			return
 		}
-		b.log.Printf("made the boot tree %s (%d files) in %v", dir, len(entries), time.Since(start).Round(time.Millisecond))
+		b.log.Printf("made the boot tree %s (%d files and links) in %v", dir, len(entries), time.Since(start).Round(time.Millisecond))
 	}()
 }
 

@@ -53,7 +53,7 @@ func TestFiles(t *testing.T) {
 	testtree.Build(t, src)
 	x, s := convert(t, src)
 	bottom := strings.Repeat("deep/", 40) + "bottom"
-	chosen := []string{"small", "capable", "setuid", "owned-dir", "sparse", "random", bottom}
+	chosen := []string{"small", "capable", "setuid", "owned-dir", "sparse", "random", "abs-link", "dir/climbing-link", bottom}
 	var entries []uint32
 	for _, p := range chosen {
 		e, err := x.Resolve("/" + p)
