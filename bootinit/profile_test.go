@@ -186,13 +186,13 @@ func TestProfile(t *testing.T) {
 		vol := fmt.Sprintf("mkbootfs-test-tree-%d", os.Getpid())
 		defer exec.Command("docker", "volume", "rm", "-f", vol).Run()
 		cache := []string{"-v", vol + ":/.bootfs/cache"}
-		r, gets := run(cache, "apt-get", "--version")
+		r, _ := run(cache, "apt-get", "--version")
 		mnt := strings.TrimSpace(docker(t, "volume", "inspect", "-f", "{{.Mountpoint}}", vol).stdout)
 		trees := filepath.Join(mnt, "trees")
 		if _, err := os.Stat(trees); r.code != 0 || !os.IsNotExist(err) {
 			t.Fatalf("first start: exit %d, trees: %v; stderr:\n%s", r.code, err, r.stderr)
 		}
-		r, gets = run(cache, "apt-get", "--version")
+		r, gets := run(cache, "apt-get", "--version")
 		ents, _ := os.ReadDir(trees)
 		if r.code != 0 || !strings.Contains(r.stderr, "made the boot tree") || len(ents) != 1 {
 			t.Fatalf("second start: exit %d, %d entries in trees; stderr:\n%s", r.code, len(ents), r.stderr)

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/internal/testtree"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
@@ -26,23 +26,16 @@ func treeSource(t *testing.T) (*index.Index, *local.Store, []uint32) {
 			t.Fatal(err)
 		}
 	}
-	s, err := local.Open(t.TempDir(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := converter.Convert(context.Background(), converter.Options{Source: "dir:" + src, Store: s, TmpDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	x, s := testtree.Convert(t, "dir:"+src)
 	var entries []uint32
 	for _, p := range []string{"/usr/bin/app", "/usr/lib/libx.so"} {
-		e, err := res.Index.Resolve(p)
+		e, err := x.Resolve(p)
 		if err != nil {
 			t.Fatal(err)
 		}
 		entries = append(entries, e)
 	}
-	return res.Index, s, entries
+	return x, s, entries
 }
 
 // TestMakeTree: starts making the same tree at once end with one tree and

@@ -36,7 +36,7 @@ func TestSparseHolesCostNothing(t *testing.T) {
 	f, _ := os.Create(filepath.Join(src, "huge-hole"))
 	f.WriteAt([]byte("end"), 1<<30)
 	f.Close()
-	x, _ := convert(t, "dir:"+src)
+	x, _ := testtree.Convert(t, "dir:"+src)
 	if x.StreamSize() > 4096 {
 		t.Errorf("a 1 GiB hole took %d bytes of the data stream", x.StreamSize())
 	}

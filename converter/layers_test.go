@@ -22,7 +22,7 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/extract"
-	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/internal/testtree"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
@@ -90,23 +90,10 @@ func ociSource(t *testing.T, img v1.Image) string {
 	return "oci:" + dir
 }
 
-func convert(t *testing.T, source string) (*index.Index, *local.Store) {
-	t.Helper()
-	s, err := local.Open(t.TempDir(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := converter.Convert(context.Background(), converter.Options{Source: source, Store: s, TmpDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.Index, s
-}
-
 // extracted converts source, extracts it and returns the directory.
 func extracted(t *testing.T, source string) string {
 	t.Helper()
-	x, s := convert(t, source)
+	x, s := testtree.Convert(t, source)
 	out := filepath.Join(t.TempDir(), "out")
 	if err := extract.Extract(context.Background(), x, s, out); err != nil {
 		t.Fatal(err)
@@ -122,7 +109,7 @@ func TestFlattenWhiteoutsAndLinks(t *testing.T) {
 			file("h1", "NEW"), hardlink("hk", "keep"), file("a/y", "y2")),
 		layerOf(t, dir("d"), file("d/g", "g")),
 	)
-	x, _ := convert(t, src)
+	x, _ := testtree.Convert(t, src)
 	out := extracted(t, src)
 
 	want := map[string]string{"a/y": "y2", "d/g": "g", "keep": "K", "hk": "K", "h1": "NEW", "h2": "H", "opq/new": "n"}
@@ -217,7 +204,7 @@ func TestHostileButHarmlessEntries(t *testing.T) {
 }
 
 func TestExtractRefusesNonEmptyDir(t *testing.T) {
-	x, s := convert(t, ociImage(t, layerOf(t, file("f", "x"))))
+	x, s := testtree.Convert(t, ociImage(t, layerOf(t, file("f", "x"))))
 	out := t.TempDir()
 	os.WriteFile(filepath.Join(out, "there"), nil, 0o644)
 	if err := extract.Extract(context.Background(), x, s, out); err == nil || !strings.Contains(err.Error(), "not empty") {

@@ -13,30 +13,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/extract"
-	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/testtree"
-	"github.com/mkbootfs/mkbootfs/store/local"
 )
-
-func convert(t *testing.T, src string) (*index.Index, *local.Store) {
-	t.Helper()
-	s, err := local.Open(t.TempDir(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := converter.Convert(context.Background(), converter.Options{Source: "dir:" + src, Store: s, TmpDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.Index, s
-}
 
 func TestExtract(t *testing.T) {
 	src := t.TempDir()
 	testtree.Build(t, src)
-	x, s := convert(t, src)
+	x, s := testtree.Convert(t, "dir:"+src)
 	out := filepath.Join(t.TempDir(), "out")
 	if err := extract.Extract(context.Background(), x, s, out); err != nil {
 		t.Fatal(err)
@@ -51,7 +35,7 @@ func TestExtract(t *testing.T) {
 func TestFiles(t *testing.T) {
 	src := t.TempDir()
 	testtree.Build(t, src)
-	x, s := convert(t, src)
+	x, s := testtree.Convert(t, "dir:"+src)
 	bottom := strings.Repeat("deep/", 40) + "bottom"
 	chosen := []string{"small", "capable", "setuid", "owned-dir", "sparse", "random", "abs-link", "dir/climbing-link", bottom}
 	var entries []uint32

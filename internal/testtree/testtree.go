@@ -5,6 +5,7 @@ package testtree
 
 import (
 	"bytes"
+	"context"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -14,7 +15,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
+	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
 // capability is a valid security.capability value (VFS_CAP_REVISION_2)
@@ -140,4 +144,19 @@ func Diff(t testing.TB, want, got string) string {
 		t.Fatalf("rsync %s %s: %v\n%s", want, got, err, out)
 	}
 	return string(out)
+}
+
+// Convert converts source (a converter source: dir:PATH, oci:PATH, ...)
+// into a new local store, and returns the index and the store.
+func Convert(t testing.TB, source string) (*index.Index, *local.Store) {
+	t.Helper()
+	s, err := local.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := converter.Convert(context.Background(), converter.Options{Source: source, Store: s, TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Index, s
 }
