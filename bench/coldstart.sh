@@ -4,7 +4,10 @@
 # coldstart: for each workload, in one run, the plain image (docker pull +
 # docker run, image removed first), the converted image cold (boot image
 # pull + lazy run, empty cache volume) and warm (boot image present, cache
-# volume kept), against plain warm (docker run, image present). It reports
+# volume kept: the first warm run, the volume's second start, fetches the
+# rest of the profiled files and makes the image's boot tree, which the
+# others read; the warm row's chunks are those), against plain warm (docker
+# run, image present). It reports
 # seconds to readiness (the app's first output line, or the first HTTP
 # response), bytes moved over the link, chunks fetched, and the ratios
 # against DESIGN.md's bars. Workloads:
