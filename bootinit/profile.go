@@ -56,7 +56,7 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	start := time.Now()
 	// A start that found the profile in the cache makes the boot tree.
 	profiledIn := func(warm bool) {
-		if warm && b.tree != "" && !b.treeInUse && b.profile != nil {
+		if warm && b.tree != "" && !b.treeInUse && b.profile != nil && !heldOff(b.tree) {
 			b.startTree(x, cache, b.tree)
 		}
 	}

@@ -105,6 +105,30 @@ func (b *boot) treeEntries(x *index.Index) []uint32 {
 
 // startTree makes the image's boot tree at dir in the background, its
 // files read through st (the node cache, which keeps what it fetches);
+// failedWait is how long a tree that failed for a reason of the node (the
+// volume's filesystem is full, or refuses an xattr or a device) is not
+// tried again: every start would otherwise try, and fail, as it exits.
+const failedWait = 24 * time.Hour
+
+// failedSuffix names, beside a tree, the note of why it could not be made.
+const failedSuffix = ".failed"
+
+// noteFailure notes why the tree at dir could not be made, unless the
+// cause passes (the app exited first, the store is unreachable).
+func noteFailure(dir string, err error) {
+	var ce *store.ChunkError
+	if errors.Is(err, context.Canceled) || errors.As(err, &ce) {
+		return
+	}
+	os.WriteFile(dir+failedSuffix, []byte(err.Error()+"\n"), 0o644)
+}
+
+// heldOff reports whether the tree at dir failed lately.
+func heldOff(dir string) bool {
+	fi, err := os.Stat(dir + failedSuffix)
+	return err == nil && time.Since(fi.ModTime()) < failedWait
+}
+
 // finishTree waits for it.
 func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -116,6 +140,7 @@ func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
 		entries := b.treeEntries(x)
 		if err := makeTree(ctx, x, st, dir, entries); err != nil {
 			b.log.Printf("boot tree not made: %v", err)
+			noteFailure(dir, err)
 			return
 		}
 		b.log.Printf("made the boot tree %s (%d files and links) in %v", dir, len(entries), time.Since(start).Round(time.Millisecond))

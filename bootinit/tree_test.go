@@ -107,3 +107,32 @@ func assertEntries(t *testing.T, dir string, want ...string) {
 		}
 	}
 }
+
+// TestFailureHoldsOff: a tree the node cannot hold is not tried again by
+// every start; one the app's exit or the store cut short is.
+func TestFailureHoldsOff(t *testing.T) {
+	x, s, entries := treeSource(t)
+	trees := t.TempDir()
+	dir := filepath.Join(trees, "cut-short")
+	err := makeTree(canceled(), x, s, dir, entries)
+	noteFailure(dir, err)
+	if err == nil || heldOff(dir) {
+		t.Errorf("a cancelled tree (%v) holds off the next", err)
+	}
+
+	// The trees directory is a file: the node cannot hold a tree.
+	notDir := filepath.Join(trees, "file")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir = filepath.Join(notDir, "name")
+	err = makeTree(context.Background(), x, s, dir, entries)
+	if err == nil {
+		t.Fatal("a tree was made under a file")
+	}
+	dir = filepath.Join(trees, "refused") // where the note can go
+	noteFailure(dir, err)
+	if !heldOff(dir) {
+		t.Errorf("after %v, the next start tries again", err)
+	}
+}
