@@ -105,30 +105,6 @@ func (b *boot) treeEntries(x *index.Index) []uint32 {
 
 // startTree makes the image's boot tree at dir in the background, its
 // files read through st (the node cache, which keeps what it fetches);
-// failedWait is how long a tree that failed for a reason of the node (the
-// volume's filesystem is full, or refuses an xattr or a device) is not
-// tried again: every start would otherwise try, and fail, as it exits.
-const failedWait = 24 * time.Hour
-
-// failedSuffix names, beside a tree, the note of why it could not be made.
-const failedSuffix = ".failed"
-
-// noteFailure notes why the tree at dir could not be made, unless the
-// cause passes (the app exited first, the store is unreachable).
-func noteFailure(dir string, err error) {
-	var ce *store.ChunkError
-	if errors.Is(err, context.Canceled) || errors.As(err, &ce) {
-		return
-	}
-	os.WriteFile(dir+failedSuffix, []byte(err.Error()+"\n"), 0o644)
-}
-
-// heldOff reports whether the tree at dir failed lately.
-func heldOff(dir string) bool {
-	fi, err := os.Stat(dir + failedSuffix)
-	return err == nil && time.Since(fi.ModTime()) < failedWait
-}
-
 // finishTree waits for it.
 func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -159,6 +135,30 @@ func (b *boot) finishTree() {
 		<-b.treeDone
 	}
 	b.treeCancel()
+}
+
+// failedWait is how long a tree that failed for a reason of the node (the
+// volume's filesystem is full, or refuses an xattr or a device) is not
+// tried again: every start would otherwise try, and fail, as it exits.
+const failedWait = 24 * time.Hour
+
+// failedSuffix names, beside a tree, the note of why it could not be made.
+const failedSuffix = ".failed"
+
+// noteFailure notes why the tree at dir could not be made, unless the
+// cause passes (the app exited first, the store is unreachable).
+func noteFailure(dir string, err error) {
+	var ce *store.ChunkError
+	if errors.Is(err, context.Canceled) || errors.As(err, &ce) {
+		return
+	}
+	os.WriteFile(dir+failedSuffix, []byte(err.Error()+"\n"), 0o644)
+}
+
+// heldOff reports whether the tree at dir failed lately.
+func heldOff(dir string) bool {
+	fi, err := os.Stat(dir + failedSuffix)
+	return err == nil && time.Since(fi.ModTime()) < failedWait
 }
 
 // makeTree materializes entries of x at dir: in a temporary directory
@@ -196,7 +196,7 @@ func makeTree(ctx context.Context, x *index.Index, st store.Store, dir string, e
 	return syncDir(parent, false)
 }
 
-// syncDir syncs the directory p, and with all the whole filesystem it is
+// syncDir syncs the directory p or, with all, the whole filesystem it is
 // on: one syncfs writes a new tree's files at once, where an fsync per
 // file would commit the journal once for each.
 func syncDir(p string, all bool) error {
