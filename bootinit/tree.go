@@ -123,18 +123,26 @@ func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
 	}()
 }
 
-// finishTree waits, at most treeWait, for the tree startTree makes.
+// finishTree waits, at most treeWait, for the tree startTree makes. One
+// cut short removes its temporary directory, unless it is in a sync the
+// kernel does not cut short (syncfs on a busy disk): that one is left for a
+// later start to remove.
 func (b *boot) finishTree() {
 	if b.treeDone == nil {
 		return
 	}
+	defer b.treeCancel()
 	select {
 	case <-b.treeDone:
+		return
 	case <-time.After(treeWait):
-		b.treeCancel()
-		<-b.treeDone
 	}
 	b.treeCancel()
+	select {
+	case <-b.treeDone:
+	case <-time.After(time.Second):
+		b.log.Printf("left the boot tree unmade: still syncing after %v", treeWait)
+	}
 }
 
 // failedWait is how long a tree that failed for a reason of the node (the
