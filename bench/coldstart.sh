@@ -116,11 +116,15 @@ fi
 
 # free_port VAR: set VAR to a TCP port nothing listens on, and that no
 # earlier free_port of this shell handed out (their servers may not be up).
+# It is below the kernel's ephemeral range: there an outgoing connection
+# (a container's fetches, the curl polling it) may take it before the
+# server binds it.
 used_ports=" "
 free_port() {
-	local p
+	local p lo
+	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
 	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % (lo - 10000)))
 		case $used_ports in *" $p "*) continue ;; esac
 		if ! ss -Hltn "sport = :$p" | grep -q .; then
 			used_ports+="$p "
