@@ -33,20 +33,24 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	default:
 		return nil, &exitError{exitBoot, fmt.Errorf("%s=%q: want profile (the default), all or none", bootconfig.EnvPrefetch, mode)}
 	}
+	all := mode == "all"
+	if b.treeInUse && !all {
+		close(done) // the tree holds the profile's files
+		return done, nil
+	}
 	var chunks []int
 	if raw, err := os.ReadFile(bootconfig.Profile); err == nil {
 		if p, err := profile.Parse(bytes.NewReader(raw), bootconfig.Profile); err != nil {
 			fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
 		} else {
 			b.profile = regularFiles(p, x)
-			if !b.treeInUse { // else the tree holds the profile's files
+			if !b.treeInUse {
 				chunks = b.profile.Chunks(x)
 			}
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
 	}
-	all := mode == "all"
 	// A store on this node (no cache over it) is as fast to read later.
 	cache, ok := st.(*store.Cache)
 	if !ok || len(chunks) == 0 && !all {
