@@ -2,6 +2,8 @@ package bootinit
 
 import (
 	"context"
+	"io"
+	"log"
 	"os"
 	"path/filepath"
 	"sync"
@@ -134,5 +136,25 @@ func TestFailureHoldsOff(t *testing.T) {
 	noteFailure(dir, err)
 	if !heldOff(dir) {
 		t.Errorf("after %v, the next start tries again", err)
+	}
+}
+
+// TestFinishTreeIsBounded: an exit does not wait for a tree stuck where
+// its context cannot reach (a syncfs on a busy disk).
+func TestFinishTreeIsBounded(t *testing.T) {
+	b := &boot{log: log.New(io.Discard, "", 0), treeDone: make(chan struct{})}
+	canceled := make(chan struct{})
+	b.treeCancel = func() {
+		select {
+		case <-canceled:
+		default:
+			close(canceled)
+		}
+	}
+	b.finishTree() // returns, though treeDone never closes
+	select {
+	case <-canceled:
+	default:
+		t.Error("the tree was not cancelled")
 	}
 }
