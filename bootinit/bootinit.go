@@ -161,7 +161,7 @@ func (b *boot) run(args []string) (int, error) {
 	// The boot tree lives in the node cache, and a recording must see
 	// every read.
 	if _, ok := st.(*store.Cache); ok && rec == nil {
-		b.tree, b.treeInUse = tree, tree != "" && isDir(tree)
+		b.tree, b.treeInUse = tree, tree != "" && isDir(tree) && !heldOff(tree)
 	}
 	// The profile's chunks are fetched from the start, while bootinit
 	// mounts and switches root, before the app asks for them.

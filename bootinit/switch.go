@@ -87,13 +87,15 @@ func (b *boot) mountOverlay() error {
 	}
 	opts := ",upperdir=" + upper + ",workdir=" + work
 	if b.treeInUse {
-		// The boot tree above the lazy mount: its files hide their lazy twins.
-		err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, "lowerdir="+b.tree+":"+bootconfig.LowerDir+opts)
+		// The boot tree, with the lazy mount below it as a data-only layer.
+		err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, "lowerdir="+b.tree+"::"+bootconfig.LowerDir+opts+",metacopy=on")
 		if err == nil {
 			b.log.Printf("the boot tree %s is stacked over the lazy mount", b.tree)
 			return nil
 		}
+		// Linux before 6.5 has no data-only layers: not tried again for a day.
 		b.log.Printf("stacking the boot tree %s: %v; booting without it", b.tree, err)
+		noteFailure(b.tree, fmt.Errorf("mounting it: %w", err))
 		b.treeInUse = false
 	}
 	opts = "lowerdir=" + bootconfig.LowerDir + opts

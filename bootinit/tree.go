@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,13 +19,16 @@ import (
 
 // The boot tree. Every start reads its working set again through a new
 // FUSE mount: the kernel's page cache of one mount is not another's, so a
-// warm start refills it (reading, verifying and copying the chunks) where a
-// plain container finds its files in memory. On a node that has started
-// an image before, bootinit therefore keeps the files the image's profile
-// reads, whole, as plain files in the node cache (bootconfig.TreesDir), and
-// stacks them as an overlay layer above the lazy mount: later starts read
-// them as a local filesystem, sharing the page cache as plain containers
-// do, and the lazy mount serves the rest.
+// warm start refills it (reading, verifying and copying the chunks), and
+// looks up and lists every directory it goes through again, where a plain
+// container finds all that in memory. On a node that has started an image
+// before, bootinit therefore keeps in the node cache (bootconfig.TreesDir)
+// the image's whole tree as plain files: the files its profile reads with
+// their data, every other file as an overlayfs metacopy stub whose data
+// overlayfs reads from the lazy mount, stacked below as a data-only layer
+// (extract.Metadata; Linux 6.5). Later starts look up, list and read their
+// working set in a local filesystem, sharing the page cache as plain
+// containers do; the lazy mount serves only the data of other files.
 //
 // The first start on a node fetches only the profile's chunks. A start
 // that finds them all in the cache (the node runs the image again) fetches
@@ -70,35 +72,14 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// treeEntries are the entries a tree holds: the profile's regular files,
-// and the symlinks beside them and in the root, through which a start
-// finds its files (/lib, libfoo.so.1) at two round trips to the lazy mount
-// each. Only entries with one name: a tree cannot give a hard link its
-// other names.
-func (b *boot) treeEntries(x *index.Index) []uint32 {
+// treeFiles are the entries of the profile's files, which a tree holds
+// with their data.
+func (b *boot) treeFiles(x *index.Index) []uint32 {
 	var entries []uint32
-	oneName := func(e uint32) bool { return x.Inodes[x.Entries[e].Inode].Nlink == 1 }
-	dirs := map[uint32]bool{}
-	symlinksIn := func(dir uint32) {
-		if dirs[dir] {
-			return
-		}
-		dirs[dir] = true
-		first, count := x.Children(dir)
-		for c := first; c < first+count; c++ {
-			if x.Inodes[x.Entries[c].Inode].Type() == syscall.S_IFLNK && oneName(c) {
-				entries = append(entries, c)
-			}
-		}
-	}
-	symlinksIn(index.Root)
 	for _, f := range b.profile.Files {
-		e, err := x.Resolve(f.Path)
-		if err != nil || !x.Inodes[x.Entries[e].Inode].IsRegular() || !oneName(e) {
-			continue
+		if e, err := x.Resolve(f.Path); err == nil && x.Inodes[x.Entries[e].Inode].IsRegular() {
+			entries = append(entries, e)
 		}
-		entries = append(entries, e)
-		symlinksIn(x.Entries[e].Parent)
 	}
 	return entries
 }
@@ -113,13 +94,13 @@ func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
 	go func() {
 		defer close(done)
 		start := time.Now()
-		entries := b.treeEntries(x)
+		entries := b.treeFiles(x)
 		if err := makeTree(ctx, x, st, dir, entries); err != nil {
 			b.log.Printf("boot tree not made: %v", err)
 			noteFailure(dir, err)
 			return
 		}
-		b.log.Printf("made the boot tree %s (%d files and links) in %v", dir, len(entries), time.Since(start).Round(time.Millisecond))
+		b.log.Printf("made the boot tree %s (%d files with their data) in %v", dir, len(entries), time.Since(start).Round(time.Millisecond))
 	}()
 }
 
@@ -146,8 +127,9 @@ func (b *boot) finishTree() {
 }
 
 // failedWait is how long a tree that failed for a reason of the node (the
-// volume's filesystem is full, or refuses an xattr or a device) is not
-// tried again: every start would otherwise try, and fail, as it exits.
+// volume's filesystem is full, or refuses an xattr or a device; the kernel
+// cannot mount it) is not made nor used again: every start would otherwise
+// try, and fail.
 const failedWait = 24 * time.Hour
 
 // failedSuffix names, beside a tree, the note of why it could not be made.
@@ -169,9 +151,10 @@ func heldOff(dir string) bool {
 	return err == nil && time.Since(fi.ModTime()) < failedWait
 }
 
-// makeTree materializes entries of x at dir: in a temporary directory
-// beside it, synced to disk (a start reads the tree unverified: it must not
-// find torn files after a crash), then renamed. Another start making the
+// makeTree materializes the tree of x at dir, the regular files of entries
+// with their data, the others as stubs (extract.Metadata): in a temporary
+// directory beside it, synced to disk (a start reads the tree unverified:
+// it must not find torn files after a crash), then renamed. Another start making the
 // same tree at the same time is no error: the first rename wins.
 func makeTree(ctx context.Context, x *index.Index, st store.Store, dir string, entries []uint32) error {
 	if len(entries) == 0 {
@@ -186,7 +169,7 @@ func makeTree(ctx context.Context, x *index.Index, st store.Store, dir string, e
 	if err != nil {
 		return err
 	}
-	if err := extract.Files(ctx, x, st, tmp, entries); err != nil {
+	if err := extract.Metadata(ctx, x, st, tmp, entries); err != nil {
 		os.RemoveAll(tmp)
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/testtree"
 	"github.com/mkbootfs/mkbootfs/store/local"
@@ -65,8 +67,14 @@ func TestMakeTree(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "usr/lib/libx.so")); err != nil || string(b) != "ELF" {
 		t.Errorf("usr/lib/libx.so: %q, %v", b, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "etc")); !os.IsNotExist(err) {
-		t.Errorf("etc, which holds no chosen file, is in the tree: %v", err)
+	// A file the profile does not read is a stub: its size, no data, and
+	// where overlayfs finds the data.
+	stub := filepath.Join(dir, "etc/other")
+	var st unix.Stat_t
+	redirect := make([]byte, 64)
+	n, err := unix.Getxattr(stub, "trusted.overlay.redirect", redirect)
+	if err != nil || string(redirect[:n]) != "/etc/other" || unix.Stat(stub, &st) != nil || st.Size != 15 || st.Blocks != 0 {
+		t.Errorf("etc/other: redirect %q (%v), size %d, blocks %d; want a 15-byte stub to /etc/other", redirect[:max(n, 0)], err, st.Size, st.Blocks)
 	}
 }
 

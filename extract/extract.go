@@ -1,6 +1,7 @@
 // Package extract materializes an index's tree as real files in a
-// directory: the whole of it (mkbootfs extract), or the files a boot reads
-// and the directories above them (bootinit's boot tree in the node cache).
+// directory: with all its data (mkbootfs extract), or with the data of the
+// files a boot reads and metacopy stubs for the rest (bootinit's boot tree
+// in the node cache).
 // Every entry is created relative to a directory descriptor of a directory
 // it made itself, with O_NOFOLLOW, so no name in the index can reach
 // outside the directory.
@@ -14,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -28,22 +30,35 @@ func Extract(ctx context.Context, x *index.Index, s store.Store, dir string) err
 	return extract(ctx, x, s, dir, nil)
 }
 
-// Files materializes the given entries of x and the directories that hold
-// them (with their owners, modes, xattrs and times; the root's too) into
-// dir, which must be empty or not exist; nothing else of the tree.
-func Files(ctx context.Context, x *index.Index, s store.Store, dir string, entries []uint32) error {
-	want := make([]bool, len(x.Entries))
-	for _, e := range entries {
-		for ; !want[e] && e != index.Root; e = x.Entries[e].Parent {
-			want[e] = true
-		}
+// Metadata materializes the whole tree of x into dir as the layer an
+// overlayfs stacks over a data-only lower layer that holds the tree too
+// (the lazy mount): the regular files of the entries data with their
+// bytes, every other regular file as a metacopy stub (its size and
+// attributes, no data, and trusted.overlay.redirect to its own path), whose
+// reads overlayfs sends to the data-only layer (Linux 6.5: lowerdir=
+// DIR::DATA, metacopy=on). Lookups, listings and attributes then never
+// reach the data-only layer. It needs CAP_SYS_ADMIN for the trusted xattrs.
+func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, data []uint32) error {
+	stub := make([]bool, len(x.Inodes))
+	for i := range x.Inodes {
+		stub[i] = x.Inodes[i].IsRegular()
 	}
-	return extract(ctx, x, s, dir, want)
+	for _, e := range data {
+		stub[x.Entries[e].Inode] = false
+	}
+	return extract(ctx, x, s, dir, stub)
 }
 
-// extract materializes the entries of x that want marks, all when want is
-// nil.
-func extract(ctx context.Context, x *index.Index, s store.Store, dir string, want []bool) error {
+// Overlayfs's xattrs of a metacopy stub.
+const (
+	xattrMetacopy = "trusted.overlay.metacopy"
+	xattrRedirect = "trusted.overlay.redirect"
+	overlayXattrs = "trusted.overlay."
+)
+
+// extract materializes the tree of x, the regular files whose inodes stub
+// marks as metacopy stubs.
+func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stub []bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -62,7 +77,7 @@ func extract(ctx context.Context, x *index.Index, s store.Store, dir string, wan
 		x:      x,
 		dir:    dir,
 		chunks: newChunkLoader(ctx, x, s),
-		want:   want,
+		stub:   stub,
 		links:  map[uint32]string{},
 		root:   os.Geteuid() == 0,
 	}
@@ -90,7 +105,7 @@ type extractor struct {
 	x      *index.Index
 	dir    string
 	chunks *chunkLoader
-	want   []bool            // the entries to make; nil: all
+	stub   []bool            // the inodes to make as metacopy stubs; nil: none
 	links  map[uint32]string // inode -> path of its first name, for hard links
 	root   bool
 }
@@ -101,9 +116,6 @@ func (e *extractor) dirContents(dirfd int, de uint32, path string) error {
 	for c := first; c < first+count; c++ {
 		if err := e.ctx.Err(); err != nil {
 			return err
-		}
-		if e.want != nil && !e.want[c] {
-			continue
 		}
 		ent := &e.x.Entries[c]
 		n := &e.x.Inodes[ent.Inode]
@@ -140,7 +152,12 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 			return err
 		}
 		defer unix.Close(fd)
-		if err := e.data(fd, ent.Inode, n); err != nil {
+		if e.stub != nil && e.stub[ent.Inode] {
+			err = e.metacopy(fd, c, n)
+		} else {
+			err = e.data(fd, ent.Inode, n)
+		}
+		if err != nil {
 			return err
 		}
 		e.links[ent.Inode] = p
@@ -150,6 +167,9 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 			return err
 		}
 	default: // devices, FIFOs, sockets
+		if e.stub != nil && n.Type() == unix.S_IFCHR && n.Rdev == 0 {
+			return errors.New("a 0/0 character device would be a whiteout to overlayfs")
+		}
 		if err := unix.Mknodat(dirfd, name, n.Mode&unix.S_IFMT|0o600, int(n.Rdev)); err != nil {
 			return err
 		}
@@ -180,6 +200,21 @@ func (e *extractor) data(fd int, ino uint32, n *index.Inode) error {
 	return unix.Ftruncate(fd, n.Size)
 }
 
+// metacopy makes fd the metacopy stub of regular file entry c: its size,
+// and where overlayfs finds its data.
+func (e *extractor) metacopy(fd int, c uint32, n *index.Inode) error {
+	if err := unix.Ftruncate(fd, n.Size); err != nil {
+		return err
+	}
+	if err := unix.Fsetxattr(fd, xattrMetacopy, nil, 0); err != nil {
+		return fmt.Errorf("xattr %s: %w", xattrMetacopy, err)
+	}
+	if err := unix.Fsetxattr(fd, xattrRedirect, []byte(e.x.Path(c)), 0); err != nil {
+		return fmt.Errorf("xattr %s: %w", xattrRedirect, err)
+	}
+	return nil
+}
+
 // attrs sets owner, mode, xattrs and times, in that order: chown clears
 // setuid bits and file capabilities, so they come after it. With name
 // empty, fd is the file itself; else name is a non-directory in fd.
@@ -205,6 +240,9 @@ func (e *extractor) attrs(fd int, name string, n *index.Inode, own bool) error {
 		}
 	}
 	for _, a := range n.Xattrs {
+		if e.stub != nil && strings.HasPrefix(a.Name, overlayXattrs) {
+			continue // the image's own would steer the overlay
+		}
 		if own {
 			err = unix.Fsetxattr(fd, a.Name, a.Value, 0)
 		} else {
