@@ -198,6 +198,24 @@ func TestProfile(t *testing.T) {
 			t.Fatalf("second start: exit %d, %d entries in trees; stderr:\n%s", r.code, len(ents), r.stderr)
 		}
 		t.Logf("second start: %d chunks fetched to complete the profile's files", len(gets))
+		// Only theirs: the other files of the tree are stubs.
+		ofFiles := map[string]bool{}
+		for _, f := range prof.Files {
+			e, err := res.Index.Resolve(f.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first, last, ok := res.Index.ChunkSpan(res.Index.Entries[e].Inode); ok {
+				for c := first; c <= last; c++ {
+					ofFiles[hex.EncodeToString(res.Index.Chunks[c].ID[:])] = true
+				}
+			}
+		}
+		for id := range gets {
+			if !ofFiles[id] {
+				t.Errorf("the second start fetched chunk %s, of no profiled file", id)
+			}
+		}
 		for _, p := range []string{"usr/bin/apt-get", "lib", "usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0"} {
 			if _, err := os.Lstat(filepath.Join(trees, ents[0].Name(), p)); err != nil {
 				t.Errorf("the tree lacks %s: %v", p, err)

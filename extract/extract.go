@@ -76,7 +76,7 @@ func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stu
 		ctx:    ctx,
 		x:      x,
 		dir:    dir,
-		chunks: newChunkLoader(ctx, x, s),
+		chunks: newChunkLoader(ctx, x, s, dataChunks(x, stub)),
 		stub:   stub,
 		links:  map[uint32]string{},
 		root:   os.Geteuid() == 0,
@@ -270,12 +270,33 @@ func procPath(dirfd int, name string) string {
 	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
 }
 
+// dataChunks marks the chunks holding the data of the regular files that
+// stub does not mark; nil, all, when stub is nil.
+func dataChunks(x *index.Index, stub []bool) []bool {
+	if stub == nil {
+		return nil
+	}
+	needed := make([]bool, len(x.Chunks))
+	for i := range x.Inodes {
+		if stub[i] || !x.Inodes[i].IsRegular() {
+			continue
+		}
+		if first, last, ok := x.ChunkSpan(uint32(i)); ok {
+			for c := first; c <= last; c++ {
+				needed[c] = true
+			}
+		}
+	}
+	return needed
+}
+
 // chunkLoader serves chunks to a reader that moves forward through the
-// stream, loading the next few in parallel ahead of it.
+// stream, loading the next few it will need in parallel ahead of it.
 type chunkLoader struct {
 	ctx     context.Context
 	x       *index.Index
 	s       store.Store
+	needed  []bool // the chunks the reader will read; nil: all
 	mu      sync.Mutex
 	pending map[int]*loadingChunk
 	sem     chan struct{}
@@ -289,14 +310,17 @@ type loadingChunk struct {
 
 const readAhead = 8
 
-func newChunkLoader(ctx context.Context, x *index.Index, s store.Store) *chunkLoader {
-	return &chunkLoader{ctx: ctx, x: x, s: s, pending: map[int]*loadingChunk{}, sem: make(chan struct{}, readAhead)}
+func newChunkLoader(ctx context.Context, x *index.Index, s store.Store, needed []bool) *chunkLoader {
+	return &chunkLoader{ctx: ctx, x: x, s: s, needed: needed, pending: map[int]*loadingChunk{}, sem: make(chan struct{}, readAhead)}
 }
 
 func (l *chunkLoader) get(i int) ([]byte, error) {
 	l.mu.Lock()
-	for j := i; j < min(i+readAhead, len(l.x.Chunks)); j++ {
-		l.start(j)
+	l.start(i)
+	for j := i + 1; j < min(i+readAhead, len(l.x.Chunks)); j++ {
+		if l.needed == nil || l.needed[j] {
+			l.start(j) // not a stub's: they are never read
+		}
 	}
 	c := l.pending[i]
 	for j := range l.pending {
