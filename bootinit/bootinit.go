@@ -1,12 +1,11 @@
 // Package bootinit is PID 1 of a converted container. It mounts the image
 // lazily (lazyfs over the chunk stores, through the node-shared cache),
-// stacks a writable overlay on it (and between them, on a node that has
-// started the image before, its boot tree: see tree.go), carries over every
-// mount docker made,
-// moves the result onto / so that the app and `docker exec` see the
-// original image, and runs the original entrypoint as docker would have:
-// same argv, env, user, working directory and TTY. It then forwards
-// signals, reaps zombies and exits with the app's status.
+// stacks a writable overlay on it (with, on a node that has started the
+// image before, its boot tree between them: see tree.go), carries over
+// every mount docker made, moves the result onto / so that the app and
+// `docker exec` see the original image, and runs the original entrypoint
+// as docker would have: same argv, env, user, working directory and TTY.
+// It then forwards signals, reaps zombies and exits with the app's status.
 //
 // bootinit itself never enters the new root: its own root stays the boot
 // layer, so no path it opens (cache, stores, DNS files) can resolve through

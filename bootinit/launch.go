@@ -21,6 +21,8 @@ import (
 // at launchFD, for the launch and the new root.
 const launcherName = "mkbootfs-launcher"
 
+// launchFD is the launcher's end of the socket: its first descriptor past
+// the standard three.
 const launchFD = 3
 
 // errNoLaunch is the launcher's end when bootinit failed before the

@@ -34,19 +34,15 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 		return nil, &exitError{exitBoot, fmt.Errorf("%s=%q: want profile (the default), all or none", bootconfig.EnvPrefetch, mode)}
 	}
 	all := mode == "all"
-	if b.treeInUse && !all {
-		close(done) // the tree holds the profile's files
-		return done, nil
-	}
 	var chunks []int
-	if raw, err := os.ReadFile(bootconfig.Profile); err == nil {
+	if b.treeInUse {
+		// The tree holds the profile's files: nothing of it to fetch.
+	} else if raw, err := os.ReadFile(bootconfig.Profile); err == nil {
 		if p, err := profile.Parse(bytes.NewReader(raw), bootconfig.Profile); err != nil {
 			fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
 		} else {
 			b.profile = regularFiles(p, x)
-			if !b.treeInUse {
-				chunks = b.profile.Chunks(x)
-			}
+			chunks = b.profile.Chunks(x)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
@@ -60,7 +56,7 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	start := time.Now()
 	// A start that found the profile in the cache makes the boot tree.
 	profiledIn := func(warm bool) {
-		if warm && b.tree != "" && !b.treeInUse && b.profile != nil && !heldOff(b.tree) {
+		if warm && b.tree != "" && b.profile != nil && !heldOff(b.tree) {
 			b.startTree(x, cache, b.tree)
 		}
 	}

@@ -72,12 +72,12 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// treeFiles are the entries of the profile's files, which a tree holds
-// with their data.
+// treeFiles are the entries of the profile's files (regular files, as
+// regularFiles left them), which a tree holds with their data.
 func (b *boot) treeFiles(x *index.Index) []uint32 {
 	var entries []uint32
 	for _, f := range b.profile.Files {
-		if e, err := x.Resolve(f.Path); err == nil && x.Inodes[x.Entries[e].Inode].IsRegular() {
+		if e, err := x.Resolve(f.Path); err == nil {
 			entries = append(entries, e)
 		}
 	}
@@ -154,8 +154,8 @@ func heldOff(dir string) bool {
 // makeTree materializes the tree of x at dir, the regular files of entries
 // with their data, the others as stubs (extract.Metadata): in a temporary
 // directory beside it, synced to disk (a start reads the tree unverified:
-// it must not find torn files after a crash), then renamed. Another start making the
-// same tree at the same time is no error: the first rename wins.
+// it must not find torn files after a crash), then renamed. Another start
+// making the same tree at the same time is no error: the first rename wins.
 func makeTree(ctx context.Context, x *index.Index, st store.Store, dir string, entries []uint32) error {
 	if len(entries) == 0 {
 		return errors.New("the profile holds no file a tree can hold")
