@@ -175,7 +175,7 @@ func (b *boot) run(args []string) (int, error) {
 		opts.OnRead = rec.Read
 	}
 	f := lazyfs.New(x, st, opts)
-	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs", MaxReadAhead: profile.ReadAround, DirectOnly: true})
+	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, SUID: true, Dev: true, FsName: "mkbootfs", MaxReadAhead: profile.ReadAround, DirectOnly: true})
 	if err != nil {
 		return 0, mountHint(err)
 	}

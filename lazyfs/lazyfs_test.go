@@ -27,13 +27,18 @@ import (
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
-// mountFS mounts x over st at a new directory and unmounts it when the
-// test ends.
+// mountFS mounts x over st at a new directory, as bootinit does (setuid
+// bits and devices honoured), and unmounts it when the test ends.
 func mountFS(t testing.TB, x *index.Index, st store.Store, o lazyfs.Options) (*lazyfs.Server, string) {
+	t.Helper()
+	return mountWith(t, x, st, o, lazyfs.MountOptions{AllowOther: true, SUID: true, Dev: true})
+}
+
+func mountWith(t testing.TB, x *index.Index, st store.Store, o lazyfs.Options, mo lazyfs.MountOptions) (*lazyfs.Server, string) {
 	t.Helper()
 	testenv.FUSE(t)
 	dir := t.TempDir()
-	srv, err := lazyfs.Mount(dir, lazyfs.New(x, st, o), lazyfs.MountOptions{AllowOther: true})
+	srv, err := lazyfs.Mount(dir, lazyfs.New(x, st, o), mo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -589,31 +594,57 @@ func TestInodeNumbers(t *testing.T) {
 	}
 }
 
-// The image's setuid binaries run as their owner, and the kernel enforces
-// its modes (default_permissions), for a user other than the mounter.
+// With SUID, the image's setuid binaries run as their owner for a user
+// other than the mounter; without it (a host's mount) they do not, and
+// without Dev its device nodes cannot be opened. The kernel enforces the
+// image's modes (default_permissions) either way.
 func TestSetuidAndPermissions(t *testing.T) {
 	id, err := os.ReadFile("/usr/bin/id")
 	if err != nil {
 		t.Fatal(err)
 	}
+	testenv.Command(t, "setpriv")
 	storeDir := t.TempDir()
 	x := buildTree(t, storeDir, []tfile{
 		{path: "/bin/id-setuid", mode: syscall.S_IFREG | 0o4755, data: id},
 		{path: "/root/secret", mode: syscall.S_IFREG | 0o600, data: []byte("root only\n")},
+		{path: "/dev/null", mode: syscall.S_IFCHR | 0o666, rdev: unix.Mkdev(1, 3)},
 	})
-	_, mnt := mountFS(t, x, openLocal(t, storeDir), lazyfs.Options{})
-	// t.TempDir's directories are 0700: let the user reach the mount.
-	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755)
-	}
-	asNobody := func(args ...string) (string, error) {
-		out, err := exec.Command("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--"}, args...)...).CombinedOutput()
-		return strings.TrimSpace(string(out)), err
-	}
-	if out, err := asNobody(mnt+"/bin/id-setuid", "-u"); err != nil || out != "0" {
-		t.Errorf("setuid id run by nobody: %q, %v; want euid 0", out, err)
-	}
-	if out, err := asNobody("cat", mnt+"/root/secret"); err == nil || !strings.Contains(out, "Permission denied") {
-		t.Errorf("nobody reading a 0600 root file: %q, %v; want permission denied", out, err)
+	for _, tc := range []struct {
+		name     string
+		mo       lazyfs.MountOptions
+		euid     string
+		devFlags int64
+	}{
+		{"nosuid,nodev", lazyfs.MountOptions{AllowOther: true}, "65534", unix.ST_NOSUID | unix.ST_NODEV},
+		{"suid,dev", lazyfs.MountOptions{AllowOther: true, SUID: true, Dev: true}, "0", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, mnt := mountWith(t, x, openLocal(t, storeDir), lazyfs.Options{}, tc.mo)
+			// t.TempDir's directories are 0700: let the user reach the mount.
+			for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+				os.Chmod(d, 0o755)
+			}
+			asNobody := func(args ...string) (string, error) {
+				out, err := exec.Command("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--"}, args...)...).CombinedOutput()
+				return strings.TrimSpace(string(out)), err
+			}
+			if out, err := asNobody(mnt+"/bin/id-setuid", "-u"); err != nil || out != tc.euid {
+				t.Errorf("setuid id run by nobody: %q, %v; want euid %s", out, err, tc.euid)
+			}
+			if out, err := asNobody("cat", mnt+"/root/secret"); err == nil || !strings.Contains(out, "Permission denied") {
+				t.Errorf("nobody reading a 0600 root file: %q, %v; want permission denied", out, err)
+			}
+			var sfs unix.Statfs_t
+			if err := unix.Statfs(mnt, &sfs); err != nil || sfs.Flags&(unix.ST_NOSUID|unix.ST_NODEV) != tc.devFlags {
+				t.Errorf("mount flags %#x, %v; want nosuid|nodev bits %#x", sfs.Flags, err, tc.devFlags)
+			}
+			err := os.WriteFile(mnt+"/dev/null", []byte("x"), 0)
+			if tc.mo.Dev && err != nil {
+				t.Errorf("writing the image's /dev/null with Dev: %v", err)
+			} else if !tc.mo.Dev && !errors.Is(err, syscall.EACCES) {
+				t.Errorf("writing the image's /dev/null without Dev: %v; want EACCES", err)
+			}
+		})
 	}
 }

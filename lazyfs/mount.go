@@ -26,6 +26,12 @@ type MountOptions struct {
 	// Scattered readers (a debug session's page faults) fetch less with
 	// less.
 	MaxReadAhead int
+	// SUID and Dev honour the tree's setuid/setgid bits and device nodes,
+	// as a container's root filesystem needs. Without them the mount is
+	// nosuid,nodev: with AllowOther, an untrusted image's setuid-root
+	// program would give every local user root. A /dev/fd/N mount carries
+	// the flags of the process that mounted it.
+	SUID, Dev bool
 	// DirectOnly mounts with mount(2) alone, never through fusermount3:
 	// in a container there is none, and its absence would hide why the
 	// mount itself was refused (no CAP_SYS_ADMIN, AppArmor).
@@ -83,14 +89,21 @@ func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
 	if o.MaxReadAhead > 0 {
 		readAhead = min(o.MaxReadAhead, MaxRead)
 	}
+	// nosuid,nodev are go-fuse's and fusermount3's defaults too; suid and
+	// dev undo them.
+	flags := []string{"ro", "nosuid", "nodev", "default_permissions"}
+	if o.SUID {
+		flags[1] = "suid"
+	}
+	if o.Dev {
+		flags[2] = "dev"
+	}
 	opts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther: o.AllowOther,
-			// suid and dev undo go-fuse's default MS_NOSUID|MS_NODEV: an
-			// image's setuid binaries and device nodes must work.
-			Options: []string{"ro", "suid", "dev", "default_permissions"},
-			FsName:  name,
-			Name:    "mkbootfs",
+			Options:    flags,
+			FsName:     name,
+			Name:       "mkbootfs",
 			// No fusermount3 in a container; it falls back to it. A direct
 			// mount at /dev/fd/N would mount over the device node.
 			DirectMount:       !premounted,

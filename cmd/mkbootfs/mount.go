@@ -25,6 +25,7 @@ func newMountCmd() *cobra.Command {
 		stats      bool
 		statsFile  string
 		allowOther bool
+		suid, dev  bool
 		fuseDebug  bool
 		opts       lazyfs.Options
 	)
@@ -39,6 +40,12 @@ from the index in memory; a read fetches only the chunks it needs from the
 stores, through the cache directory when --cache is given. The cache is a
 chunk store directory that any number of mounts on the machine may share:
 each chunk is fetched once among them.
+
+The mount is nosuid,nodev, as mount(8) mounts a user's filesystem: the
+image's setuid programs run with the caller's own privileges and its device
+nodes cannot be opened, so that an untrusted image gives no local user root.
+--suid and --dev (mount's suid and dev options) honour them, for a tree you
+trust that is to be a root filesystem (chroot, systemd-nspawn).
 
 A read whose chunk cannot be fetched fails with EIO and one line on stderr
 naming the file, the chunk and the store; the rest of the tree keeps working.
@@ -87,7 +94,7 @@ place detaches it first; to clear it by hand, run
 			defer st.Close()
 
 			srv, err := lazyfs.Mount(args[1], lazyfs.New(x, st, opts), lazyfs.MountOptions{
-				AllowOther: allowOther, FsName: args[0], Debug: fuseDebug,
+				AllowOther: allowOther, SUID: suid, Dev: dev, FsName: args[0], Debug: fuseDebug,
 			})
 			if err != nil {
 				return err
@@ -135,6 +142,8 @@ place detaches it first; to clear it by hand, run
 	f.BoolVar(&stats, "stats", false, "print what the mount fetched and served when it ends")
 	f.StringVar(&statsFile, "stats-file", "", "keep the stats, as JSON, in `FILE` (rewritten every 2 seconds)")
 	f.BoolVar(&allowOther, "allow-other", os.Geteuid() == 0, "let every user use the mount (default: when run as root)")
+	f.BoolVar(&suid, "suid", false, "honour the image's setuid and setgid bits (default: nosuid); only for an image you trust")
+	f.BoolVar(&dev, "dev", false, "let the image's device nodes be opened (default: nodev); only for an image you trust")
 	f.BoolVar(&fuseDebug, "debug", false, "log every FUSE request")
 	f.Int64Var(&opts.MemCache, "mem-cache", 0, "bytes of decoded chunks kept in memory (default 4 MiB)")
 	f.IntVar(&opts.Readahead, "readahead", 0, "chunks fetched ahead of sequential reads (default 16; -1: none)")
