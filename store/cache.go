@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -52,8 +53,8 @@ const lockName = ".mkbootfs-cache.lock"
 type Cache struct {
 	local  CacheDir
 	remote Store
-	lock   *os.File // open description holding this process's chunk locks
-	lockFd uintptr
+	lock   *os.File        // open description holding this process's chunk locks
+	lockFd syscall.RawConn // lock's, kept from closing while a lock call uses it
 
 	flight singleflight.Group // in-process: one fetch per chunk at a time
 
@@ -64,9 +65,13 @@ type Cache struct {
 	writes  chan write
 	writers sync.WaitGroup
 
-	// Fetches hold closing for reading, so Close waits for them.
-	closing sync.RWMutex
-	closed  bool
+	// Close cancels ctx, which every fetch runs under, and waits a little
+	// for fetches to end (closing stops new ones); once closed, a fetched
+	// chunk is no longer queued for a writer.
+	ctx             context.Context
+	cancel          context.CancelFunc
+	fetches         sync.WaitGroup
+	closing, closed bool
 
 	hits, misses, fetched, fetchErrs, repaired, writeErrs atomic.Int64
 }
@@ -88,11 +93,17 @@ func NewCache(local CacheDir, remote Store) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache %s: lock file: %w (the cache directory must be writable)", local.Dir(), err)
 	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
 	c := &Cache{
-		local: local, remote: remote, lock: f, lockFd: f.Fd(),
+		local: local, remote: remote, lock: f, lockFd: rc,
 		pending: map[ID][]byte{},
 		writes:  make(chan write, queuedWrites),
 	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	for range cacheWriters {
 		c.writers.Go(func() {
 			for w := range c.writes {
@@ -117,20 +128,40 @@ func (c *Cache) Stats() CacheStats {
 	}
 }
 
-// Close waits for the fetches and writes under way, then closes the lock
-// file, the directory store and the remote.
+// closeWait bounds how long Close waits for cancelled fetches to end: a
+// remote that ignores its context must not hold up the exit.
+const closeWait = 500 * time.Millisecond
+
+// Close cancels the fetches under way (they fail as cancelled and keep
+// nothing) and waits for the writes of chunks already fetched, which are
+// local and quick, then closes the lock file, the directory store and the
+// remote. It does not wait for a hung remote: once the app has exited, its
+// container must not outlive it by a fetch timeout.
 func (c *Cache) Close() error {
-	c.closing.Lock()
-	if c.closed {
-		c.closing.Unlock()
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
 		return nil
 	}
+	c.closing = true
+	c.mu.Unlock()
+	c.cancel()
+	fetched := make(chan struct{})
+	go func() { c.fetches.Wait(); close(fetched) }()
+	select {
+	case <-fetched:
+	case <-time.After(closeWait):
+	}
+	c.mu.Lock()
 	c.closed = true
 	close(c.writes)
-	c.closing.Unlock()
+	c.mu.Unlock()
 	c.writers.Wait()
 	return errors.Join(c.lock.Close(), c.local.Close(), c.remote.Close())
 }
+
+// errClosed is the error of fetches that Close cancelled.
+var errClosed = fmt.Errorf("cache closed: %w", context.Canceled)
 
 // Load implements Loader: chunk id, verified, from the directory or else
 // fetched from the remote and kept.
@@ -222,19 +253,24 @@ type filled struct{ raw, data []byte }
 // processes sharing the directory.
 func (c *Cache) fill(ctx context.Context, id ID) (raw, data []byte, err error) {
 	// The fetch is shared, so one caller giving up must not cancel it for
-	// the others; it keeps the caller's deadline, so it cannot hang.
-	fctx := context.WithoutCancel(ctx)
+	// the others; it keeps the caller's deadline, so it cannot hang, and
+	// Close cancels it.
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
 	if d, ok := ctx.Deadline(); ok {
-		var cancel context.CancelFunc
 		fctx, cancel = context.WithDeadline(fctx, d)
 		defer cancel()
 	}
+	defer context.AfterFunc(c.ctx, cancel)()
 	ch := c.flight.DoChan(string(id[:]), func() (any, error) {
-		c.closing.RLock()
-		defer c.closing.RUnlock()
-		if c.closed {
-			return nil, &ChunkError{ID: id, Store: c.String(), Err: errors.New("cache closed")}
+		c.mu.Lock()
+		if c.closing {
+			c.mu.Unlock()
+			return nil, &ChunkError{ID: id, Store: c.String(), Err: errClosed}
 		}
+		c.fetches.Add(1)
+		c.mu.Unlock()
+		defer c.fetches.Done()
 		raw, data, err := c.fetch(fctx, id)
 		return filled{raw, data}, err
 	})
@@ -251,6 +287,8 @@ func (c *Cache) fill(ctx context.Context, id ID) (raw, data []byte, err error) {
 		return f.raw, f.data, nil
 	case <-ctx.Done():
 		return nil, nil, &ChunkError{ID: id, Store: c.remote.String(), Err: ctx.Err()}
+	case <-c.ctx.Done(): // closed, and the remote ignores its context
+		return nil, nil, &ChunkError{ID: id, Store: c.remote.String(), Err: errClosed}
 	}
 }
 
@@ -271,8 +309,7 @@ type write struct {
 func (c *Cache) fetch(ctx context.Context, id ID) (raw, data []byte, err error) {
 	unlock, err := c.lockChunk(ctx, id)
 	if err != nil {
-		c.fetchErrs.Add(1)
-		return nil, nil, err
+		return nil, nil, c.failed(id, err)
 	}
 	kept := false // the chunk's lock passes to its writer
 	defer func() {
@@ -297,27 +334,41 @@ func (c *Cache) fetch(ctx context.Context, id ID) (raw, data []byte, err error) 
 		data, err = Decode(id, raw)
 	}
 	if err != nil {
-		c.fetchErrs.Add(1)
-		var ce *ChunkError
-		if errors.As(err, &ce) {
-			return nil, nil, err
-		}
-		return nil, nil, &ChunkError{ID: id, Store: c.remote.String(), Err: err}
+		return nil, nil, c.failed(id, err)
 	}
 	c.misses.Add(1)
 	c.fetched.Add(int64(len(raw)))
 	raw = EncodeRaw(data)
 	c.mu.Lock()
+	if c.closed { // Close gave up waiting for this fetch: nobody writes it
+		c.mu.Unlock()
+		return raw, data, nil
+	}
 	c.pending[id] = raw
-	c.mu.Unlock()
 	kept = true
 	w := write{id, raw, unlock}
 	select {
 	case c.writes <- w:
+		c.mu.Unlock()
 	default:
+		c.mu.Unlock()
 		c.keep(w)
 	}
 	return raw, data, nil
+}
+
+// failed counts and wraps the error of a fetch of chunk id; a fetch that
+// Close cancelled is not the store's failure, and says so.
+func (c *Cache) failed(id ID, err error) error {
+	if c.ctx.Err() != nil {
+		return &ChunkError{ID: id, Store: c.remote.String(), Err: errClosed}
+	}
+	c.fetchErrs.Add(1)
+	var ce *ChunkError
+	if errors.As(err, &ce) {
+		return err
+	}
+	return &ChunkError{ID: id, Store: c.remote.String(), Err: err}
 }
 
 // keep writes a fetched chunk to the directory, then releases it. Failing
@@ -345,7 +396,7 @@ func (c *Cache) lockChunk(ctx context.Context, id ID) (unlock func(), err error)
 	}
 	wait := 500 * time.Microsecond
 	for {
-		err := unix.FcntlFlock(c.lockFd, unix.F_OFD_SETLK, &lk)
+		err := c.fcntlLock(&lk)
 		if err == nil {
 			break
 		}
@@ -361,6 +412,17 @@ func (c *Cache) lockChunk(ctx context.Context, id ID) (unlock func(), err error)
 	}
 	return func() {
 		lk.Type = unix.F_UNLCK
-		unix.FcntlFlock(c.lockFd, unix.F_OFD_SETLK, &lk)
+		c.fcntlLock(&lk)
 	}, nil
+}
+
+// fcntlLock sets or clears lk on the lock file, unless it is closed: a
+// fetch that outlived Close must not lock another file that took its
+// descriptor's number.
+func (c *Cache) fcntlLock(lk *unix.Flock_t) error {
+	var err error
+	if cerr := c.lockFd.Control(func(fd uintptr) { err = unix.FcntlFlock(fd, unix.F_OFD_SETLK, lk) }); cerr != nil {
+		return cerr
+	}
+	return err
 }

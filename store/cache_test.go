@@ -466,3 +466,99 @@ func TestCacheFetch(t *testing.T) {
 		t.Error("fetching from a failing remote succeeded")
 	}
 }
+
+// hungRemote answers no Get: each blocks until its context ends or, when
+// deaf, until the test ends, as a store that stopped (SIGSTOP) would.
+type hungRemote struct {
+	store.Store
+	deaf    bool
+	started chan struct{} // gets a value as each Get starts
+	end     chan struct{}
+}
+
+func (r *hungRemote) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	r.started <- struct{}{}
+	if r.deaf {
+		<-r.end
+		return nil, errors.New("too late")
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-r.end:
+		return nil, errors.New("too late")
+	}
+}
+
+// Close does not wait for fetches from a hung store: they fail as
+// cancelled, are not counted as store errors, and leave no file; a chunk
+// fetched before is still written.
+func TestCacheCloseHungStore(t *testing.T) {
+	for _, deaf := range []bool{false, true} {
+		t.Run(fmt.Sprintf("deaf=%v", deaf), func(t *testing.T) {
+			remoteDir, cacheDir := t.TempDir(), t.TempDir()
+			ids := cacheChunks(t, remoteDir, 2)
+			r := openRemote(t, remoteDir, 0)
+			hung := &hungRemote{Store: r, deaf: deaf, started: make(chan struct{}, 1), end: make(chan struct{})}
+			defer close(hung.end)
+			l, err := local.Open(cacheDir, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := store.NewCache(l, &switchable{Store: r, to: hung, after: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if _, err := store.Load(ctx, c, ids[0]); err != nil {
+				t.Fatal(err)
+			}
+			const deadline = time.Minute // lazyfs's is 30 s
+			lctx, cancel := context.WithTimeout(ctx, deadline)
+			defer cancel()
+			loaded := make(chan error, 1)
+			go func() { _, err := store.Load(lctx, c, ids[1]); loaded <- err }()
+			<-hung.started
+			start := time.Now()
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if took := time.Since(start); took > deadline/4 {
+				t.Fatalf("Close took %v: it waited for the hung fetch", took)
+			}
+			if err := <-loaded; !errors.Is(err, context.Canceled) {
+				t.Fatalf("the hung Load = %v, want cancelled", err)
+			}
+			if n := c.Stats().FetchErrors; n != 0 {
+				t.Errorf("FetchErrors = %d; a fetch that Close cancelled is no store error", n)
+			}
+			var files []string
+			filepath.WalkDir(cacheDir, func(p string, d os.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					files = append(files, filepath.Base(p))
+				}
+				return nil
+			})
+			want := []string{".mkbootfs-cache.lock", ids[0].String() + ".cacnk"}
+			if fmt.Sprint(files) != fmt.Sprint(want) {
+				t.Fatalf("the cache holds %v, want %v: the chunk fetched before Close, nothing of the hung one", files, want)
+			}
+		})
+	}
+}
+
+// switchable is a store that serves its first after Gets itself, then
+// passes them to another.
+type switchable struct {
+	store.Store
+	to    store.Store
+	after int64
+	n     atomic.Int64
+}
+
+func (s *switchable) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	if s.n.Add(1) > s.after {
+		return s.to.Get(ctx, id)
+	}
+	return s.Store.Get(ctx, id)
+}
