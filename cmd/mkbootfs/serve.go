@@ -26,7 +26,8 @@ func newServeCmd() *cobra.Command {
 
 --http serves GET and HEAD of <4 hex>/<id>.cacnk (PUT with --writable, which
 verifies each chunk), and /healthz. --ssh serves SFTP, and nothing else, to the
-keys in --authorized-keys; no path reaches outside STORE-DIR. Clients use
+keys in --authorized-keys. Neither reaches outside STORE-DIR: a symlink in it
+that leads out (absolute, or climbing above it) is not followed. Clients use
 http://ADDR/ and ssh://ADDR/ as their --store.`,
 		Example: `  mkbootfs serve --http 127.0.0.1:8080 /var/lib/mkbootfs/store
   ssh-keygen -t ed25519 -N '' -f host_key
@@ -40,7 +41,7 @@ http://ADDR/ and ssh://ADDR/ as their --store.`,
 				return errors.New("serve: --ssh needs --host-key FILE and --authorized-keys FILE")
 			}
 			dir := args[0]
-			l, err := local.Open(dir, writable)
+			l, err := local.OpenRoot(dir, writable)
 			if err != nil {
 				return fmt.Errorf("serve: %w", err)
 			}

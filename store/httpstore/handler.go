@@ -26,7 +26,8 @@ type HandlerOptions struct {
 
 // NewHandler serves s in casync's layout: GET and HEAD of
 // /<4 hex>/<id>.cacnk, PUT when writable, and GET /healthz, which answers
-// 200 while the store answers.
+// 200 while the store answers. A directory to serve is opened with local.OpenRoot,
+// so that no symlink in it leads out of it.
 func NewHandler(s store.Store, opt HandlerOptions) http.Handler {
 	h := &handler{s: s, writable: opt.Writable}
 	if opt.Logger == nil {

@@ -16,3 +16,13 @@ func TestConformance(t *testing.T) {
 		return &storetest.Backend{Store: s, Corrupt: storetest.CorruptLocal(s)}
 	})
 }
+
+func TestConformanceRoot(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) *storetest.Backend {
+		s, err := local.OpenRoot(t.TempDir(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &storetest.Backend{Store: s, Corrupt: storetest.CorruptLocal(s)}
+	})
+}

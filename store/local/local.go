@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,10 +27,11 @@ const tmpSuffix = ".tmp"
 
 // Store is a local directory store.
 type Store struct {
-	dir string
+	dir  string
+	root *os.Root // OpenRoot's: every open is resolved inside dir
 
 	mu     sync.Mutex
-	staged map[store.ID]string // id -> temp file, written but not yet durable
+	staged map[store.ID]string // id -> temp file (a name in the store), written but not yet durable
 }
 
 // Open opens the store in dir, creating it when create is set. A path that
@@ -49,13 +51,81 @@ func Open(dir string, create bool) (*Store, error) {
 	return &Store{dir: dir, staged: map[store.ID]string{}}, nil
 }
 
+// OpenRoot is Open for a server of the store: every file it reads, creates,
+// renames or removes is resolved inside dir (os.Root), so that a symlink in
+// the store that leads out of it, named like a chunk, is not followed.
+func OpenRoot(dir string, create bool) (*Store, error) {
+	s, err := Open(dir, create)
+	if err != nil {
+		return nil, err
+	}
+	if s.root, err = os.OpenRoot(dir); err != nil {
+		return nil, fmt.Errorf("store %s: %w", dir, err)
+	}
+	return s, nil
+}
+
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }
 
 // Path returns the file that holds chunk id.
-func (s *Store) Path(id store.ID) string {
+func (s *Store) Path(id store.ID) string { return filepath.Join(s.dir, chunkName(id)) }
+
+// chunkName is the chunk's file name in the store.
+func chunkName(id store.ID) string {
 	h := id.String()
-	return filepath.Join(s.dir, h[:4], h+".cacnk")
+	return h[:4] + "/" + h + ".cacnk"
+}
+
+// The file operations, on names in the store: inside the root for OpenRoot.
+
+func (s *Store) readFile(name string) ([]byte, error) {
+	if s.root != nil {
+		return s.root.ReadFile(name)
+	}
+	return os.ReadFile(filepath.Join(s.dir, name))
+}
+
+func (s *Store) stat(name string) (fs.FileInfo, error) {
+	if s.root != nil {
+		return s.root.Stat(name)
+	}
+	return os.Stat(filepath.Join(s.dir, name))
+}
+
+// create opens a new file for writing and returns its descriptor.
+func (s *Store) create(name string) (int, error) {
+	if s.root == nil {
+		return unix.Open(filepath.Join(s.dir, name), unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
+	}
+	f, err := s.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return -1, err
+	}
+	defer f.Close()
+	return unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+}
+
+func (s *Store) mkdirAll(name string) error {
+	if s.root != nil {
+		return s.root.MkdirAll(name, 0o755)
+	}
+	return os.MkdirAll(filepath.Join(s.dir, name), 0o755)
+}
+
+func (s *Store) rename(from, to string) error {
+	if s.root != nil {
+		return s.root.Rename(from, to)
+	}
+	return os.Rename(filepath.Join(s.dir, from), filepath.Join(s.dir, to))
+}
+
+func (s *Store) remove(name string) {
+	if s.root != nil {
+		s.root.Remove(name)
+		return
+	}
+	os.Remove(filepath.Join(s.dir, name))
 }
 
 func (s *Store) String() string { return s.dir }
@@ -63,12 +133,15 @@ func (s *Store) String() string { return s.dir }
 // Close discards chunks staged and not committed.
 func (s *Store) Close() error {
 	s.Abort()
+	if s.root != nil {
+		return s.root.Close()
+	}
 	return nil
 }
 
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, id store.ID) ([]byte, error) {
-	b, err := os.ReadFile(s.Path(id))
+	b, err := s.readFile(chunkName(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, &store.ChunkError{ID: id, Store: s.dir, Err: store.ErrNotFound}
 	}
@@ -80,7 +153,7 @@ func (s *Store) Get(ctx context.Context, id store.ID) ([]byte, error) {
 
 // Has implements store.Store. It follows symlinks, as Get does.
 func (s *Store) Has(ctx context.Context, id store.ID) (bool, error) {
-	_, err := os.Stat(s.Path(id))
+	_, err := s.stat(chunkName(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -122,7 +195,7 @@ func (s *Store) Stage(ctx context.Context, id store.ID, compressed []byte) error
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.staged[id]; ok {
-		os.Remove(old)
+		s.remove(old)
 	}
 	s.staged[id] = tmp
 	return nil
@@ -162,7 +235,7 @@ func (s *Store) Abort() {
 
 func (s *Store) discard(staged map[store.ID]string) {
 	for _, tmp := range staged {
-		os.Remove(tmp)
+		s.remove(tmp)
 	}
 }
 
@@ -170,16 +243,15 @@ func (s *Store) writeTemp(id store.ID, data []byte, sync bool) (string, error) {
 	// The temporary file sits beside its final name, so the rename stays in
 	// one directory, and parallel writers spread over many directories
 	// instead of contending for one. Walk and readers ignore its name.
-	dst := s.Path(id)
+	dst := chunkName(id)
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	tmp := dst + "." + hex.EncodeToString(rnd[:]) + tmpSuffix
 	// 0644 like casync and desync, so a file server can serve the store.
-	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC
-	fd, err := unix.Open(tmp, flags, 0o644)
+	fd, err := s.create(tmp)
 	if errors.Is(err, unix.ENOENT) {
-		if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
-			fd, err = unix.Open(tmp, flags, 0o644)
+		if err = s.mkdirAll(path.Dir(dst)); err == nil {
+			fd, err = s.create(tmp)
 		}
 	}
 	if err != nil {
@@ -195,7 +267,7 @@ func (s *Store) writeTemp(id store.ID, data []byte, sync bool) (string, error) {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(tmp)
+		s.remove(tmp)
 		return "", s.writeErr(id, err)
 	}
 	return tmp, nil
@@ -216,8 +288,8 @@ func writeAll(fd int, b []byte) error {
 }
 
 func (s *Store) commit(id store.ID, tmp string) error {
-	if err := os.Rename(tmp, s.Path(id)); err != nil {
-		os.Remove(tmp)
+	if err := s.rename(tmp, chunkName(id)); err != nil {
+		s.remove(tmp)
 		return s.writeErr(id, err)
 	}
 	return nil

@@ -375,3 +375,62 @@ func TestCommitFailsMidway(t *testing.T) {
 		t.Fatalf("Commit after a failed one: %v", err)
 	}
 }
+
+// A store opened with OpenRoot follows no symlink out of its directory: not
+// a chunk's name pointing at a file outside (even one holding that very
+// chunk, which Open serves), nor a chunk directory pointing at one outside
+// (Open writes there). A symlink that stays inside is followed.
+func TestOpenRootConfines(t *testing.T) {
+	ctx := context.Background()
+	data := chunk(1, 1000)
+	id, raw := store.Sum(data), store.Encode(data)
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	h := id.String()
+	os.Mkdir(filepath.Join(dir, h[:4]), 0o755)
+	if err := os.Symlink(filepath.Join(outside, "secret"), filepath.Join(dir, h[:4], h+".cacnk")); err != nil {
+		t.Fatal(err)
+	}
+	other := store.Sum(chunk(2, 1000))
+	if err := os.Symlink(outside, filepath.Join(dir, other.String()[:4])); err != nil {
+		t.Fatal(err)
+	}
+
+	if got, err := open(t, dir).Get(ctx, id); err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("Open: Get through the symlink = %d bytes, %v; want the outside file (the test's premise)", len(got), err)
+	}
+	s, err := local.OpenRoot(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if got, err := s.Get(ctx, id); err == nil {
+		t.Errorf("OpenRoot: Get followed a symlink out of the store: %d bytes", len(got))
+	}
+	if ok, err := s.Has(ctx, id); ok || err == nil {
+		t.Errorf("OpenRoot: Has through a symlink out of the store = %v, %v; want an error", ok, err)
+	}
+	if err := s.Put(ctx, other, store.Encode(chunk(2, 1000))); err == nil {
+		t.Errorf("OpenRoot: Put through a directory symlinked out of the store succeeded")
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 1 {
+		t.Errorf("OpenRoot: Put wrote outside the store: %d files there", len(ents))
+	}
+
+	// Inside the store, a relative symlink is followed as Open follows it.
+	inside := store.Sum(chunk(3, 1000))
+	if err := s.Put(ctx, inside, store.Encode(chunk(3, 1000))); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(s.Path(id))
+	ih := inside.String()
+	if err := os.Symlink(filepath.Join("..", ih[:4], ih+".cacnk"), s.Path(id)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(ctx, id); err != nil || len(got) == 0 {
+		t.Errorf("OpenRoot: Get through a symlink inside the store: %v", err)
+	}
+}
