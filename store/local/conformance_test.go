@@ -8,21 +8,15 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) *storetest.Backend {
-		s, err := local.Open(t.TempDir(), false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &storetest.Backend{Store: s, Corrupt: storetest.CorruptLocal(s)}
-	})
-}
-
-func TestConformanceRoot(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) *storetest.Backend {
-		s, err := local.OpenRoot(t.TempDir(), false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &storetest.Backend{Store: s, Corrupt: storetest.CorruptLocal(s)}
-	})
+	for name, open := range map[string]func(string, bool) (*local.Store, error){"Open": local.Open, "OpenRoot": local.OpenRoot} {
+		t.Run(name, func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) *storetest.Backend {
+				s, err := open(t.TempDir(), false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return &storetest.Backend{Store: s, Corrupt: storetest.CorruptLocal(s)}
+			})
+		})
+	}
 }
