@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/index"
 )
 
@@ -21,14 +21,14 @@ type Tools struct {
 }
 
 // LoadTools loads the tools tree named by ref: an index file, or a boot
-// image made by `mkbootfs convert` (see converter.ReadBoot). Only the boot
+// image made by `mkbootfs convert` (see bootimage.Read). Only the boot
 // image's small layer is read: the index and the boot config. An empty ref
 // is the host's root.
 func LoadTools(ctx context.Context, ref string) (*Tools, error) {
 	if ref == "" {
 		return &Tools{Source: "the host's root", Path: defaultPath}, nil
 	}
-	b, err := converter.ReadBoot(ctx, ref)
+	b, err := bootimage.Read(ctx, ref)
 	if err != nil {
 		return nil, fmt.Errorf("tools: %w", err)
 	}

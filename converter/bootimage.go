@@ -28,16 +28,17 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/ocistore"
 )
 
-// Labels the boot image carries.
+// Labels the boot image carries (see package bootimage, which reads them).
 const (
-	LabelSource = "org.mkbootfs.source"
-	LabelStores = "org.mkbootfs.stores"
+	LabelSource = bootimage.LabelSource
+	LabelStores = bootimage.LabelStores
 )
 
 // BootImage builds the boot image of a conversion: a layer with bootinit,

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/chunker"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/profile"
@@ -76,7 +77,7 @@ type Result struct {
 // Meta keys the converter records in the index.
 const (
 	MetaSource    = "source"
-	MetaStores    = "stores"
+	MetaStores    = bootimage.MetaStores
 	MetaChunker   = "chunker"
 	MetaNewChunks = "convert.new_chunks"
 	MetaNewBytes  = "convert.new_bytes"
@@ -93,7 +94,7 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Store == nil {
 		return nil, fmt.Errorf("converter: no store")
 	}
-	src, err := parseSource(opts.Source)
+	src, err := bootimage.ParseSource(opts.Source)
 	if err != nil {
 		return nil, err
 	}
@@ -102,12 +103,12 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 
 	t := newTree()
 	res := &Result{}
-	if src.dir != "" {
-		if err := readDir(ctx, src.dir, t); err != nil {
+	if src.Dir != "" {
+		if err := readDir(ctx, src.Dir, t); err != nil {
 			return nil, err
 		}
 	} else {
-		img, info, err := src.open(ctx, opts)
+		img, info, err := openSource(ctx, src, opts)
 		if err != nil {
 			return nil, err
 		}

@@ -3,7 +3,7 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/extract"
 )
 
@@ -14,7 +14,7 @@ func newExtractCmd() *cobra.Command {
 		Short: "Materialize the whole tree of an index or boot image into a directory",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := converter.ReadBoot(cmd.Context(), args[0])
+			b, err := bootimage.Read(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -41,7 +42,7 @@ func newInspectCmd() *cobra.Command {
 		Short: "Summarize an index or boot image: entries, bytes, chunks, dedup, stores",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := converter.ReadBoot(cmd.Context(), args[0])
+			b, err := bootimage.Read(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -62,7 +62,7 @@ place detaches it first; to clear it by hand, run
 				debug.SetMemoryLimit(lazyfs.MemoryLimit)
 			}
 			ctx := cmd.Context()
-			b, err := converter.ReadBoot(ctx, args[0])
+			b, err := bootimage.Read(ctx, args[0])
 			if err != nil {
 				return err
 			}
