@@ -9,6 +9,7 @@ need_root
 
 packages=(
 	docker.io docker-registry  # container engine, and a real registry to push to
+	containerd runc            # the snapshotter's tests start a containerd of their own (never dockerd's)
 	casync zstd rsync attr acl fuse3 # peers and checkers of the chunk store, tree and mounts
 	debootstrap busybox-static # sample trees and images, made offline
 	openssh-server nginx       # chunk servers over SFTP and HTTP
@@ -131,4 +132,6 @@ step "registry: pushed and pulled $pushed"
 
 "$here/debian-rootfs.sh"
 "$here/tools-rootfs.sh"
+"$here/pause-image.sh"
+"$here/crictl.sh"
 step "done"

@@ -108,6 +108,49 @@ func DebianImage(t testing.TB) string {
 	return name
 }
 
+// ToolsBin is where scripts/crictl.sh builds the tools that are not
+// Debian packages, outside the repository.
+const ToolsBin = "/var/cache/mkbootfs/bin"
+
+// Crictl returns crictl, the CRI client (MKBOOTFS_CRICTL, else the one
+// scripts/crictl.sh builds in ToolsBin).
+func Crictl(t testing.TB) string {
+	t.Helper()
+	p := os.Getenv("MKBOOTFS_CRICTL")
+	if p == "" {
+		p = ToolsBin + "/crictl"
+	}
+	if _, err := exec.LookPath(p); err != nil {
+		Missing(t, "crictl at "+p, "scripts/crictl.sh builds it")
+	}
+	return p
+}
+
+// PauseImage is the pod sandbox image scripts/pause-image.sh pushes to
+// the local registry.
+const PauseImage = RegistryAddr + "/mkbootfs-test/pause:1"
+
+// Pause requires the pod sandbox image in the local registry and returns
+// its reference.
+func Pause(t testing.TB) string {
+	t.Helper()
+	Registry(t)
+	req, err := http.NewRequest(http.MethodHead, "http://"+RegistryAddr+"/v2/mkbootfs-test/pause/manifests/1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Do(req)
+	if err == nil {
+		resp.Body.Close()
+	}
+	if err != nil || resp.StatusCode != http.StatusOK {
+		Missing(t, "the pause image "+PauseImage, "scripts/pause-image.sh pushes it")
+	}
+	return PauseImage
+}
+
 // Run runs a command and fails the test with its output when it fails.
 func Run(t testing.TB, name string, args ...string) string {
 	t.Helper()
