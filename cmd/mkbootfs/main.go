@@ -31,6 +31,7 @@ func newRootCmd() *cobra.Command {
 		newServeCmd,
 		newMountCmd,
 		newAttachCmd,
+		newSnapshotterCmd,
 	} {
 		root.AddCommand(newCmd())
 	}
