@@ -187,3 +187,45 @@ func TestRetryCancelDuringBackoff(t *testing.T) {
 		t.Fatalf("%d calls, want 1", n)
 	}
 }
+
+// Under a deadline, a transient error is retried until the deadline, not
+// a number of times: a store restarting for less than the fetch timeout
+// costs a delay. With no time left, it gives up, saying how often it tried.
+func TestRetryUntilDeadline(t *testing.T) {
+	data := storetest.Chunk(2, 5000)
+	id := store.Sum(data)
+	f := newFlaky(t, func(_ context.Context, call int) error {
+		if call <= 50 {
+			return errTransient
+		}
+		return nil
+	})
+	if err := f.Store.Put(context.Background(), id, store.Encode(data)); err != nil {
+		t.Fatal(err)
+	}
+	s := store.Retry(f, store.RetryOptions{MinDelay: fast.MinDelay, MaxDelay: fast.MaxDelay})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if got, err := store.Load(ctx, s, id); err != nil || string(got) != string(data) {
+		t.Fatalf("Load = %d bytes, %v; want the chunk after 50 failures", len(got), err)
+	}
+	if n := f.Calls(); n != 51 {
+		t.Errorf("%d calls, want 51", n)
+	}
+
+	down := newFlaky(t, func(context.Context, int) error { return errTransient })
+	ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := store.Retry(down, store.RetryOptions{MinDelay: fast.MinDelay, MaxDelay: fast.MaxDelay}).Get(ctx, id)
+	if !errors.Is(err, errTransient) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get from a store down past the deadline: %v", err)
+	}
+	if n := down.Calls(); n <= 4 {
+		t.Errorf("%d calls before the deadline; want more than the 4 of an operation with none", n)
+	}
+	// Not found and corrupt are final under a deadline too.
+	gone := newFlaky(t, func(context.Context, int) error { return fmt.Errorf("x: %w", store.ErrNotFound) })
+	if _, err := store.Retry(gone, store.RetryOptions{}).Get(ctx, id); !errors.Is(err, store.ErrNotFound) || gone.Calls() != 1 {
+		t.Errorf("Get of a missing chunk: %v after %d calls, want not found after 1", err, gone.Calls())
+	}
+}
