@@ -95,7 +95,7 @@ func extracted(t *testing.T, source string) string {
 	t.Helper()
 	x, s := testtree.Convert(t, source)
 	out := filepath.Join(t.TempDir(), "out")
-	if err := extract.Extract(context.Background(), x, s, out); err != nil {
+	if _, err := extract.Extract(context.Background(), x, s, out, extract.Options{Devices: true, SamePermissions: true}); err != nil {
 		t.Fatal(err)
 	}
 	return out
@@ -207,7 +207,7 @@ func TestExtractRefusesNonEmptyDir(t *testing.T) {
 	x, s := testtree.Convert(t, ociImage(t, layerOf(t, file("f", "x"))))
 	out := t.TempDir()
 	os.WriteFile(filepath.Join(out, "there"), nil, 0o644)
-	if err := extract.Extract(context.Background(), x, s, out); err == nil || !strings.Contains(err.Error(), "not empty") {
+	if _, err := extract.Extract(context.Background(), x, s, out, extract.Options{}); err == nil || !strings.Contains(err.Error(), "not empty") {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -62,7 +62,7 @@ func TestProfileLaysOutFirst(t *testing.T) {
 		}
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	if err := extract.Extract(context.Background(), x, s, out); err != nil {
+	if _, err := extract.Extract(context.Background(), x, s, out, extract.Options{Devices: true, SamePermissions: true}); err != nil {
 		t.Fatal(err)
 	}
 	if diff := testtree.Diff(t, src, out); diff != "" {

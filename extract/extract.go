@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,10 +25,32 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
+// Options choose what Extract keeps of what lets a tree give a local user
+// more than its files: an untrusted image's /dev/mem, or its setuid-root
+// shell, made by root on the host, would serve every user who reaches dir.
+type Options struct {
+	// Devices creates the block and character devices; without it they are
+	// skipped (rsync's --devices). FIFOs and sockets are always made.
+	Devices bool
+	// SamePermissions keeps the setuid and setgid bits and the file
+	// capabilities (security.capability) of non-directories; without it they
+	// are cleared (tar's --same-permissions).
+	SamePermissions bool
+}
+
+// Result counts what Extract left out by its Options.
+type Result struct {
+	// Devices is how many device nodes were skipped.
+	Devices int
+	// Privileged is how many files lost setuid, setgid or capabilities.
+	Privileged int
+}
+
 // Extract materializes the tree of x into dir, which must be empty or not
-// exist, reading file data from s.
-func Extract(ctx context.Context, x *index.Index, s store.Store, dir string) error {
-	return extract(ctx, x, s, dir, nil)
+// exist, reading file data from s. Owners are kept when run as root, as
+// tar keeps them; opt says what else is kept.
+func Extract(ctx context.Context, x *index.Index, s store.Store, dir string, opt Options) (Result, error) {
+	return extract(ctx, x, s, dir, nil, opt)
 }
 
 // Metadata materializes the whole tree of x into dir as the layer an
@@ -38,6 +61,8 @@ func Extract(ctx context.Context, x *index.Index, s store.Store, dir string) err
 // reads overlayfs sends to the data-only layer (Linux 6.5: lowerdir=
 // DIR::DATA, metacopy=on). Lookups, listings and attributes then never
 // reach the data-only layer. It needs CAP_SYS_ADMIN for the trusted xattrs.
+// It keeps devices, setuid and setgid bits and capabilities: the tree is a
+// container's root.
 func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, data []uint32) error {
 	stub := make([]bool, len(x.Inodes))
 	for i := range x.Inodes {
@@ -46,7 +71,8 @@ func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, da
 	for _, e := range data {
 		stub[x.Entries[e].Inode] = false
 	}
-	return extract(ctx, x, s, dir, stub)
+	_, err := extract(ctx, x, s, dir, stub, Options{Devices: true, SamePermissions: true})
+	return err
 }
 
 // Overlayfs's xattrs of a metacopy stub.
@@ -58,18 +84,18 @@ const (
 
 // extract materializes the tree of x, the regular files whose inodes stub
 // marks as metacopy stubs.
-func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stub []bool) error {
+func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stub []bool, opt Options) (Result, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return Result{}, err
 	}
 	if empty, err := isEmptyDir(dir); err != nil {
-		return err
+		return Result{}, err
 	} else if !empty {
-		return fmt.Errorf("extract: %s is not empty", dir)
+		return Result{}, fmt.Errorf("extract: %s is not empty", dir)
 	}
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("extract: %s: %w", dir, err)
+		return Result{}, fmt.Errorf("extract: %s: %w", dir, err)
 	}
 	defer unix.Close(fd)
 	e := &extractor{
@@ -80,11 +106,12 @@ func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stu
 		stub:   stub,
 		links:  map[uint32]string{},
 		root:   os.Geteuid() == 0,
+		opt:    opt,
 	}
 	if err := e.dirContents(fd, index.Root, dir); err != nil {
-		return err
+		return e.res, err
 	}
-	return e.attrs(fd, "", &x.Inodes[x.Entries[index.Root].Inode], true)
+	return e.res, e.attrs(fd, "", &x.Inodes[x.Entries[index.Root].Inode], true)
 }
 
 func isEmptyDir(dir string) (bool, error) {
@@ -108,6 +135,8 @@ type extractor struct {
 	stub   []bool            // the inodes to make as metacopy stubs; nil: none
 	links  map[uint32]string // inode -> path of its first name, for hard links
 	root   bool
+	opt    Options
+	res    Result
 }
 
 // dirContents creates the children of directory entry e inside dirfd.
@@ -167,6 +196,10 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 			return err
 		}
 	default: // devices, FIFOs, sockets
+		if t := n.Type(); !e.opt.Devices && (t == unix.S_IFCHR || t == unix.S_IFBLK) {
+			e.res.Devices++
+			return nil
+		}
 		if e.stub != nil && n.Type() == unix.S_IFCHR && n.Rdev == 0 {
 			return errors.New("a 0/0 character device would be a whiteout to overlayfs")
 		}
@@ -228,18 +261,22 @@ func (e *extractor) attrs(fd int, name string, n *index.Inode, own bool) error {
 	if err != nil && (e.root || !errors.Is(err, unix.EPERM)) {
 		return fmt.Errorf("chown: %w", err)
 	}
+	mode, xattrs := n.Mode&0o7777, n.Xattrs
+	if !e.opt.SamePermissions && n.Type() != unix.S_IFDIR {
+		mode, xattrs = e.unprivileged(mode, xattrs)
+	}
 	isLink := n.Type() == unix.S_IFLNK
 	if !isLink {
 		if own {
-			err = unix.Fchmod(fd, n.Mode&0o7777)
+			err = unix.Fchmod(fd, mode)
 		} else {
-			err = unix.Fchmodat(fd, name, n.Mode&0o7777, 0)
+			err = unix.Fchmodat(fd, name, mode, 0)
 		}
 		if err != nil {
 			return fmt.Errorf("chmod: %w", err)
 		}
 	}
-	for _, a := range n.Xattrs {
+	for _, a := range xattrs {
 		if e.stub != nil && strings.HasPrefix(a.Name, overlayXattrs) {
 			continue // the image's own would steer the overlay
 		}
@@ -262,6 +299,24 @@ func (e *extractor) attrs(fd int, name string, n *index.Inode, own bool) error {
 		return fmt.Errorf("times: %w", err)
 	}
 	return nil
+}
+
+// xattrCapability holds a file's capabilities: a setuid bit by another name.
+const xattrCapability = "security.capability"
+
+// unprivileged returns mode without setuid and setgid, and xattrs without
+// capabilities, and counts the file if that took anything away.
+func (e *extractor) unprivileged(mode uint32, xattrs []index.Xattr) (uint32, []index.Xattr) {
+	cleared := mode&(unix.S_ISUID|unix.S_ISGID) != 0
+	mode &^= unix.S_ISUID | unix.S_ISGID
+	if i := slices.IndexFunc(xattrs, func(a index.Xattr) bool { return a.Name == xattrCapability }); i >= 0 {
+		xattrs = slices.Delete(slices.Clone(xattrs), i, i+1)
+		cleared = true
+	}
+	if cleared {
+		e.res.Privileged++
+	}
+	return mode, xattrs
 }
 
 // procPath names a file in a directory descriptor for the calls that have

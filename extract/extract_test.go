@@ -2,6 +2,9 @@ package extract_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -18,11 +21,59 @@ func TestExtract(t *testing.T) {
 	testtree.Build(t, src)
 	x, s := testtree.Convert(t, "dir:"+src)
 	out := filepath.Join(t.TempDir(), "out")
-	if err := extract.Extract(context.Background(), x, s, out); err != nil {
+	res, err := extract.Extract(context.Background(), x, s, out, extract.Options{Devices: true, SamePermissions: true})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if d := testtree.Diff(t, src, out); d != "" {
 		t.Fatalf("the extracted tree differs from the source:\n%s", d)
+	}
+	if res != (extract.Result{}) {
+		t.Errorf("with every option, Extract left out %+v", res)
+	}
+}
+
+// By default, as root, Extract skips the devices and clears setuid, setgid
+// and file capabilities, and keeps everything else: owners, the sticky bit,
+// FIFOs and sockets, other xattrs.
+func TestExtractDefaults(t *testing.T) {
+	src := t.TempDir()
+	testtree.Build(t, src)
+	x, s := testtree.Convert(t, "dir:"+src)
+	out := filepath.Join(t.TempDir(), "out")
+	res, err := extract.Extract(context.Background(), x, s, out, extract.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (extract.Result{Devices: 2, Privileged: 3}); res != want {
+		t.Errorf("Extract left out %+v, want %+v (null and loop9; setuid, setgid and capable)", res, want)
+	}
+	for _, name := range []string{"null", "loop9"} {
+		if _, err := os.Lstat(filepath.Join(out, name)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("device %s: %v; want it skipped", name, err)
+		}
+	}
+	for name, want := range map[string]fs.FileMode{
+		"setuid":  0o755,
+		"setgid":  0o755,
+		"capable": 0o755,
+		"sticky":  fs.ModeDir | fs.ModeSticky | 0o777,
+		"fifo":    fs.ModeNamedPipe | 0o600,
+		"socket":  fs.ModeSocket | 0o755,
+	} {
+		if fi, err := os.Lstat(filepath.Join(out, name)); err != nil || fi.Mode() != want {
+			t.Errorf("%s: %v, %v; want mode %v", name, fi.Mode(), err, want)
+		}
+	}
+	if _, err := unix.Getxattr(filepath.Join(out, "capable"), "security.capability", nil); !errors.Is(err, unix.ENODATA) {
+		t.Errorf("capable's security.capability: %v; want it cleared", err)
+	}
+	if v, err := unix.Getxattr(filepath.Join(out, "small"), "user.note", make([]byte, 64)); err != nil || v != len("a note") {
+		t.Errorf("small's user.note: %d, %v; want it kept", v, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(out, "owned"), &st); err != nil || st.Uid != 1234 || st.Gid != 5678 {
+		t.Errorf("owned: %d:%d, %v; want 1234:5678, kept as tar keeps owners as root", st.Uid, st.Gid, err)
 	}
 }
 

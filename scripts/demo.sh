@@ -81,8 +81,9 @@ step_inspect() {
 }
 
 step_extract() {
-	"$mkbootfs" extract --store "$store" "$index" "$out" ||
-		die "mkbootfs extract --store $store $index $out"
+	# The whole tree, devices and setuid bits too: verify compares it all.
+	"$mkbootfs" extract --devices --same-permissions --store "$store" "$index" "$out" ||
+		die "mkbootfs extract --devices --same-permissions --store $store $index $out"
 }
 
 step_verify() {
