@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -47,6 +48,16 @@ type Store struct {
 	client    *http.Client
 }
 
+// RedirectParam in a store's URL query, as RedirectParam=any, lets the
+// store follow redirects to any scheme, host and port; it is not sent to the
+// server. Without it a redirect stays on the URL's own scheme and host:port
+// (chunks are verified wherever they come from, but a store should not
+// steer its clients' requests at other hosts).
+const RedirectParam = "mkbootfs-redirect"
+
+// maxRedirects is as many as net/http follows by default.
+const maxRedirects = 10
+
 // New returns the store at rawURL. It does not contact the server.
 func New(rawURL string, opt Options) (*Store, error) {
 	u, err := url.Parse(rawURL)
@@ -65,9 +76,13 @@ func New(rawURL string, opt Options) (*Store, error) {
 	name := u.Redacted()
 	user := u.User
 	u.User = nil
+	rawQuery, anyRedirect, err := redirectPolicy(u.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", name, err)
+	}
 	query := ""
-	if u.RawQuery != "" {
-		query = "?" + u.RawQuery
+	if rawQuery != "" {
+		query = "?" + rawQuery
 	}
 	u.RawQuery, u.Fragment = "", ""
 	if !strings.HasSuffix(u.Path, "/") {
@@ -75,6 +90,10 @@ func New(rawURL string, opt Options) (*Store, error) {
 		u.RawPath = ""
 	}
 	tr := transport.New(opt.Timeout, opt.Parallelism, opt.TLSClientConfig)
+	client := &http.Client{Transport: tr, CheckRedirect: sameOrigin}
+	if anyRedirect {
+		client.CheckRedirect = nil // net/http's: any, at most 10
+	}
 	return &Store{
 		base:      u.String(),
 		query:     query,
@@ -82,8 +101,58 @@ func New(rawURL string, opt Options) (*Store, error) {
 		user:      user,
 		timeout:   opt.Timeout,
 		transport: tr,
-		client:    &http.Client{Transport: tr},
+		client:    client,
 	}, nil
+}
+
+// redirectPolicy takes RedirectParam out of a raw query, leaving the rest
+// byte for byte (a signed URL's parameters must reach the server as given).
+func redirectPolicy(rawQuery string) (rest string, anyRedirect bool, err error) {
+	var kept []string
+	for _, kv := range strings.Split(rawQuery, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		if k != RedirectParam {
+			if kv != "" {
+				kept = append(kept, kv)
+			}
+			continue
+		}
+		if v != "any" {
+			return "", false, fmt.Errorf("%s=%s: want %s=any (follow redirects to any host), or no %s (the store's own scheme and host only)", k, v, RedirectParam, RedirectParam)
+		}
+		anyRedirect = true
+	}
+	return strings.Join(kept, "&"), anyRedirect, nil
+}
+
+// sameOrigin is the CheckRedirect of a store without RedirectParam=any.
+func sameOrigin(req *http.Request, via []*http.Request) error {
+	if origin(req.URL) != origin(via[0].URL) {
+		return &redirectError{from: via[0].URL, to: req.URL}
+	}
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+	}
+	return nil
+}
+
+// redirectError is a redirect to another origin, not followed.
+type redirectError struct{ from, to *url.URL }
+
+func (e *redirectError) Error() string {
+	return fmt.Sprintf("redirected from %s to %s, another scheme, host or port: not followed; add ?%s=any to the store's URL to follow redirects anywhere",
+		e.from.Redacted(), e.to.Redacted(), RedirectParam)
+}
+
+// origin is scheme://host:port, the port spelled out and the host in
+// lower case, so that http://h/ and http://H:80/ are one origin.
+func origin(u *url.URL) string {
+	scheme := strings.ToLower(u.Scheme)
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
 
 func (s *Store) String() string { return s.name }
@@ -180,7 +249,11 @@ func (s *Store) send(ctx context.Context, method string, id store.ID, body []byt
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
 	}
-	return s.client.Do(req)
+	resp, err := s.client.Do(req)
+	if re := (*redirectError)(nil); errors.As(err, &re) {
+		return nil, store.Permanent(re) // it names both URLs: not net/http's words around it too
+	}
+	return resp, err
 }
 
 // fail wraps a transport error. When the request's context ended, the

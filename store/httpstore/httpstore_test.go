@@ -1,6 +1,7 @@
 package httpstore_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -290,5 +292,119 @@ func TestBasicAuth(t *testing.T) {
 			t.Errorf("a message shows the password: %q, %q", err, s)
 		}
 		s.Close()
+	}
+}
+
+// TestRedirects: a store follows a redirect on its own scheme and
+// host:port; one to another port or host is refused with one error naming
+// both URLs, and never reaches the other server, unless the store's URL has
+// mkbootfs-redirect=any, which is not sent to the servers while the URL's
+// other query parameters are.
+func TestRedirects(t *testing.T) {
+	l := openLocal(t)
+	data := storetest.Chunk(1, 3000)
+	id, _, err := store.Save(context.Background(), l, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := "/" + id.String()[:4] + "/" + id.String() + ".cacnk"
+	var otherHits atomic.Int32
+	var queries []string
+	var mu sync.Mutex
+	handler := httpstore.NewHandler(l, httpstore.HandlerOptions{})
+	record := func(r *http.Request) {
+		mu.Lock()
+		queries = append(queries, r.URL.RawQuery)
+		mu.Unlock()
+	}
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		otherHits.Add(1)
+		record(r)
+		r.URL.Path = strings.TrimPrefix(r.URL.Path, "/moved")
+		handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(other.Close)
+	// Another host on the loopback, on the same port as other.
+	_, port, _ := net.SplitHostPort(other.Listener.Addr().String())
+	ln, err := net.Listen("tcp", "127.0.0.2:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherSrv := &http.Server{Handler: other.Config.Handler}
+	go otherSrv.Serve(ln)
+	t.Cleanup(func() { otherSrv.Close() })
+	otherHost := "http://" + ln.Addr().String()
+	var first *httptest.Server
+	first = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/here/"):
+			http.Redirect(w, r, first.URL+"/moved"+strings.TrimPrefix(r.URL.Path, "/here")+"?"+r.URL.RawQuery, http.StatusFound)
+		case strings.HasPrefix(r.URL.Path, "/moved/"):
+			r.URL.Path = strings.TrimPrefix(r.URL.Path, "/moved")
+			handler.ServeHTTP(w, r)
+		case strings.HasPrefix(r.URL.Path, "/port/"):
+			http.Redirect(w, r, other.URL+"/moved"+strings.TrimPrefix(r.URL.Path, "/port")+"?"+r.URL.RawQuery, http.StatusMovedPermanently)
+		case strings.HasPrefix(r.URL.Path, "/host/"):
+			http.Redirect(w, r, otherHost+"/moved"+strings.TrimPrefix(r.URL.Path, "/host")+"?"+r.URL.RawQuery, http.StatusTemporaryRedirect)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(first.Close)
+
+	for _, tc := range []struct {
+		name, url string
+		refusedTo string // "" when followed
+	}{
+		{"same host", first.URL + "/here", ""},
+		{"another port", first.URL + "/port", other.URL},
+		{"another host", first.URL + "/host", otherHost},
+		{"another port, allowed", first.URL + "/port?token=a%2Fb&" + httpstore.RedirectParam + "=any", ""},
+		{"another host, allowed", first.URL + "/host?" + httpstore.RedirectParam + "=any&token=a%2Fb", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			otherHits.Store(0)
+			mu.Lock()
+			queries = nil
+			mu.Unlock()
+			s, err := httpstore.New(tc.url, httpstore.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			got, err := store.Load(context.Background(), s, id)
+			if tc.refusedTo == "" {
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("Load: %v", err)
+				}
+			} else {
+				from := strings.SplitN(tc.url, "?", 2)[0] + chunk
+				if err == nil || !strings.Contains(err.Error(), "redirected from "+from+" to "+tc.refusedTo+"/moved"+chunk) || !strings.Contains(err.Error(), httpstore.RedirectParam+"=any") {
+					t.Fatalf("Load: %v; want the redirect from %s to %s refused, and how to allow it", err, from, tc.refusedTo)
+				}
+				if strings.Count(err.Error(), tc.refusedTo) != 1 {
+					t.Errorf("the error names %s more than once: %v", tc.refusedTo, err)
+				}
+				if otherHits.Load() != 0 {
+					t.Errorf("the other server got %d requests", otherHits.Load())
+				}
+				var n atomic.Int32
+				store.Retry(countGets(s, &n), store.RetryOptions{Attempts: 3, MinDelay: time.Millisecond}).Get(context.Background(), id)
+				if n.Load() != 1 {
+					t.Errorf("Retry made %d requests of a refused redirect, want 1", n.Load())
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, q := range queries {
+				if strings.Contains(q, httpstore.RedirectParam) || strings.Contains(tc.url, "token") && !strings.Contains(q, "token=a%2Fb") {
+					t.Errorf("a server got the query %q from %s", q, tc.url)
+				}
+			}
+		})
+	}
+	if _, err := httpstore.New(first.URL+"/x?"+httpstore.RedirectParam+"=yes", httpstore.Options{}); err == nil || !strings.Contains(err.Error(), httpstore.RedirectParam+"=any") {
+		t.Errorf("New with %s=yes: %v; want an error saying what it takes", httpstore.RedirectParam, err)
 	}
 }
