@@ -198,6 +198,9 @@ func shims(tw *tar.Writer, x *index.Index, mtime time.Time) error {
 		if p == own || strings.HasPrefix(p, own+"/") || p == "etc/passwd" || p == "etc/group" {
 			continue // the boot layer's own files; docker refuses a path twice
 		}
+		if strings.HasPrefix(p, whiteoutPrefix) || strings.Contains(p, "/"+whiteoutPrefix) {
+			continue // a dir: source's (layers may hold none): docker would read it as a whiteout
+		}
 		n := &x.Inodes[x.Entries[e].Inode]
 		hdr := &tar.Header{Name: p, ModTime: mtime, Format: tar.FormatPAX}
 		switch {

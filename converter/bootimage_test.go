@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -160,5 +162,62 @@ func layerFile(t *testing.T, l v1.Layer, p string) []byte {
 			}
 			return b
 		}
+	}
+}
+
+// TestSkeletonHasNoWhiteoutNames: a directory source may hold .wh. names,
+// which the index keeps; the boot image's own layer does not carry them,
+// since docker would read them as whiteouts (.wh..bootfs would hide
+// bootinit itself).
+func TestSkeletonHasNoWhiteoutNames(t *testing.T) {
+	src := t.TempDir()
+	for _, d := range []string{".wh..bootfs", ".wh.d/bin", "bin"} {
+		os.MkdirAll(filepath.Join(src, d), 0o755)
+	}
+	for _, f := range []string{".wh.run", ".wh.d/bin/tool", "bin/.wh.sh", "bin/sh"} {
+		os.WriteFile(filepath.Join(src, f), []byte("#!/bin/sh\n"), 0o755)
+	}
+	ctx := context.Background()
+	s, err := local.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := converter.Convert(ctx, converter.Options{Source: "dir:" + src, Store: s, TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := res.Index.Resolve("/.wh.d/bin/tool"); err != nil {
+		t.Errorf("the index lacks /.wh.d/bin/tool: %v", err)
+	}
+	boot, err := converter.BootImage(ctx, res, []byte("bootinit"), s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, err := boot.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layers[1].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	var sawSh bool
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(hdr.Name, ".wh.") || strings.Contains(hdr.Name, "/.wh.") {
+			t.Errorf("the boot image's layer holds %q, a whiteout to docker", hdr.Name)
+		}
+		sawSh = sawSh || hdr.Name == "bin/sh"
+	}
+	if !sawSh {
+		t.Errorf("the skeleton lacks bin/sh")
 	}
 }

@@ -149,6 +149,11 @@ func applyEntry(t *tree, hdr *tar.Header, data section, layer int) error {
 	if err != nil {
 		return err
 	}
+	if skip, err := checkWhiteoutName(p, hdr.Typeflag); err != nil {
+		return fmt.Errorf("entry %q: %w; rebuild the layer without it", hdr.Name, err)
+	} else if skip {
+		return nil
+	}
 	if t.whiteout(p, layer) {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -238,5 +239,55 @@ func TestDevicesAndModes(t *testing.T) {
 	syscall.Lstat(filepath.Join(out, "suid"), &st)
 	if st.Mtim.Nsec != 123456789 {
 		t.Errorf("mtime nanoseconds = %d", st.Mtim.Nsec)
+	}
+}
+
+// TestInvalidWhiteouts: an entry with a .wh. name that is no valid
+// whiteout stops the conversion with an error naming the layer and the
+// entry, where it was dropped, or kept for the boot image's own layer,
+// which docker would then read as a whiteout.
+func TestInvalidWhiteouts(t *testing.T) {
+	lower := layerOf(t, dir("a"), file("a/x", "x"), dir("d"), file("d/f", "f"))
+	for _, tc := range []struct {
+		name  string
+		entry entry
+		err   string
+	}{
+		{"no name", file(".wh.", ""), "names no file"},
+		{"dot", file("a/.wh..", ""), "names no file"},
+		{"dot dot", file("a/.wh...", ""), "names no file"},
+		{"a directory", dir(".wh.keep"), "must be a file, not a directory"},
+		{"a directory over a file", dir("a/.wh.x"), "must be a file, not a directory"},
+		{"a symlink", symlink("a/.wh.x", "/etc/passwd"), "must be a file, not a symlink"},
+		{"a device", entry{name: "a/.wh.x", typ: tar.TypeChar, mode: 0o600}, "must be a file, not a character device"},
+		{"opaque directory", dir("d/.wh..wh..opq"), "must be a file, not a directory"},
+		{"opaque symlink", symlink("d/.wh..wh..opq", "x"), "must be a file, not a symlink"},
+		{"other meta", file("d/.wh..wh.foo", ""), "only .wh..wh..opq"},
+		{"entries under one", file("a/.wh.x/f", "f"), `"a/.wh.x" holds entries`},
+		{"aufs meta below the root", file("d/.wh..wh.plnk/1", ""), `"d/.wh..wh.plnk" holds entries`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := local.Open(t.TempDir(), true)
+			_, err := converter.Convert(context.Background(), converter.Options{Source: ociImage(t, lower, layerOf(t, tc.entry)), Store: s, TmpDir: t.TempDir()})
+			if err == nil || !strings.Contains(err.Error(), "layer 2 of 2") || !strings.Contains(err.Error(), fmt.Sprintf("entry %q", tc.entry.name)) || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("err = %v; want layer 2 of 2, entry %q and %q", err, tc.entry.name, tc.err)
+			}
+		})
+	}
+}
+
+// Whiteouts made by aufs-era docker: hard links to the whiteout base in
+// .wh..wh.aufs, which docker skips with .wh..wh.plnk and .wh..wh.orph.
+func TestAufsWhiteouts(t *testing.T) {
+	src := ociImage(t,
+		layerOf(t, dir("a"), file("a/x", "x"), file("a/y", "y")),
+		layerOf(t, file(".wh..wh.aufs", ""), dir(".wh..wh.plnk"), file(".wh..wh.plnk/260.1", "p"), dir(".wh..wh.orph"),
+			hardlink("a/.wh.x", ".wh..wh.aufs")),
+	)
+	out := extracted(t, src)
+	for p, want := range map[string]bool{"a/x": false, "a/y": true, ".wh..wh.aufs": false, ".wh..wh.plnk": false, ".wh..wh.orph": false, "a/.wh.x": false} {
+		if _, err := os.Lstat(filepath.Join(out, p)); (err == nil) != want {
+			t.Errorf("%s exists = %v, want %v", p, err == nil, want)
+		}
 	}
 }

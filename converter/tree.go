@@ -1,6 +1,7 @@
 package converter
 
 import (
+	"archive/tar"
 	"fmt"
 	"path"
 	"strings"
@@ -101,8 +102,61 @@ func (t *tree) lookup(p string) *node {
 
 const (
 	whiteoutPrefix = ".wh."
+	metaPrefix     = ".wh..wh." // overlay's and aufs's own names, not whiteouts of a file
 	opaqueMarker   = ".wh..wh..opq"
 )
+
+// aufsMeta are the directories at a layer's root where aufs keeps its own
+// state; docker skips them and what is in them, and so do we.
+var aufsMeta = map[string]bool{".wh..wh.aufs": true, ".wh..wh.plnk": true, ".wh..wh.orph": true}
+
+// checkWhiteoutName sorts out an entry with a .wh. name on its path: it
+// reports whether the entry is aufs metadata to skip, and refuses one that
+// no runtime would read the same way (docker as a whiteout, overlayfs and
+// the boot image's own layer as a file): ".wh." and ".wh.." alone, a
+// whiteout that is not a file, a .wh. name with entries under it, and .wh..wh.
+// names other than the opaque marker.
+func checkWhiteoutName(p string, typ byte) (skip bool, err error) {
+	names := strings.Split(p, "/")
+	if aufsMeta[names[0]] {
+		return true, nil
+	}
+	for i, name := range names {
+		if !strings.HasPrefix(name, whiteoutPrefix) {
+			continue
+		}
+		last := i == len(names)-1
+		switch {
+		case !last:
+			return false, fmt.Errorf("%q holds entries, but a name starting with %s is a whiteout, which is a file", strings.Join(names[:i+1], "/"), whiteoutPrefix)
+		case typ != tar.TypeReg && typ != tar.TypeLink:
+			return false, fmt.Errorf("a whiteout (a name starting with %s) must be a file, not a %s", whiteoutPrefix, tarTypeName(typ))
+		case name == opaqueMarker:
+		case strings.HasPrefix(name, metaPrefix):
+			return false, fmt.Errorf("%q is no whiteout: of the names starting with %s, only %s (an opaque directory) is", name, metaPrefix, opaqueMarker)
+		case name == whiteoutPrefix || name == whiteoutPrefix+"." || name == whiteoutPrefix+"..":
+			return false, fmt.Errorf("%q is no whiteout: it names no file", name)
+		}
+	}
+	return false, nil
+}
+
+// tarTypeName says what a tar entry type is, for messages.
+func tarTypeName(typ byte) string {
+	switch typ {
+	case tar.TypeDir:
+		return "directory"
+	case tar.TypeSymlink:
+		return "symlink"
+	case tar.TypeChar:
+		return "character device"
+	case tar.TypeBlock:
+		return "block device"
+	case tar.TypeFifo:
+		return "FIFO"
+	}
+	return fmt.Sprintf("tar entry of type %q", typ)
+}
 
 // whiteout applies an OCI whiteout entry at p. It reports whether p was one.
 // Whiteouts hide what lower layers made; what the same layer makes stays.
