@@ -32,6 +32,7 @@ type entry struct {
 	name, body, link string
 	typ              byte
 	mode             int64
+	size             int64 // the header's, when not the body's
 }
 
 func file(name, body string) entry {
@@ -52,6 +53,9 @@ func layerOf(t *testing.T, entries ...entry) v1.Layer {
 		hdr := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Linkname: e.link, ModTime: mtime, Format: tar.FormatPAX}
 		if e.typ == tar.TypeReg {
 			hdr.Size = int64(len(e.body))
+		}
+		if e.size != 0 {
+			hdr.Size = e.size
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			t.Fatal(err)
@@ -171,6 +175,10 @@ func TestHostileLayers(t *testing.T) {
 		{"hardlink to nothing", []entry{hardlink("l", "missing")}, "does not exist"},
 		{"hardlink to a dir", []entry{dir("d"), hardlink("l", "d")}, "directory"},
 		{"unknown type", []entry{{name: "x", typ: 'Z'}}, "unsupported"},
+		{"hardlink to itself", []entry{file("f", "x"), hardlink("l", "l")}, "does not exist"},
+		{"hardlink loop", []entry{hardlink("a", "b"), hardlink("b", "a")}, "does not exist"},
+		{"name of 256 bytes", []entry{file(strings.Repeat("n", 256), "x")}, "longer than 255 bytes"},
+		{"1 TB file, 4 KB of it", []entry{{name: "huge", typ: tar.TypeReg, mode: 0o644, body: strings.Repeat("x", 4096), size: 1 << 40}}, "unexpected EOF"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _ := local.Open(t.TempDir(), true)
@@ -183,12 +191,14 @@ func TestHostileLayers(t *testing.T) {
 }
 
 func TestHostileButHarmlessEntries(t *testing.T) {
-	// Absolute names land inside the root, symlinks pointing out are kept as
-	// they are and never followed, and a duplicate entry replaces the first.
+	// Absolute names land inside the root, symlinks pointing out or in a
+	// loop are kept as they are and never followed, and a duplicate entry
+	// replaces the first.
 	outside := t.TempDir()
 	src := ociImage(t, layerOf(t,
 		file("/abs", "a"), symlink("out", outside), symlink("up", "../../../.."),
-		file("dup", "1"), file("dup", "2"), dir("/etc"), file("./etc/./f", "f")))
+		file("dup", "1"), file("dup", "2"), dir("/etc"), file("./etc/./f", "f"),
+		symlink("loop1", "loop2"), symlink("loop2", "loop1"), symlink("self", "self")))
 	out := extracted(t, src)
 	if b, _ := os.ReadFile(filepath.Join(out, "abs")); string(b) != "a" {
 		t.Errorf("abs = %q", b)
@@ -198,6 +208,9 @@ func TestHostileButHarmlessEntries(t *testing.T) {
 	}
 	if target, _ := os.Readlink(filepath.Join(out, "out")); target != outside {
 		t.Errorf("out -> %q", target)
+	}
+	if target, _ := os.Readlink(filepath.Join(out, "loop1")); target != "loop2" {
+		t.Errorf("loop1 -> %q, want a symlink kept as it is", target)
 	}
 	if names, _ := os.ReadDir(outside); len(names) != 0 {
 		t.Errorf("extract wrote outside its directory: %v", names)
