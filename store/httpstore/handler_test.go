@@ -106,3 +106,29 @@ func TestServe(t *testing.T) {
 		t.Fatal("Serve did not return after its context ended")
 	}
 }
+
+// TestServeRefusesHugeHeaders: Serve answers a request with 64 KiB of
+// headers 431.
+func TestServeRefusesHugeHeaders(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- httpstore.Serve(ctx, ln, httpstore.NewHandler(openLocal(t), httpstore.HandlerOptions{}), nil) }()
+	defer func() { cancel(); <-done }()
+	req, err := http.NewRequest("GET", "http://"+ln.Addr().String()+"/healthz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Huge", strings.Repeat("x", 64<<10)) // past the 16 KiB bound, within socket buffers: the client is done writing when the server answers
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("64 KiB of headers: %s; want 431", resp.Status)
+	}
+}

@@ -408,3 +408,41 @@ func TestRedirects(t *testing.T) {
 		t.Errorf("New with %s=yes: %v; want an error saying what it takes", httpstore.RedirectParam, err)
 	}
 }
+
+// TestOversizedBodies: a server that declares a terabyte, or sends a body
+// without end, gets an error naming the URL once a chunk's most has been
+// read, not a terabyte's allocation or a read that never ends.
+func TestOversizedBodies(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		h    http.HandlerFunc
+		want string
+	}{
+		{"1 TB Content-Length", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "1099511627776")
+			w.Write([]byte("not a terabyte"))
+		}, "1099511627776 bytes, more than any chunk"},
+		{"endless body", func(w http.ResponseWriter, r *http.Request) {
+			buf := make([]byte, 64<<10)
+			for r.Context().Err() == nil {
+				if _, err := w.Write(buf); err != nil {
+					return
+				}
+			}
+		}, "more than any chunk"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(tc.h)
+			t.Cleanup(srv.Close)
+			s, err := httpstore.New(srv.URL, httpstore.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			_, err = s.Get(context.Background(), store.Sum([]byte("x")))
+			if !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), srv.URL) {
+				t.Fatalf("Get: %v; want a corrupt-chunk error naming %s and saying %q", err, srv.URL, tc.want)
+			}
+		})
+	}
+}
