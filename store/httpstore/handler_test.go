@@ -116,7 +116,8 @@ func TestServeRefusesHugeHeaders(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- httpstore.Serve(ctx, ln, httpstore.NewHandler(openLocal(t), httpstore.HandlerOptions{}), nil) }()
+	h := httpstore.NewHandler(openLocal(t), httpstore.HandlerOptions{})
+	go func() { done <- httpstore.Serve(ctx, ln, h, nil) }()
 	defer func() { cancel(); <-done }()
 	req, err := http.NewRequest("GET", "http://"+ln.Addr().String()+"/healthz", nil)
 	if err != nil {
