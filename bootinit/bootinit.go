@@ -54,6 +54,9 @@ func (e *exitError) Unwrap() error { return e.err }
 // args is os.Args: "bootinit -- ENTRYPOINT... CMD..." as the boot image's
 // entrypoint runs it.
 func Main(args []string) int {
+	if premounted() {
+		return runPremounted(args)
+	}
 	debug := os.Getenv(bootconfig.EnvDebug) == "1"
 	logw := io.Discard
 	if debug {

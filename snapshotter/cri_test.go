@@ -1,8 +1,12 @@
 package snapshotter_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,8 +17,18 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/mkbootfs/mkbootfs/bootimage"
+	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/internal/testcri"
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
+	"github.com/mkbootfs/mkbootfs/internal/testserver"
+	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
 // The mkbootfs binary the tests run the daemon from, built once.
@@ -135,48 +149,193 @@ func startNode(t *testing.T) *node {
 	return &node{Containerd: testcri.Start(t, testcri.Options{Snapshotter: sn.sock}), sn: sn}
 }
 
-// pushed pushes a docker daemon image to the local registry under a name
-// of this test process's own; its manifest is deleted when the test ends.
-func pushed(t *testing.T, image, name string) string {
+// images are the images the tests run, in the local registry.
+type images struct {
+	rootfs string // the Debian tree they are all of
+	orig   string // the original: the tree imported, as docker does
+	boot   string // its boot image, its chunks served over HTTP
+	// deadStore's boot config records a store that is down, corrupt's
+	// index has a byte flipped: both else as boot.
+	deadStore, corrupt string
+	ownLayer           func(ref string) string // the digest of a boot image's own layer
+}
+
+// testImages converts the Debian tree into a store served over HTTP while
+// the test runs, and pushes the original and the boot images.
+func testImages(t *testing.T) *images {
+	t.Helper()
+	im := &images{rootfs: testenv.DebianRootfs(t)}
+	im.orig = pushed(t, testenv.DebianImage(t), "debian:orig")
+	ctx := context.Background()
+	l, err := local.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := converter.Convert(ctx, converter.Options{Source: "dir:" + im.rootfs, Store: l, TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(filepath.Join(filepath.Dir(mkbootfs(t)), "bootinit"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := map[string]string{}
+	im.ownLayer = func(ref string) string { return own[ref] }
+	write := func(name string, stores []string, edit func(v1.Image) v1.Image) string {
+		img, err := converter.BootImage(ctx, res, bin, l, stores)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if edit != nil {
+			img = edit(img)
+		}
+		ref := registryRef(t, name)
+		if err := converter.WriteImage(ctx, img, ref); err != nil {
+			t.Fatal(err)
+		}
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := layers[bootimage.OwnLayer].Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		own[ref] = d.String()
+		return ref
+	}
+	im.boot = write("debian:boot", []string{testserver.HTTP(t, l, false)}, nil)
+	im.deadStore = write("debian:dead-store", []string{"http://" + deadAddr(t) + "/store/"}, nil)
+	im.corrupt = write("debian:corrupt", []string{testserver.HTTP(t, l, false)}, func(img v1.Image) v1.Image { return corruptIndex(t, img) })
+	return im
+}
+
+// registryRef names an image of this test process's own in the local
+// registry; its manifest is deleted when the test ends.
+func registryRef(t *testing.T, name string) string {
 	t.Helper()
 	testenv.Registry(t)
 	ref := fmt.Sprintf("%s/mkbootfs-test/snapshotter-%d/%s", testenv.RegistryAddr, os.Getpid(), name)
-	testenv.Run(t, "docker", "tag", image, ref)
-	t.Cleanup(func() { exec.Command("docker", "rmi", ref).Run() })
-	out := testenv.Run(t, "docker", "push", ref)
-	t.Cleanup(func() { deleteManifest(ref, out) })
+	t.Cleanup(func() { deleteManifest(ref) })
 	return ref
 }
 
-// deleteManifest deletes the manifest docker push reported ("digest:
-// sha256:... size: N") from the registry.
-func deleteManifest(ref, pushOutput string) {
-	_, d, ok := strings.Cut(pushOutput, "digest: ")
-	if !ok {
-		return
-	}
-	d, _, _ = strings.Cut(d, " ")
-	repo, _, _ := strings.Cut(strings.TrimPrefix(ref, testenv.RegistryAddr+"/"), ":")
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodDelete, "http://"+testenv.RegistryAddr+"/v2/"+repo+"/manifests/"+d, nil)
+// pushed pushes a docker daemon image to the local registry under a name
+// of this test process's own.
+func pushed(t *testing.T, image, name string) string {
+	t.Helper()
+	ref := registryRef(t, name)
+	testenv.Run(t, "docker", "tag", image, ref)
+	t.Cleanup(func() { exec.Command("docker", "rmi", ref).Run() })
+	testenv.Run(t, "docker", "push", "-q", ref)
+	return ref
+}
+
+// deleteManifest deletes the manifest ref's tag names from the registry.
+func deleteManifest(ref string) {
+	repo, tag, _ := strings.Cut(strings.TrimPrefix(ref, testenv.RegistryAddr+"/"), ":")
+	base := "http://" + testenv.RegistryAddr + "/v2/" + repo + "/manifests/"
+	req, err := http.NewRequest(http.MethodHead, base+tag, nil)
 	if err != nil {
 		return
 	}
-	if resp, err := http.DefaultClient.Do(req); err == nil {
-		resp.Body.Close()
+	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return
 	}
+	resp.Body.Close()
+	if d := resp.Header.Get("Docker-Content-Digest"); d != "" {
+		if req, err := http.NewRequest(http.MethodDelete, base+d, nil); err == nil {
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}
+	}
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// corruptIndex returns img with a byte of its index flipped.
+func corruptIndex(t *testing.T, img v1.Image) v1.Image {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layers[bootimage.OwnLayer].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if "/"+strings.TrimPrefix(h.Name, "/") == bootconfig.Index {
+			data[len(data)/2] ^= 0xff
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(data)
+	}
+	tw.Close()
+	layer, err := tarball.LayerFromReader(bytes.NewReader(out.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := mutate.AppendLayers(empty.Image, layers[0], layer)
+	if err == nil {
+		c := cfg.DeepCopy()
+		c.RootFS.DiffIDs = nil
+		bad, err = mutate.ConfigFile(bad, c)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bad
 }
 
 // TestCRI runs images through containerd's CRI, as kubelet does, on a
 // node whose snapshotter is mkbootfs: one containerd for every subtest.
 func TestCRI(t *testing.T) {
-	orig := pushed(t, testenv.DebianImage(t), "debian:orig")
+	im := testImages(t)
 	n := startNode(t)
+	ctr := func(name, image string, cmd ...string) testcri.Container {
+		return testcri.Container{Name: name, Image: image, Args: cmd}
+	}
+	pod := n.RunPod(t, "snapshotter")
 
 	// An ordinary image is containerd's overlayfs snapshotter's business.
 	t.Run("ordinary image", func(t *testing.T) {
-		n.Pull(t, orig)
-		pod := n.RunPod(t, "ordinary")
-		id := pod.Run(t, testcri.Container{Name: "debian", Image: orig, Command: []string{"sh", "-c", "cat /etc/debian_version; echo written > /etc/f && cat /etc/f"}})
+		n.Pull(t, im.orig)
+		id := pod.Run(t, ctr("ordinary", im.orig, "sh", "-c", "cat /etc/debian_version; echo written > /etc/f && cat /etc/f"))
 		if code := n.Wait(t, id, 2*time.Minute); code != 0 {
 			t.Fatalf("exit %d; logs:\n%s", code, n.Logs(t, id))
 		}
@@ -188,4 +347,108 @@ func TestCRI(t *testing.T) {
 			t.Errorf("no layer under the snapshotter's root %s holds /etc/debian_version", n.sn.root)
 		}
 	})
+
+	// A boot image runs with its tree mounted on the node: bootinit only
+	// runs the app, and exec sees the image.
+	t.Run("boot image", func(t *testing.T) {
+		n.Pull(t, im.boot)
+		id := pod.Run(t, ctr("boot", im.boot, "sh", "-c", "cat /etc/debian_version; echo written > /etc/f && cat /etc/f; exec sleep 600"))
+		if m := lazyMounts(n.sn.root); len(m) != 1 {
+			t.Fatalf("lazy mounts %q with a container running; want one; the snapshotter's log:\n%s", m, n.sn.log())
+		}
+		if out := execOut(t, n, id, "cat", "/etc/os-release"); !strings.Contains(out, "bookworm") {
+			t.Errorf("exec: /etc/os-release is %q", out)
+		}
+		if logs := n.Logs(t, id); !strings.HasPrefix(logs, "12.") || !strings.Contains(logs, "written") {
+			t.Errorf("logs %q: want Debian 12's version and the written file", logs)
+		}
+		// The app is the container's only process, as in the original.
+		if out := execOut(t, n, id, "cat", "/proc/1/cmdline"); !strings.Contains(out, "sleep") && !strings.Contains(out, "pause") {
+			t.Errorf("pid 1 is %q", out)
+		}
+	})
+
+	t.Run("exact tree", func(t *testing.T) {
+		n.Pull(t, im.boot)
+		id := pod.Run(t, ctr("tree", im.boot, "sleep", "600"))
+		got := t.TempDir()
+		var tarball bytes.Buffer
+		if stderr, err := n.Exec(&tarball, id, "tar", "-C", "/", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
+			"--exclude=./proc", "--exclude=./sys", "--exclude=./dev", "--exclude=./.bootfs", "-cf", "-", "."); err != nil {
+			t.Fatalf("exec tar: %v\n%s", err, stderr)
+		}
+		x := exec.Command("tar", "-C", got, "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "-xpf", "-")
+		x.Stdin = &tarball
+		if out, err := x.CombinedOutput(); err != nil {
+			t.Fatalf("tar -x: %v\n%s", err, out)
+		}
+		// The times of the root and of /etc are the container's, as in the
+		// original's: runc makes the mount point /etc/hosts where the image
+		// has none.
+		testenv.Run(t, "touch", "-r", im.rootfs, got)
+		testenv.Run(t, "touch", "-r", im.rootfs+"/etc", got+"/etc")
+		out := testenv.Run(t, "rsync", "-naHAXci", "--delete", "--exclude=/proc", "--exclude=/sys", "--exclude=/dev",
+			"--exclude=/etc/hosts", "--exclude=/etc/hostname", "--exclude=/etc/resolv.conf", im.rootfs+"/", got+"/")
+		if out != "" {
+			t.Errorf("the tree in the container differs from the original (rsync -naHAXci):\n%s", out)
+		}
+	})
+
+	// The app's identity, capabilities, devices and setuid programs are the
+	// original's: bootinit's setuid bit leaves nothing behind, also where
+	// it takes effect (runc's first exec downgrades it here; a shell's
+	// does not).
+	t.Run("capabilities and devices", func(t *testing.T) {
+		script := `grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp)' /proc/self/status; ls -l /dev | cut -c1-10,35-; cat /proc/1/cmdline | tr '\0' ' '; echo
+mkfifo /tmp/p; exec 3<>/tmp/p; chfn <&3 >/dev/null 2>&1 & pid=$!; sleep 1; echo setuid chfn:; grep -E '^(Uid|Gid)' /proc/$pid/status; kill $pid
+echo started again:; status='grep -E ^(Uid|Gid|Cap(Prm|Eff)) /proc/self/status'
+if [ -e /.bootfs/bootinit ]; then /.bootfs/bootinit -- $status; else $status; fi`
+		n.Pull(t, im.orig)
+		n.Pull(t, im.boot)
+		nobody := int64(65534)
+		for _, tc := range []struct {
+			name string
+			user *int64
+			nnp  bool
+		}{{"root", nil, false}, {"user", &nobody, false}, {"user no-new-privileges", &nobody, true}} {
+			t.Run(tc.name, func(t *testing.T) {
+				var outs []string
+				for _, image := range []string{im.orig, im.boot} {
+					c := ctr("caps", image, "sh", "-c", script)
+					c.User, c.NoNewPrivs = tc.user, tc.nnp
+					c.Name = fmt.Sprintf("caps-%d", len(outs))
+					id := pod.Run(t, c)
+					if code := n.Wait(t, id, 2*time.Minute); code != 0 {
+						t.Fatalf("%s: exit %d; logs:\n%s", image, code, n.Logs(t, id))
+					}
+					outs = append(outs, n.Logs(t, id))
+					n.TryCrictl("rm", id)
+				}
+				if outs[0] != outs[1] {
+					t.Errorf("original:\n%s\nboot image:\n%s", outs[0], outs[1])
+				}
+			})
+		}
+	})
+}
+
+// lazyMounts lists the FUSE mounts under the snapshotter's root.
+func lazyMounts(root string) []string {
+	var out []string
+	for _, p := range testcri.MountsUnder(root) {
+		if filepath.Base(p) == "lazy" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// execOut runs a command in a container and returns its stdout.
+func execOut(t *testing.T, n *node, id string, cmd ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	if stderr, err := n.Exec(&out, id, cmd...); err != nil {
+		t.Fatalf("exec %q: %v\n%s", cmd, err, stderr)
+	}
+	return out.String()
 }

@@ -33,6 +33,10 @@ const (
 	// AuthFile is where a docker config with registry credentials is
 	// looked for, for an oci:// store: -v ~/.docker/config.json:AuthFile:ro.
 	AuthFile = Dir + "/auth.json"
+	// Premounted, in a container's root, says that the root is already
+	// the image's tree, mounted on the node by `mkbootfs snapshotter`:
+	// bootinit then mounts nothing and only runs the app.
+	Premounted = Dir + "/premounted"
 	// LowerDir, UpperDir and RootDir are bootinit's mount points: the lazy
 	// image, the writable layer, and the overlay of both that becomes /.
 	LowerDir = Dir + "/lower"

@@ -110,7 +110,6 @@ state = "{{.Dir}}/state"
 const hostsTOML = `server = "http://%[1]s"
 [host."http://%[1]s"]
   capabilities = ["pull", "resolve", "push"]
-  skip_verify = true
 `
 
 // Start starts a containerd with CRI, and stops it when the test ends.

@@ -38,6 +38,9 @@ type Options struct {
 	RegistryAuth string
 	// Retry bounds the retries of OpenList.
 	Retry store.RetryOptions
+	// Wrap, when set, wraps each store OpenList opens, under its failover
+	// and retries (to count what each one fetches, say).
+	Wrap func(loc string, s store.Store) store.Store
 }
 
 // Schemes lists the location forms Open accepts, for messages.
@@ -96,6 +99,9 @@ func OpenList(ctx context.Context, locs []string, opt Options) (store.Store, err
 				s.Close()
 			}
 			return nil, err
+		}
+		if opt.Wrap != nil {
+			s = opt.Wrap(loc, s)
 		}
 		stores = append(stores, s)
 	}
