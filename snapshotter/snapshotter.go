@@ -28,6 +28,7 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -172,25 +173,29 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		image, layer, ok, err := s.registry.bootLayer(ctx, info.Labels)
 		if err != nil {
 			// containerd pulls the layer itself, and says why not if it cannot.
-			s.log.Printf("%s: is it a boot image? %v", info.Labels[labelImageRef], err)
+			s.log.Printf("%s: is it a boot image? %v", info.Labels[snapshotters.TargetRefLabel], err)
 		}
 		if ok {
 			return nil, s.prepareBoot(ctx, key, parent, target, image, layer, opts)
 		}
 	}
-	m, err := s.Snapshotter.Prepare(ctx, key, parent, opts...)
-	if err != nil {
-		return nil, err
-	}
-	if m, err = s.lazy(ctx, key, m); err != nil {
-		s.Snapshotter.Remove(ctx, key)
-		return nil, err
-	}
-	return m, nil
+	return s.made(ctx, key)(s.Snapshotter.Prepare(ctx, key, parent, opts...))
 }
 
-// labelImageRef is CRI's label of the image a layer belongs to.
-const labelImageRef = "containerd.io/snapshot/cri.image-ref"
+// made finishes the making of snapshot key (Prepare, View): its mounts
+// with the lazy mounts in, or, when these cannot be had, no snapshot.
+func (s *Snapshotter) made(ctx context.Context, key string) func([]mount.Mount, error) ([]mount.Mount, error) {
+	return func(m []mount.Mount, err error) ([]mount.Mount, error) {
+		if err != nil {
+			return nil, err
+		}
+		if m, err = s.lazy(ctx, key, m); err != nil {
+			s.Snapshotter.Remove(ctx, key)
+			return nil, err
+		}
+		return m, nil
+	}
+}
 
 // prepareBoot makes target, the snapshot of a boot image's own layer: the
 // layer is fetched and kept for the mount process, the snapshot's own
@@ -276,15 +281,7 @@ func (s *Snapshotter) id(ctx context.Context, key string) (string, error) {
 
 // View makes a read-only snapshot of parent; see snapshots.Snapshotter.
 func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
-	m, err := s.Snapshotter.View(ctx, key, parent, opts...)
-	if err != nil {
-		return nil, err
-	}
-	if m, err = s.lazy(ctx, key, m); err != nil {
-		s.Snapshotter.Remove(ctx, key)
-		return nil, err
-	}
-	return m, nil
+	return s.made(ctx, key)(s.Snapshotter.View(ctx, key, parent, opts...))
 }
 
 // Mounts returns the mounts of the snapshot key; see snapshots.Snapshotter.
