@@ -1,7 +1,6 @@
 package bootimage_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/internal/testtree"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
@@ -148,7 +148,7 @@ func TestReadLayerCorrupt(t *testing.T) {
 		}, "is not a boot image"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := bootimage.ReadLayer("layer-ref", bytes.NewReader(rewrite(t, own, tc.edit)))
+			_, err := bootimage.ReadLayer("layer-ref", bytes.NewReader(testtree.EditTar(t, own, tc.edit)))
 			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
 				t.Errorf("ReadLayer: %v; want %q", err, tc.want)
 			}
@@ -181,39 +181,4 @@ func ownLayer(t *testing.T, ref string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// rewrite copies a tar stream through edit; a nil result drops the entry.
-func rewrite(t *testing.T, layer []byte, edit func(name string, data []byte) []byte) []byte {
-	t.Helper()
-	var out bytes.Buffer
-	tw := tar.NewWriter(&out)
-	tr := tar.NewReader(bytes.NewReader(layer))
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if data = edit(h.Name, data); data == nil && h.Typeflag == tar.TypeReg {
-			continue
-		}
-		h.Size = int64(len(data))
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return out.Bytes()
 }

@@ -1,7 +1,6 @@
 package snapshotter_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
@@ -28,6 +27,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/internal/testcri"
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
 	"github.com/mkbootfs/mkbootfs/internal/testserver"
+	"github.com/mkbootfs/mkbootfs/internal/testtree"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
@@ -278,31 +278,17 @@ func corruptIndex(t *testing.T, img v1.Image) v1.Image {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	var out bytes.Buffer
-	tw := tar.NewWriter(&out)
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if "/"+strings.TrimPrefix(h.Name, "/") == bootconfig.Index {
+	own, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := testtree.EditTar(t, own, func(name string, data []byte) []byte {
+		if "/"+strings.TrimPrefix(name, "/") == bootconfig.Index {
 			data[len(data)/2] ^= 0xff
 		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(data)
-	}
-	tw.Close()
-	layer, err := tarball.LayerFromReader(bytes.NewReader(out.Bytes()))
+		return data
+	})
+	layer, err := tarball.LayerFromReader(bytes.NewReader(edited))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,10 @@
 package testtree
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -159,4 +161,41 @@ func Convert(t testing.TB, source string) (*index.Index, *local.Store) {
 		t.Fatal(err)
 	}
 	return res.Index, s
+}
+
+// EditTar copies the tar stream layer through edit, which gets each
+// entry's name and content and returns the content to keep; nil drops a
+// regular file.
+func EditTar(t testing.TB, layer []byte, edit func(name string, data []byte) []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	tr := tar.NewReader(bytes.NewReader(layer))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if data = edit(h.Name, data); data == nil && h.Typeflag == tar.TypeReg {
+			continue
+		}
+		h.Size = int64(len(data))
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
 }
