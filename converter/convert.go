@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/chunker"
 	"github.com/mkbootfs/mkbootfs/index"
@@ -286,6 +288,13 @@ func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options,
 	if staged {
 		put = st.Stage
 	}
+	// A chunk found present is touched, so that a garbage collection of
+	// the store running now keeps it until the index names it.
+	has := opts.Store.Has
+	keeper, keeps := opts.Store.(store.Keeper)
+	if keeps {
+		has = keeper.Keep
+	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -311,7 +320,7 @@ func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options,
 			if dup || ctx.Err() != nil {
 				continue
 			}
-			have, err := opts.Store.Has(ctx, id)
+			have, err := has(ctx, id)
 			if err != nil {
 				cancel(err)
 				continue
@@ -371,6 +380,11 @@ func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options,
 			return nil, stats, err
 		}
 	}
+	if keeps {
+		if err := keepAll(ctx, keeper, opts.Store.String(), seen); err != nil {
+			return nil, stats, err
+		}
+	}
 	chunks := make([]index.Chunk, len(slots))
 	for i, s := range slots {
 		chunks[i] = *s
@@ -378,6 +392,26 @@ func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options,
 	}
 	stats.Chunks, stats.UniqueChunks = len(chunks), len(seen)
 	return chunks, stats, nil
+}
+
+// keepAll touches every chunk of a conversion once more, after the last
+// was written: a garbage collection spares them for its grace period
+// again, and a chunk that one removed under a conversion that outlasted
+// the grace period fails the conversion instead of going missing from
+// its index.
+func keepAll(ctx context.Context, k store.Keeper, name string, ids map[store.ID]bool) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for id := range ids {
+		g.Go(func() error {
+			ok, err := k.Keep(ctx, id)
+			if err == nil && !ok {
+				err = &store.ChunkError{ID: id, Store: name, Err: fmt.Errorf("%w: %w", store.ErrNotFound, store.ErrCollected)}
+			}
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 // streamReader is the data stream: every file's data runs, end to end.

@@ -44,6 +44,10 @@ var ErrNotFound = errors.New("chunk not found")
 // ErrCorrupt is wrapped by errors for chunks whose bytes do not match their ID.
 var ErrCorrupt = errors.New("chunk corrupt")
 
+// ErrCollected is wrapped by errors for chunks that a garbage collection
+// of the store removed while a conversion was using them.
+var ErrCollected = errors.New("removed by a garbage collection of the store while the conversion ran (its --keep-newer is shorter than the conversion took); convert again")
+
 // ErrReadOnly is wrapped by errors for a Put that the store refuses.
 var ErrReadOnly = errors.New("store is read-only")
 
@@ -61,6 +65,15 @@ type Store interface {
 	String() string
 	// Close releases connections and files.
 	Close() error
+}
+
+// Keeper is a store whose garbage collector spares recently used chunks
+// (a directory store's `mkbootfs gc --keep-newer`). Keep reports whether
+// the store holds chunk id, as Has does, and if it does marks it used now,
+// so that a collection running at the same time keeps it: a writer that
+// reuses a chunk it found calls Keep, not Has.
+type Keeper interface {
+	Keep(ctx context.Context, id ID) (bool, error)
 }
 
 // ChunkError is the error for one chunk of one store.

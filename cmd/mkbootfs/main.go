@@ -32,6 +32,7 @@ func newRootCmd() *cobra.Command {
 		newMountCmd,
 		newAttachCmd,
 		newSnapshotterCmd,
+		newGCCmd,
 	} {
 		root.AddCommand(newCmd())
 	}

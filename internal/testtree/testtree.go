@@ -7,12 +7,14 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -198,4 +200,76 @@ func EditTar(t testing.TB, layer []byte, edit func(name string, data []byte) []b
 		t.Fatal(err)
 	}
 	return out.Bytes()
+}
+
+// Related makes dir a tree related to base, as a new version of an image
+// is: base's files (hard links, when base is on the same file system),
+// less 20 of them, with 10 replaced by edited copies, and seed's own 3 MiB
+// of new files under /opt. base itself is never written: a file is
+// edited by writing a new one in its place.
+func Related(t testing.TB, base, dir string, seed uint64) string {
+	t.Helper()
+	if out, err := exec.Command("cp", "-al", base, dir).CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		if out, err := exec.Command("cp", "-a", base, dir).CombinedOutput(); err != nil {
+			t.Fatalf("copying %s: %v\n%s", base, err, out)
+		}
+		t.Logf("cp -al %s: %s; copied instead", base, out)
+	}
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rnd := rand.New(rand.NewSource(int64(seed)))
+	rnd.Shuffle(len(files), func(i, j int) { files[i], files[j] = files[j], files[i] })
+	for _, p := range files[:20] {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range files[20:30] {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 1 + len(data)/4096 {
+			if len(data) > 0 {
+				data[rnd.Intn(len(data))] ^= 0x55
+			}
+		}
+		data = append(data, fmt.Sprintf("edited for %d\n", seed)...)
+		os.Remove(p) // a hard link to base: write a new file, not base's
+		if err := os.WriteFile(p, data, fi.Mode().Perm()); err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if err := os.Chown(p, int(st.Uid), int(st.Gid)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, fi.Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
+			t.Fatal(err) // after the chown, which clears setuid
+		}
+	}
+	own := filepath.Join(dir, "opt", fmt.Sprintf("related-%d", seed))
+	if err := os.MkdirAll(own, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		data := make([]byte, 1<<20)
+		rnd.Read(data)
+		if err := os.WriteFile(filepath.Join(own, fmt.Sprint(i)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -120,6 +121,16 @@ func (s *Store) rename(from, to string) error {
 	return os.Rename(filepath.Join(s.dir, from), filepath.Join(s.dir, to))
 }
 
+// touch sets a file's times to now.
+func (s *Store) touch(name string) error {
+	if s.root != nil {
+		now := time.Now()
+		return s.root.Chtimes(name, now, now)
+	}
+	now := []unix.Timespec{{Nsec: unix.UTIME_NOW}, {Nsec: unix.UTIME_NOW}}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(s.dir, name), now, 0)
+}
+
 func (s *Store) remove(name string) {
 	if s.root != nil {
 		s.root.Remove(name)
@@ -161,6 +172,21 @@ func (s *Store) Has(ctx context.Context, id store.ID) (bool, error) {
 		return false, &store.ChunkError{ID: id, Store: s.dir, Err: err}
 	}
 	return true, nil
+}
+
+// Keep implements store.Keeper: it sets the chunk file's times to now (a
+// metadata write, like the stat Has makes), then looks for the file again.
+// The second look closes the race with GC, which renames a chunk away
+// before it checks the chunk's time: a touch that GC did not see finds the
+// name gone when it looks again, so the writer puts the chunk anew.
+func (s *Store) Keep(ctx context.Context, id store.ID) (bool, error) {
+	err := s.touch(chunkName(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	// On a store this process may not write (EROFS, EACCES) it converts
+	// nothing, and GC's grace period is not its to extend: Has answers.
+	return s.Has(ctx, id)
 }
 
 // Put writes the chunk to a temporary file, syncs it and renames it into
@@ -288,7 +314,12 @@ func writeAll(fd int, b []byte) error {
 }
 
 func (s *Store) commit(id store.ID, tmp string) error {
-	if err := s.rename(tmp, chunkName(id)); err != nil {
+	err := s.rename(tmp, chunkName(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		// GC removes temporary files older than its grace period.
+		return &store.ChunkError{ID: id, Store: s.dir, Err: fmt.Errorf("its temporary file is gone: %w", store.ErrCollected)}
+	}
+	if err != nil {
 		s.remove(tmp)
 		return s.writeErr(id, err)
 	}
