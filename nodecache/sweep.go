@@ -1,0 +1,233 @@
+package nodecache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
+)
+
+// treeInfo is what the cache knows of one boot tree.
+type treeInfo struct {
+	Name    string
+	Bytes   int64     // on disk; 0 when not measured yet
+	Files   int64     // entries
+	LastUse time.Time // its lock file's mtime, else when it was made
+	Source  string    // the image it was made from, when known
+	Temp    bool      // a tree being made (.tmp-*) or removed (.trash-*)
+}
+
+// infoFile is trees/NAME.info.
+type infoFile struct {
+	Source string `json:"source,omitempty"`
+	Bytes  int64  `json:"bytes"`
+	Files  int64  `json:"files"`
+}
+
+// TreeMade records that tree name of the cache at cacheDir was just made
+// (renamed into place) from the image source: its size, measured now
+// while its files are in the page cache, and its source, for du; and adds
+// it to the size account, so that the cache's evictors keep the bound.
+func TreeMade(cacheDir, name, source string) error {
+	if !validName(name) {
+		return errors.New("tree " + name + ": not a tree name")
+	}
+	dir := TreeDir(cacheDir, name)
+	info, err := measure(dir)
+	if err != nil {
+		return err
+	}
+	info.Source = source
+	if err := writeInfo(dir, info); err != nil {
+		return err
+	}
+	a, err := openAccount(cacheDir)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	_, err = a.update(func(r *record) {
+		r.Trees += info.Bytes
+		r.TreeCount++
+	})
+	return err
+}
+
+// measure walks the tree at dir.
+func measure(dir string) (infoFile, error) {
+	var info infoFile
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) == nil {
+			info.Bytes += st.Blocks * 512
+			info.Files++
+		}
+		return nil
+	})
+	return info, err
+}
+
+func writeInfo(dir string, info infoFile) error {
+	b, _ := json.Marshal(info)
+	return atomicfile.Write(dir+infoSuffix, append(b, '\n'), 0o644)
+}
+
+// listTrees lists the trees of the cache at dir, with their temporary
+// ones. With measure, a tree whose size is not recorded (made by an
+// older bootinit) is measured and its info written.
+func listTrees(dir string, measureNew bool) ([]treeInfo, error) {
+	tdir := filepath.Join(dir, treesDir)
+	ents, err := os.ReadDir(tdir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var trees []treeInfo
+	for _, e := range ents {
+		n := e.Name()
+		if !e.IsDir() {
+			continue
+		}
+		p := filepath.Join(tdir, n)
+		t := treeInfo{Name: n, Temp: strings.HasPrefix(n, ".")}
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) == nil {
+			t.LastUse = time.Unix(st.Ctim.Unix()) // renamed into place (its mtime is the image root's)
+		}
+		if t.Temp || !validName(n) {
+			t.Temp = true
+			trees = append(trees, t)
+			continue
+		}
+		if unix.Lstat(p+lockSuffix, &st) == nil {
+			t.LastUse = time.Unix(st.Mtim.Unix())
+		}
+		var info infoFile
+		if b, err := os.ReadFile(p + infoSuffix); err == nil && json.Unmarshal(b, &info) == nil && info.Bytes > 0 {
+			t.Bytes, t.Files, t.Source = info.Bytes, info.Files, info.Source
+		} else if measureNew {
+			if info, err := measure(p); err == nil {
+				t.Bytes, t.Files = info.Bytes, info.Files
+				writeInfo(p, info)
+			}
+		}
+		trees = append(trees, t)
+	}
+	return trees, nil
+}
+
+// failedWait is how long bootinit holds off a tree that failed (its
+// trees/NAME.failed note); older notes are removed.
+const failedWait = 24 * time.Hour
+
+// sweep keeps the trees directory and the profiles: it removes trees and
+// profiles unused for maxAge, trees whose removal a killed process left
+// (.trash-*), temporary trees older than staleTemp, stale failure notes
+// and lock files of trees long gone; and it counts what is left into the
+// account. One process of the node sweeps at a time.
+func sweep(ctx context.Context, dir string, acct *account, maxAge time.Duration) error {
+	unlock, ok := acct.tryLock(sweepLock)
+	if !ok {
+		return nil
+	}
+	defer unlock()
+	trees, err := listTrees(dir, true)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	var bytes, count int64
+	have := map[string]bool{}
+	for _, t := range trees {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		p := filepath.Join(dir, treesDir, t.Name)
+		switch {
+		case strings.HasPrefix(t.Name, trashPrefix),
+			strings.HasPrefix(t.Name, TempPrefix) && now.Sub(t.LastUse) > staleTemp:
+			os.RemoveAll(p)
+			continue
+		case t.Temp:
+			continue
+		case now.Sub(t.LastUse) > maxAge:
+			if ok, _ := removeTree(dir, t.Name); ok {
+				continue
+			}
+		}
+		have[t.Name] = true
+		bytes += t.Bytes
+		count++
+	}
+	// What is left of trees long gone: their locks, infos and notes.
+	tdir := filepath.Join(dir, treesDir)
+	if ents, err := os.ReadDir(tdir); err == nil {
+		for _, e := range ents {
+			n := e.Name()
+			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, lockSuffix), infoSuffix), FailedSuffix)
+			if e.IsDir() || base == n || have[base] {
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil || now.Sub(fi.ModTime()) < max(staleTemp, failedWait*boolInt(strings.HasSuffix(n, FailedSuffix))) {
+				continue
+			}
+			if strings.HasSuffix(n, FailedSuffix) {
+				os.Remove(filepath.Join(tdir, n))
+			} else {
+				removeTree(dir, base) // takes the lock: not while a start makes it
+			}
+		}
+	}
+	pbytes, pcount := sweepProfiles(dir, now, maxAge)
+	_, err = acct.update(func(r *record) {
+		r.Trees, r.TreeCount = bytes, count
+		r.Profiles, r.ProfileCount = pbytes, pcount
+		r.SweptAt = now.Unix()
+	})
+	return err
+}
+
+func boolInt(b bool) time.Duration {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// sweepProfiles removes the profiles unused for maxAge and counts the
+// others.
+func sweepProfiles(dir string, now time.Time, maxAge time.Duration) (bytes, count int64) {
+	pdir := filepath.Join(dir, profilesDir)
+	ents, err := os.ReadDir(pdir)
+	if err != nil {
+		return 0, 0
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		if now.Sub(fi.ModTime()) > maxAge && validName(e.Name()) {
+			if os.Remove(filepath.Join(pdir, e.Name())) == nil {
+				continue
+			}
+		}
+		bytes += diskBytes(fi.Size())
+		count++
+	}
+	return bytes, count
+}
