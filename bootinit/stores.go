@@ -12,8 +12,8 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/store"
-	"github.com/mkbootfs/mkbootfs/store/local"
 	"github.com/mkbootfs/mkbootfs/store/location"
 )
 
@@ -54,11 +54,19 @@ func openStores(cfg *bootconfig.Config) (store.Store, error) {
 	if allLocal {
 		return remote, nil // already on this node: a cache would only copy it
 	}
-	dir, err := local.Open(bootconfig.CacheDir, true)
+	opt := nodecache.Options{Log: func(s string) { fmt.Fprintln(os.Stderr, "bootinit:", s) }}
+	if v := os.Getenv(bootconfig.EnvCacheSize); v != "" {
+		if opt.MaxSize, err = nodecache.ParseSize(v, bootconfig.CacheDir); err != nil || opt.MaxSize < 1<<20 {
+			remote.Close()
+			return nil, &exitError{exitBoot, fmt.Errorf("%s=%q: want a size of 1M or more, such as 30M, 2G or 10%% (of the cache volume's filesystem)", bootconfig.EnvCacheSize, v)}
+		}
+	}
+	c, err := nodecache.Open(bootconfig.CacheDir, remote, opt)
 	if err != nil {
+		remote.Close()
 		return nil, fmt.Errorf("chunk cache: %w", err)
 	}
-	return store.NewCache(dir, remote)
+	return c, nil
 }
 
 // checkStore fails the boot early, with a clear message, when the first

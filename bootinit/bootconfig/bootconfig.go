@@ -66,6 +66,10 @@ const (
 	// boot tree: every read of the image then goes through the lazy mount,
 	// verified.
 	EnvTree = "MKBOOTFS_TREE"
+	// EnvCacheSize bounds the node cache at CacheDir (chunks, boot trees
+	// and profiles): 30M, 2G, 10% of its filesystem; past it the least
+	// recently used are removed. Default: nodecache.DefaultMaxSize.
+	EnvCacheSize = "MKBOOTFS_CACHE_SIZE"
 	// EnvDebug set to 1 makes bootinit say what it does.
 	EnvDebug = "MKBOOTFS_DEBUG"
 )

@@ -13,8 +13,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
-	"github.com/mkbootfs/mkbootfs/store"
-	"github.com/mkbootfs/mkbootfs/store/local"
+	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/store/location"
 )
 
@@ -22,6 +21,7 @@ func newMountCmd() *cobra.Command {
 	var (
 		stores     []string
 		cacheDir   string
+		cacheSize  string
 		stats      bool
 		statsFile  string
 		allowOther bool
@@ -78,14 +78,15 @@ place detaches it first; to clear it by hand, run
 				return err
 			}
 			if cacheDir != "" {
-				l, err := local.Open(cacheDir, true)
-				if err != nil {
-					st.Close()
-					return err
+				opt := nodecache.Options{Log: func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), "mkbootfs:", s) }}
+				if cacheSize != "" {
+					if opt.MaxSize, err = nodecache.ParseSize(cacheSize, cacheDir); err != nil {
+						st.Close()
+						return fmt.Errorf("--cache-size: %w", err)
+					}
 				}
-				c, err := store.NewCache(l, st)
+				c, err := nodecache.Open(cacheDir, st, opt)
 				if err != nil {
-					l.Close()
 					st.Close()
 					return err
 				}
@@ -139,6 +140,7 @@ place detaches it first; to clear it by hand, run
 	f := cmd.Flags()
 	f.StringArrayVar(&stores, "store", nil, "chunk store: "+location.Schemes+" (repeatable, tried in order; default: the stores recorded at convert time)")
 	f.StringVar(&cacheDir, "cache", "", "keep fetched chunks in the cache `DIR`, shared with other mounts")
+	f.StringVar(&cacheSize, "cache-size", "", "bound the cache: `SIZE` as 30M, 2G or 10% of its filesystem (default a tenth of it, at least 1G, at most 20G); the least recently used go first")
 	f.BoolVar(&stats, "stats", false, "print what the mount fetched and served when it ends")
 	f.StringVar(&statsFile, "stats-file", "", "keep the stats, as JSON, in `FILE` (rewritten every 2 seconds)")
 	f.BoolVar(&allowOther, "allow-other", os.Geteuid() == 0, "let every user use the mount (default: when run as root)")
