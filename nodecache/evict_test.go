@@ -33,16 +33,8 @@ func bigTree(t *testing.T, dir, name string, n int, lastUse time.Time) {
 // Trees and chunks are evicted by one order, least recently used first;
 // a tree in use is never removed.
 func TestEvictTrees(t *testing.T) {
-	remoteDir, dir := t.TempDir(), t.TempDir()
-	ids := remoteWith(t, remoteDir, 0, 64) // 3 MiB
-	c, err := Open(dir, openRemote(t, remoteDir), Options{MaxSize: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range ids {
-		store.Load(context.Background(), c, id)
-	}
-	c.Close()
+	dir := t.TempDir()
+	ids := cached(t, dir, 64) // 3 MiB
 	day := time.Now().Add(-24 * time.Hour)
 	l, _ := local.Open(dir, false)
 	for _, id := range ids {

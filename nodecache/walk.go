@@ -82,6 +82,8 @@ func idShard(id store.ID) int { return int(id[0] >> 4) }
 func walkChunks(ctx context.Context, dir string, prefixes []string, keep func(string) bool) (walked, error) {
 	w := walked{dirs: map[string]int64{}}
 	now := time.Now()
+	buf := make([]byte, 32<<10)
+	var names []string
 	for _, p := range prefixes {
 		if !keep(p) {
 			continue
@@ -93,8 +95,7 @@ func walkChunks(ctx context.Context, dir string, prefixes []string, keep func(st
 		if err != nil {
 			continue // gone meanwhile, or no directory: nothing of ours
 		}
-		d := os.NewFile(uintptr(fd), p)
-		names, _ := d.Readdirnames(-1)
+		names = readNames(fd, buf, names[:0])
 		var st unix.Stat_t
 		if unix.Fstat(fd, &st) == nil {
 			w.bytes += st.Blocks * 512
@@ -123,9 +124,22 @@ func walkChunks(ctx context.Context, dir string, prefixes []string, keep func(st
 			w.foreign++
 			w.foreignBytes += size
 		}
-		d.Close()
+		unix.Close(fd)
 	}
 	return w, nil
+}
+
+// readNames appends the names in the directory open at fd to names:
+// getdents into buf, which the walk reuses (os.File's Readdirnames
+// allocates a file, a buffer and the names for each directory).
+func readNames(fd int, buf []byte, names []string) []string {
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil || n <= 0 {
+			return names
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
 }
 
 const (
