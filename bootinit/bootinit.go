@@ -30,6 +30,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
+	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
 )
@@ -96,6 +97,7 @@ type boot struct {
 	profile *profile.Profile // the image's, unless prefetch is off
 
 	tree       string // where the image's boot tree is or goes; "": none
+	source     string // the image converted, which a tree made is noted with
 	treeInUse  bool   // the tree is there, and stacked over the lazy mount
 	treeCancel context.CancelFunc
 	treeDone   chan struct{} // closes when the tree being made is done
@@ -161,9 +163,13 @@ func (b *boot) run(args []string) (int, error) {
 		return 0, err
 	}
 	// The boot tree lives in the node cache, and a recording must see
-	// every read.
-	if _, ok := st.(*store.Cache); ok && rec == nil {
-		b.tree, b.treeInUse = tree, tree != "" && isDir(tree) && !heldOff(tree)
+	// every read. It is held in use for the container's life, so that no
+	// eviction removes it; one being removed now is done without.
+	if _, ok := st.(*store.Cache); ok && rec == nil && tree != "" {
+		if release, ok := nodecache.UseTree(bootconfig.CacheDir, filepath.Base(tree)); ok {
+			defer release()
+			b.tree, b.treeInUse, b.source = tree, isDir(tree) && !heldOff(tree), cfg.Source
+		}
 	}
 	// The profile's chunks are fetched from the start, while bootinit
 	// mounts and switches root, before the app asks for them.

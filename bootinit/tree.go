@@ -14,6 +14,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/extract"
 	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
@@ -99,6 +100,9 @@ func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
 			b.log.Printf("boot tree not made: %v", err)
 			noteFailure(dir, err)
 			return
+		}
+		if err := nodecache.TreeMade(bootconfig.CacheDir, filepath.Base(dir), b.source); err != nil {
+			b.log.Printf("boot tree not counted in the cache's size: %v", err)
 		}
 		b.log.Printf("made the boot tree %s (%d files with their data) in %v", dir, len(entries), time.Since(start).Round(time.Millisecond))
 	}()

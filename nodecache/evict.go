@@ -166,7 +166,7 @@ func evictShard(ctx context.Context, dir string, acct *account, e *evictor, s in
 			return 0, err
 		}
 	}
-	w, err := walkChunks(ctx, dir, prefixes, func(p string) bool { return shardOf(p) == s })
+	w, err := walkChunks(ctx, dir, prefixes, func(p string) bool { return shardOf(p) == s }, true)
 	if err != nil {
 		return 0, err
 	}

@@ -164,6 +164,23 @@ func TestFullVolume(t *testing.T) {
 	if len(logs) != 1 || !strings.Contains(logs[0], "full") {
 		t.Errorf("logged %q; want one line saying the volume is full", logs)
 	}
-	checkChunks(t, dir)
+	checkChunks(t, dir, 0)
 	t.Logf("%d of the last 10 kept; %s", kept, fmt.Sprint(c.Stats()))
+}
+
+// A tree made by two starts at once is counted once.
+func TestTreeMadeTwice(t *testing.T) {
+	dir := t.TempDir()
+	makeTree(t, dir, "a")
+	for range 2 {
+		if err := TreeMade(dir, "a", "img:1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := readAccount(t, dir); r.TreeCount != 1 {
+		t.Fatalf("%d trees counted, want 1", r.TreeCount)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, treesDir, ".*")); len(left) != 0 {
+		t.Fatalf("left behind: %v", left)
+	}
 }

@@ -46,7 +46,28 @@ func TreeMade(cacheDir, name, source string) error {
 		return err
 	}
 	info.Source = source
-	if err := writeInfo(dir, info); err != nil {
+	// Two starts that made the tree at once both call TreeMade: the first
+	// info written counts it, the second finds it there.
+	if _, err := os.Stat(dir + infoSuffix); err == nil {
+		return nil
+	}
+	b, _ := json.Marshal(info)
+	tmp, err := os.CreateTemp(filepath.Dir(dir), TempPrefix+"info-*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(append(b, '\n'))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat2(unix.AT_FDCWD, tmp.Name(), unix.AT_FDCWD, dir+infoSuffix, unix.RENAME_NOREPLACE)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		if errors.Is(err, unix.EEXIST) {
+			return nil
+		}
 		return err
 	}
 	a, err := openAccount(cacheDir)
@@ -177,6 +198,10 @@ func sweep(ctx context.Context, dir string, acct *account, maxAge time.Duration)
 	if ents, err := os.ReadDir(tdir); err == nil {
 		for _, e := range ents {
 			n := e.Name()
+			if fi, err := e.Info(); err == nil && !e.IsDir() && strings.HasPrefix(n, TempPrefix) && now.Sub(fi.ModTime()) > staleTemp {
+				os.Remove(filepath.Join(tdir, n)) // an info file a killed TreeMade left
+				continue
+			}
 			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, lockSuffix), infoSuffix), FailedSuffix)
 			if e.IsDir() || base == n || have[base] {
 				continue

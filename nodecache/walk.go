@@ -30,6 +30,8 @@ type walked struct {
 	bytes        int64 // the chunks' and their directories' disk bytes
 	foreign      int64 // files that are no chunk of this layout: left alone
 	foreignBytes int64
+	temps        int64 // temporary chunk files: writes under way, or of dead writers
+	tempBytes    int64
 	staleTemps   int              // temporary files of dead writers, removed
 	dirs         map[string]int64 // chunk directory -> its own disk bytes
 }
@@ -76,10 +78,10 @@ func shardOf(prefix string) int {
 func idShard(id store.ID) int { return int(id[0] >> 4) }
 
 // walkChunks stats every file in the chunk directories of dir among
-// prefixes for which keep(prefix) holds. It removes temporary chunk files
-// older than staleTemp and touches nothing else; what is no chunk of
-// casync's layout is counted as foreign.
-func walkChunks(ctx context.Context, dir string, prefixes []string, keep func(string) bool) (walked, error) {
+// prefixes for which keep(prefix) holds. With clean, it removes temporary
+// chunk files older than staleTemp; it touches nothing else. What is no
+// chunk of casync's layout is counted as foreign.
+func walkChunks(ctx context.Context, dir string, prefixes []string, keep func(string) bool, clean bool) (walked, error) {
 	w := walked{dirs: map[string]int64{}}
 	now := time.Now()
 	buf := make([]byte, 32<<10)
@@ -114,11 +116,13 @@ func walkChunks(ctx context.Context, dir string, prefixes []string, keep func(st
 					continue
 				}
 			case kindTemp:
-				if now.Sub(time.Unix(st.Mtim.Unix())) > staleTemp && unix.Unlinkat(fd, n, 0) == nil {
+				if clean && now.Sub(time.Unix(st.Mtim.Unix())) > staleTemp && unix.Unlinkat(fd, n, 0) == nil {
 					w.staleTemps++
 					continue
 				}
 				w.bytes += size // a write under way
+				w.temps++
+				w.tempBytes += size
 				continue
 			}
 			w.foreign++

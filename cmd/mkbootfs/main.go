@@ -31,6 +31,7 @@ func newRootCmd() *cobra.Command {
 		newServeCmd,
 		newMountCmd,
 		newAttachCmd,
+		newCacheCmd,
 		newSnapshotterCmd,
 		newGCCmd,
 	} {
