@@ -246,8 +246,9 @@ func readFile(ctx context.Context, x *index.Index, s store.Store, p string) ([]b
 // to target (WriteImage); it returns the image and the stores its boot
 // config records.
 //
-// When s is a registry chunk store (oci://), the image's chunks are first
-// listed in a chunk table and chunk manifests of that repository, and the
+// When s is a registry chunk store (oci://), the image's chunks are
+// listed in a chunk table and chunk manifests of that repository (Convert
+// pushed them, when it wrote to s), and the
 // store pinned to the table replaces s in stores: bootinit then reads the
 // chunk map with one request. A registry target in the same repository becomes an OCI index
 // of the boot image, for its platform, and the chunk manifests, for
@@ -260,13 +261,12 @@ func WriteBootImage(ctx context.Context, res *Result, bootinit []byte, s store.S
 	oci, _ := s.(*ocistore.Store)
 	var cm *ocistore.ChunkManifests
 	if oci != nil {
-		ids := make([]store.ID, len(res.Index.Chunks))
-		for i, c := range res.Index.Chunks {
-			ids[i] = store.ID(c.ID)
-		}
-		var err error
-		if cm, err = oci.PushChunkManifest(ctx, ids); err != nil {
-			return nil, nil, err
+		cm = res.manifests
+		if cm == nil || res.manifestStore != oci {
+			var err error
+			if cm, err = oci.PushChunkManifest(ctx, chunkIDs(res.Index.Chunks)); err != nil {
+				return nil, nil, err
+			}
 		}
 		pinned := oci.Pinned(cm.Table.Digest)
 		stores = slices.Clone(stores)

@@ -9,6 +9,7 @@ package converter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/ocistore"
 )
 
 // Options configure a conversion.
@@ -64,6 +66,9 @@ type Stats struct {
 	// profile reads, and their uncompressed size: what a boot prefetches.
 	ProfileChunks int   `json:"profile_chunks,omitempty"`
 	ProfileBytes  int64 `json:"profile_bytes,omitempty"`
+	// LostChunks are chunks a registry store's chunk manifests listed but
+	// the registry had lost, uploaded again.
+	LostChunks int `json:"lost_chunks,omitempty"`
 }
 
 // Result is a finished conversion.
@@ -74,6 +79,19 @@ type Result struct {
 	Image *ImageInfo
 	// Profile is the profile the stream was laid out by, or nil.
 	Profile *profile.Profile
+
+	// manifests list the chunks in manifestStore, a registry's store.
+	manifests     *ocistore.ChunkManifests
+	manifestStore *ocistore.Store
+}
+
+// chunkIDs returns the IDs of chunks.
+func chunkIDs(chunks []index.Chunk) []store.ID {
+	ids := make([]store.ID, len(chunks))
+	for i, c := range chunks {
+		ids[i] = store.ID(c.ID)
+	}
+	return ids
 }
 
 // Meta keys the converter records in the index.
@@ -135,6 +153,25 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 	chunks, stats, err := chunkFiles(ctx, files, cuts, opts, p)
 	if err != nil {
 		return nil, err
+	}
+	if oci, ok := opts.Store.(*ocistore.Store); ok {
+		res.manifestStore = oci
+		res.manifests, err = oci.PushChunkManifest(ctx, chunkIDs(chunks))
+		if errors.Is(err, ocistore.ErrLost) {
+			// The store forgot the chunks the registry lost: chunking the
+			// stream again uploads them.
+			var again Stats
+			if chunks, again, err = chunkFiles(ctx, files, cuts, opts, p); err != nil {
+				return nil, err
+			}
+			stats.NewChunks += again.NewChunks
+			stats.NewBytes += again.NewBytes
+			stats.LostChunks = again.NewChunks
+			res.manifests, err = oci.PushChunkManifest(ctx, chunkIDs(chunks))
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	meta := map[string]string{
 		MetaSource:    opts.Source,

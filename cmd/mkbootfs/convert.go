@@ -167,6 +167,9 @@ of them).`,
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "%s: %d entries, %.1f MB in %d chunks (%d new, %.1f MB written), %.2fs\n",
 				args[0], st.Entries, float64(st.DataBytes)/1e6, st.Chunks, st.NewChunks, float64(st.NewBytes)/1e6, time.Since(start).Seconds())
+			if st.LostChunks > 0 {
+				fmt.Fprintf(out, "repaired: %d chunks that the repository's chunk manifests listed were gone from the registry; uploaded again\n", st.LostChunks)
+			}
 			if opts.Profile != nil && st.ProfileChunks == 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: none of the profile's %d files is a file with data in %s: nothing laid out first, nothing to prefetch\n", len(opts.Profile.Files), args[0])
 			}

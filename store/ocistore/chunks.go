@@ -111,6 +111,9 @@ func (l *learner) table(ctx context.Context, h v1.Hash) error {
 		return nil
 	}
 	body, err := l.s.blob(ctx, h, -1, maxTable, "the chunk table")
+	if l.lenient && (errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupt)) {
+		return nil // a registry that lost it lost its chunks too: uploaded again
+	}
 	if err != nil {
 		return err
 	}
@@ -179,6 +182,13 @@ func (l *learner) tags(ctx context.Context) error {
 					continue
 				}
 				body, err := l.s.manifest(ctx, d.Digest.String())
+				if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupt) {
+					// Deleted (distribution 2.x's collector with
+					// --delete-untagged deletes a tagged index's
+					// children): its chunks are not trusted, and a
+					// conversion uploads them again.
+					continue
+				}
 				if err != nil {
 					return err
 				}

@@ -11,6 +11,13 @@
 // garbage collector keeps a chunk as long as a tag reaches a chunk
 // manifest that lists it (a boot image's index lists them).
 //
+// A writer trusts only what it can fetch: a chunk manifest or table a tag
+// reaches but the registry lost lends no chunk, and chunks the registry
+// lost while their manifest stayed make it refuse the next chunk manifest
+// that lists them, after which the store forgets them (ErrLost). Either
+// way a conversion uploads them again, so converting an image again
+// repairs its repository.
+//
 // A store URL is oci://REGISTRY/REPO, which knows the chunks of every
 // chunk manifest the repository's tags reach (what a conversion reuses),
 // or oci://REGISTRY/REPO@sha256:HEX, pinned to one chunk table (what a
@@ -429,14 +436,20 @@ func (s *Store) status(resp *http.Response, what string) error {
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	json.Unmarshal(b, &msg)
-	detail := ""
+	detail, seen, blobUnknown := "", map[string]int{}, false
 	for _, e := range msg.Errors {
-		detail += fmt.Sprintf(" (%s: %s)", e.Code, e.Message)
+		one := fmt.Sprintf(" (%s: %s)", e.Code, e.Message)
+		if seen[one]++; seen[one] == 1 {
+			detail += one // once: a manifest of unknown blobs gets one error a blob
+		}
+		blobUnknown = blobUnknown || e.Code == "MANIFEST_BLOB_UNKNOWN"
 	}
 	req := resp.Request
 	err := fmt.Errorf("%s %s, %s: %s%s", req.Method, req.URL.Redacted(), what, resp.Status, detail)
 	code := resp.StatusCode
 	switch {
+	case blobUnknown:
+		return fmt.Errorf("%w (%v)", errBlobUnknown, err)
 	case code == http.StatusNotFound || code == http.StatusGone:
 		return fmt.Errorf("%w (%v)", store.ErrNotFound, err)
 	case req.Method != http.MethodGet && req.Method != http.MethodHead && (code == http.StatusForbidden || code == http.StatusMethodNotAllowed):

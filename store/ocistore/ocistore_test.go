@@ -19,6 +19,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/mkbootfs/mkbootfs/internal/testserver"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -386,4 +387,93 @@ func TestRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "docker login "+auth.Addr) {
 		t.Errorf("Get with a wrong password: %v; want an error that says to log in", err)
 	}
+}
+
+// TestLost: a repository that lost what its tags reach is not trusted for
+// it. A chunk manifest or chunk table that is gone (distribution 2.x's
+// collector with --delete-untagged deletes a tagged index's children) lends
+// no chunk; chunk blobs that are gone while their chunk manifest stays
+// make the registry refuse a new chunk manifest, and the store then
+// forgets them (ErrLost), so that putting them again repairs it.
+func TestLost(t *testing.T) {
+	ctx := context.Background()
+	r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{})
+	del := func(t *testing.T, repo, kind string, d v1.Hash) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodDelete, "http://"+r.Addr+"/v2/"+repo+"/"+kind+"/"+d.String(), nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("DELETE %s %s: %v %v", kind, d, resp, err)
+		}
+		resp.Body.Close()
+	}
+	// tagged pushes chunks and their manifest under a tag, in repo.
+	tagged := func(t *testing.T, repo string) ([]store.ID, *ocistore.ChunkManifests) {
+		w := open(t, "oci://"+r.Addr+"/"+repo, ocistore.Options{Push: true})
+		defer w.Close()
+		ids := put(t, w, 1, 2, 3, 4, 5)
+		cm, err := w.PushChunkManifest(ctx, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.TagChunkManifests(ctx, "chunks", cm); err != nil {
+			t.Fatal(err)
+		}
+		return ids, cm
+	}
+	for _, tc := range []struct {
+		name string
+		lose func(t *testing.T, repo string, cm *ocistore.ChunkManifests)
+	}{
+		{"chunk manifest", func(t *testing.T, repo string, cm *ocistore.ChunkManifests) {
+			del(t, repo, "manifests", cm.Parts[0].Digest)
+		}},
+		{"chunk table", func(t *testing.T, repo string, cm *ocistore.ChunkManifests) {
+			del(t, repo, "blobs", cm.Table.Digest)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			repo := "lost/" + strings.ReplaceAll(tc.name, " ", "-")
+			ids, cm := tagged(t, repo)
+			tc.lose(t, repo, cm)
+			s := open(t, "oci://"+r.Addr+"/"+repo, ocistore.Options{Push: true})
+			defer s.Close()
+			for _, id := range ids {
+				if ok, err := s.Has(ctx, id); ok || err != nil {
+					t.Fatalf("Has(%s) = %v, %v; want false: what lists it is gone", id.Short(), ok, err)
+				}
+			}
+		})
+	}
+	t.Run("chunk blobs", func(t *testing.T) {
+		repo := "lost/chunk-blobs"
+		ids, _ := tagged(t, repo)
+		s := open(t, "oci://"+r.Addr+"/"+repo, ocistore.Options{Push: true})
+		defer s.Close()
+		for _, id := range ids[:2] {
+			d, ok, err := s.Blob(ctx, id)
+			if err != nil || !ok {
+				t.Fatalf("chunk %s: %v %v", id.Short(), ok, err)
+			}
+			del(t, repo, "blobs", d.Digest)
+		}
+		_, err := s.PushChunkManifest(ctx, ids)
+		if !errors.Is(err, ocistore.ErrLost) || !strings.Contains(err.Error(), "2 of the image's chunks") {
+			t.Fatalf("pushing a chunk manifest of chunks the registry lost: %v; want ErrLost for 2", err)
+		}
+		for i, id := range ids {
+			if ok, err := s.Has(ctx, id); err != nil || ok != (i >= 2) {
+				t.Errorf("Has(%s) after ErrLost = %v, %v; want %v", id.Short(), ok, err, i >= 2)
+			}
+		}
+		put(t, s, 1, 2)
+		if _, err := s.PushChunkManifest(ctx, ids); err != nil {
+			t.Fatalf("pushing again after putting the lost chunks: %v", err)
+		}
+		for _, id := range ids {
+			if _, err := store.Load(ctx, s, id); err != nil {
+				t.Error(err)
+			}
+		}
+	})
 }

@@ -3,6 +3,7 @@ package ocistore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -112,6 +113,17 @@ func (s *Store) Abort() {
 	}
 }
 
+// ErrLost is wrapped by PushChunkManifest's error when the registry lacks
+// chunks that the repository's chunk tables list (their blobs were deleted
+// through its API, or lost from its storage). The store has forgotten
+// them: putting them again (a conversion into the store again) and
+// pushing again repairs the repository.
+var ErrLost = errors.New("the registry lost chunks that its chunk manifests list")
+
+// errBlobUnknown is wrapped by the error of a manifest push that the
+// registry refused for a blob it does not have.
+var errBlobUnknown = errors.New("a blob the manifest lists is unknown to the registry")
+
 // ChunkManifests record the chunks of one image in a repository.
 type ChunkManifests struct {
 	// Table is the chunk table: a reader pinned to it (Pinned) reads the
@@ -168,12 +180,67 @@ func (s *Store) PushChunkManifest(ctx context.Context, ids []store.ID) (*ChunkMa
 			return nil, err
 		}
 		d := v1.Descriptor{MediaType: types.OCIManifestSchema1, Size: int64(len(body)), Digest: digest(body), ArtifactType: ChunksArtifactType}
-		if err := s.putManifest(ctx, d.Digest.String(), d.MediaType, body); err != nil {
+		err = s.putManifest(ctx, d.Digest.String(), d.MediaType, body)
+		if errors.Is(err, errBlobUnknown) {
+			err = s.forgetLost(ctx, uniq[i:min(len(layers), i+per)], m.Layers, err)
+		}
+		if err != nil {
 			return nil, err
 		}
 		cm.Parts = append(cm.Parts, d)
 	}
 	return cm, nil
+}
+
+// forgetLost asks the registry for each chunk blob of a chunk manifest it
+// refused (refused), and forgets the chunks it lacks, so that Has reports
+// them missing and Put uploads them again. It returns an error wrapping
+// ErrLost, or refused when the registry has every chunk.
+func (s *Store) forgetLost(ctx context.Context, ids []store.ID, blobs []v1.Descriptor, refused error) error {
+	lost := make([]bool, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.opt.Parallelism)
+	for i, d := range blobs {
+		g.Go(func() error {
+			ok, err := s.hasBlob(gctx, d.Digest)
+			lost[i] = err == nil && !ok
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("%w; then asking which chunks it lacks: %w", refused, err)
+	}
+	n := 0
+	s.mu.Lock()
+	for i, id := range ids {
+		if lost[i] {
+			delete(s.chunks, id)
+			n++
+		}
+	}
+	s.mu.Unlock()
+	if n == 0 {
+		return refused
+	}
+	return fmt.Errorf("%s: %w: %d of the image's chunks; they are forgotten, so that putting them again repairs the repository", s.name, ErrLost, n)
+}
+
+// hasBlob reports whether the repository serves blob h (HEAD).
+func (s *Store) hasBlob(ctx context.Context, h v1.Hash) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	resp, err := s.do(ctx, http.MethodHead, s.url("/blobs/"+h.String()), nil, nil)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return true, nil
+	case http.StatusNotFound:
+		return false, nil
+	}
+	return false, s.status(resp, "a chunk's blob")
 }
 
 // TagChunkManifests tags an index of the chunk manifests cm, so that the
