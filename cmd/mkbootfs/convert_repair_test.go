@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
@@ -79,7 +80,8 @@ func bootParts(t *testing.T, ref name.Reference) (image, chunks v1.Hash, blobs [
 // half the chunks deleted through the API, then the collector run; and
 // the collector run with --delete-untagged, which on distribution 2.x
 // deletes every tagged index's children (the boot image's manifest and
-// its chunk manifest) and then their blobs.
+// its chunk manifest, and a multi-platform image's platform images, which
+// the test checks, as the README says) and then their blobs.
 func TestConvertRepairsRegistry(t *testing.T) {
 	testenv.FUSE(t)
 	src := busybox(t)
@@ -112,7 +114,25 @@ func TestConvertRepairsRegistry(t *testing.T) {
 		}},
 		{"collected with --delete-untagged", func(t *testing.T, r *testserver.DockerRegistry, ref name.Reference) {
 			image, chunks, blobs := bootParts(t, ref)
+			// A multi-platform image beside it, as docker buildx pushes one.
+			multi, err := random.Index(1024, 1, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			multiRef := ref.Context().Tag("multi-arch")
+			if err := remote.WriteIndex(multiRef, multi); err != nil {
+				t.Fatal(err)
+			}
+			mm, err := multi.IndexManifest()
+			if err != nil {
+				t.Fatal(err)
+			}
 			r.GarbageCollect(t, true)
+			for _, d := range mm.Manifests {
+				if registryHas(t, ref.Context(), "manifests", d.Digest) {
+					t.Errorf("--delete-untagged kept the platform image %s of the tagged multi-platform index: the README's warning no longer holds for this registry", d.Digest)
+				}
+			}
 			// The claim the README makes: distribution 2.x's collector
 			// deletes the children of a tagged index, and their blobs.
 			if registryHas(t, ref.Context(), "manifests", image) || registryHas(t, ref.Context(), "manifests", chunks) || registryHas(t, ref.Context(), "blobs", blobs[0]) {
