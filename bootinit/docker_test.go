@@ -66,34 +66,38 @@ func convertImage(src, target string) (string, string, error) {
 	if err != nil {
 		return "", "", err
 	}
-	bootinit := filepath.Join(dir, "bootinit")
+	storeDir := filepath.Join(dir, "store")
+	return target, storeDir, convertInto(dir, "docker-daemon:"+src, target, storeDir)
+}
+
+// convertInto converts source (a converter source) into the store at
+// storeDir, which it records, and loads its boot image into the daemon as
+// target, with a bootinit built in work.
+func convertInto(work, source, target, storeDir string) error {
+	bootinit := filepath.Join(work, "bootinit")
 	build := exec.Command("go", "build", "-trimpath", "-o", bootinit, "../cmd/bootinit")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", "", errors.New("building bootinit: " + err.Error() + "\n" + string(out))
+		return errors.New("building bootinit: " + err.Error() + "\n" + string(out))
 	}
 	bin, err := os.ReadFile(bootinit)
 	if err != nil {
-		return "", "", err
+		return err
 	}
-	storeDir := filepath.Join(dir, "store")
 	s, err := local.Open(storeDir, true)
 	if err != nil {
-		return "", "", err
+		return err
 	}
 	ctx := context.Background()
-	res, err := converter.Convert(ctx, converter.Options{Source: "docker-daemon:" + src, Store: s})
+	res, err := converter.Convert(ctx, converter.Options{Source: source, Store: s})
 	if err != nil {
-		return "", "", err
+		return err
 	}
 	img, err := converter.BootImage(ctx, res, bin, s, []string{storeDir})
 	if err != nil {
-		return "", "", err
+		return err
 	}
-	if err := converter.WriteImage(ctx, img, "docker-daemon:"+target); err != nil {
-		return "", "", err
-	}
-	return target, storeDir, nil
+	return converter.WriteImage(ctx, img, "docker-daemon:"+target)
 }
 
 type result struct {

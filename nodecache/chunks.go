@@ -40,6 +40,21 @@ const DefaultMaxAge = 7 * 24 * time.Hour
 // background. A chunk read from the directory that was not used for a
 // while has its mtime touched, which is its last use.
 func Open(dir string, remote store.Store, opt Options) (*store.Cache, error) {
+	d, err := openDir(dir, opt)
+	if err != nil {
+		return nil, err
+	}
+	c, err := store.NewCache(d, remote)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	go d.run()
+	return c, nil
+}
+
+// openDir opens the directory side of Open, its evictor not started.
+func openDir(dir string, opt Options) (*chunkDir, error) {
 	l, err := local.Open(dir, true)
 	if err != nil {
 		return nil, err
@@ -56,13 +71,7 @@ func Open(dir string, remote store.Store, opt Options) (*store.Cache, error) {
 		d.acct.Store(a)
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	c, err := store.NewCache(d, remote)
-	if err != nil {
-		d.stop()
-		return nil, err
-	}
-	go d.run()
-	return c, nil
+	return d, nil
 }
 
 // Touches on reads: a chunk read is touched when its mtime is older than
@@ -86,6 +95,7 @@ type chunkDir struct {
 	pendBytes, pendFiles [shards]atomic.Int64
 	pendTotal            atomic.Int64
 	seen                 atomic.Int64 // the account's total when last read
+	running              atomic.Bool  // run started
 	touchAfter           atomic.Int64 // nanoseconds
 	full                 atomic.Bool  // a write found the volume full
 	loggedFull           atomic.Bool
@@ -239,9 +249,11 @@ func (d *chunkDir) Close() error {
 func (d *chunkDir) stop() {
 	d.closeOnce.Do(func() {
 		d.cancel()
-		select {
-		case <-d.done:
-		case <-time.After(closeWait):
+		if d.running.Load() {
+			select {
+			case <-d.done:
+			case <-time.After(closeWait):
+			}
 		}
 		if a := d.acct.Load(); a != nil {
 			d.flush()
@@ -261,6 +273,7 @@ const tick = time.Second
 // run is the evictor: it counts what this process wrote, and keeps the
 // cache within its bound.
 func (d *chunkDir) run() {
+	d.running.Store(true)
 	defer close(d.done)
 	t := time.NewTicker(tick)
 	defer t.Stop()

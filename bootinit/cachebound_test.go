@@ -1,0 +1,184 @@
+package bootinit_test
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mkbootfs/mkbootfs/internal/testenv"
+	"github.com/mkbootfs/mkbootfs/nodecache"
+	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/local"
+)
+
+const (
+	boundImages  = 5
+	boundData    = 40 << 20 // each image's own files, read whole by its app
+	boundSize    = 100 << 20
+	boundSizeEnv = "100M"
+)
+
+// boundImage is a Debian variant: the minbase rootfs (hard links) and
+// boundData of its own under /opt/data.
+type boundImage struct {
+	ref string
+	md5 string // of its /opt/data files, catenated in name order
+}
+
+// boundImages makes the variants, converted into one store, served over
+// HTTP on loopback (a local store would not go through the cache).
+func boundImagesAndStore(t *testing.T) ([]boundImage, string) {
+	t.Helper()
+	testenv.Root(t)
+	testenv.FUSE(t)
+	testenv.Docker(t)
+	base := testenv.DebianRootfs(t)
+	work := t.TempDir()
+	storeDir := filepath.Join(work, "store")
+	imgs := make([]boundImage, boundImages)
+	for i := range imgs {
+		tree := filepath.Join(work, fmt.Sprintf("tree%d", i))
+		if out, err := exec.Command("cp", "-al", base, tree).CombinedOutput(); err != nil {
+			t.Fatalf("cp -al %s: %v\n%s", base, err, out)
+		}
+		data := filepath.Join(tree, "opt/data")
+		os.MkdirAll(data, 0o755)
+		rng := rand.New(rand.NewPCG(uint64(i), 77))
+		h := md5.New()
+		for f := range 10 {
+			b := make([]byte, boundData/10)
+			for j := 0; j < len(b); j += 8 {
+				v := rng.Uint64()
+				for k := range 8 {
+					b[j+k] = byte(v >> (8 * k))
+				}
+			}
+			h.Write(b)
+			if err := os.WriteFile(filepath.Join(data, fmt.Sprintf("part%d", f)), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		imgs[i] = boundImage{
+			ref: fmt.Sprintf("mkbootfs-test/bound:%d-%d", i, os.Getpid()),
+			md5: hex.EncodeToString(h.Sum(nil)),
+		}
+		if err := convertInto(work, "dir:"+tree, imgs[i].ref, storeDir); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { exec.Command("docker", "rmi", "-f", imgs[i].ref).Run() })
+	}
+	_, addr := serveCounting(t, storeDir)
+	return imgs, "http://" + addr + "/"
+}
+
+// A node cache bounded to 100 MB while five Debian variants of 246 MB,
+// each reading 40 MB of its own, start in turn, then at once, then in turn
+// again: the volume never holds more than a batch (a sixteenth) past the
+// bound, every container exits 0 with the right output, and what the
+// cache holds is sound.
+func TestCacheBound(t *testing.T) {
+	imgs, storeURL := boundImagesAndStore(t)
+	vol := fmt.Sprintf("mkbootfs-test-bound-%d", os.Getpid())
+	docker(t, "volume", "rm", "-f", vol)
+	t.Cleanup(func() { docker(t, "volume", "rm", "-f", vol) })
+	if r := docker(t, "volume", "create", vol); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	mnt := strings.TrimSpace(docker(t, "volume", "inspect", "-f", "{{.Mountpoint}}", vol).stdout)
+
+	// The volume's size, sampled while the containers run.
+	var peak atomic.Int64
+	done := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Go(func() {
+		for {
+			if u, err := nodecache.Du(context.Background(), mnt); err == nil && u.Total > peak.Load() {
+				peak.Store(u.Total)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+	runOne := func(img boundImage) error {
+		r := docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+			"-e", "MKBOOTFS_STORE="+storeURL, "-e", "MKBOOTFS_CACHE_SIZE="+boundSizeEnv, "-v", vol+":/.bootfs/cache",
+			img.ref, "/bin/sh", "-c", "cat /opt/data/part0 /opt/data/part1 /opt/data/part2 /opt/data/part3 /opt/data/part4 /opt/data/part5 /opt/data/part6 /opt/data/part7 /opt/data/part8 /opt/data/part9 | md5sum")
+		if r.code != 0 || strings.Fields(r.stdout+" ")[0] != img.md5 {
+			return fmt.Errorf("%s: exit %d, stdout %q (want %s), stderr:\n%s", img.ref, r.code, r.stdout, img.md5, r.stderr)
+		}
+		return nil
+	}
+	rounds := []struct {
+		name     string
+		together bool
+	}{{"in turn", false}, {"at once", true}, {"in turn again", false}}
+	for _, round := range rounds {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, img := range imgs {
+			if !round.together {
+				if err := runOne(img); err != nil {
+					t.Fatalf("%s: %v", round.name, err)
+				}
+				continue
+			}
+			wg.Go(func() {
+				if err := runOne(img); err != nil {
+					t.Errorf("%s: %v", round.name, err)
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("%s: %d containers in %v; the volume's peak so far %s", round.name, len(imgs), time.Since(start).Round(time.Millisecond), nodecache.FormatSize(peak.Load()))
+	}
+	close(done)
+	sampler.Wait()
+	if p := peak.Load(); p > boundSize+boundSize/16 {
+		t.Errorf("the cache volume held %s, more than a batch past its bound %s", nodecache.FormatSize(p), boundSizeEnv)
+	} else if p < boundSize/2 {
+		t.Errorf("the cache volume held at most %s: the test never filled it", nodecache.FormatSize(p))
+	}
+	// What is left is sound: every chunk verifies.
+	l, err := local.Open(mnt, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err = l.Walk(func(id store.ID) error {
+		n++
+		_, err := store.Load(context.Background(), l, id)
+		return err
+	})
+	if err != nil {
+		t.Errorf("a chunk in the cache volume: %v", err)
+	}
+	u, _ := nodecache.Du(context.Background(), mnt)
+	t.Logf("the volume's peak %s under a bound of %s; left %d chunks, %s", nodecache.FormatSize(peak.Load()), boundSizeEnv, n, nodecache.FormatSize(u.Total))
+}
+
+// A bad MKBOOTFS_CACHE_SIZE stops the boot with one line saying what to
+// give.
+func TestCacheSizeEnv(t *testing.T) {
+	_, boot, _ := converted(t)
+	for _, v := range []string{"lots", "10K", "-1G"} {
+		r := docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+			"-e", "MKBOOTFS_STORE=http://127.0.0.1:1/", "-e", "MKBOOTFS_CACHE_SIZE="+v, boot, "true")
+		want := fmt.Sprintf("MKBOOTFS_CACHE_SIZE=%q: want a size of 1M or more", v)
+		if r.code != 125 || !strings.Contains(r.stderr, want) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+			t.Errorf("MKBOOTFS_CACHE_SIZE=%s: exit %d, stderr %q; want 125 and one line with %q", v, r.code, r.stderr, want)
+		}
+	}
+}
