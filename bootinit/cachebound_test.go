@@ -116,7 +116,7 @@ func TestCacheBound(t *testing.T) {
 		r := docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
 			"-e", "MKBOOTFS_STORE="+storeURL, "-e", "MKBOOTFS_CACHE_SIZE="+boundSizeEnv, "-v", vol+":/.bootfs/cache",
 			img.ref, "/bin/sh", "-c", "cat /opt/data/part0 /opt/data/part1 /opt/data/part2 /opt/data/part3 /opt/data/part4 /opt/data/part5 /opt/data/part6 /opt/data/part7 /opt/data/part8 /opt/data/part9 | md5sum")
-		if r.code != 0 || strings.Fields(r.stdout + " ")[0] != img.md5 {
+		if r.code != 0 || !strings.HasPrefix(r.stdout, img.md5+" ") {
 			return fmt.Errorf("%s: exit %d, stdout %q (want %s), stderr:\n%s", img.ref, r.code, r.stdout, img.md5, r.stderr)
 		}
 		return nil
