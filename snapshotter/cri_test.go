@@ -3,6 +3,7 @@ package snapshotter_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
@@ -69,6 +70,7 @@ func mkbootfs(t *testing.T) string {
 // node runs it.
 type daemon struct {
 	bin, root, sock, logFile string
+	hosts, metrics           string // its --hosts-dir and --metrics-address
 	proc                     *os.Process
 	done                     chan struct{}
 }
@@ -82,7 +84,9 @@ func startDaemon(t *testing.T) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{bin: mkbootfs(t), root: filepath.Join(dir, "root"), sock: filepath.Join(dir, "sn.sock"), logFile: filepath.Join(dir, "snapshotter.log")}
+	d := &daemon{bin: mkbootfs(t), root: filepath.Join(dir, "root"), sock: filepath.Join(dir, "sn.sock"), logFile: filepath.Join(dir, "snapshotter.log"),
+		hosts: filepath.Join(dir, "certs.d"), metrics: deadAddr(t)}
+	testcri.WriteHosts(t, d.hosts)
 	t.Cleanup(func() {
 		d.stop(t)
 		for _, p := range testcri.MountsUnder(dir) {
@@ -102,7 +106,7 @@ func (d *daemon) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(d.bin, "snapshotter", "--root", d.root, "--address", d.sock)
+	cmd := exec.Command(d.bin, "snapshotter", "--root", d.root, "--address", d.sock, "--hosts-dir", d.hosts, "--metrics-address", d.metrics)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -114,6 +118,13 @@ func (d *daemon) start(t *testing.T) {
 	if err := testcri.WaitSocket(d.sock, 30*time.Second); err != nil {
 		t.Fatalf("%v; the snapshotter's log:\n%s", err, d.log())
 	}
+}
+
+// kill kills the daemon with SIGKILL, as a crash or an OOM kill would.
+func (d *daemon) kill() {
+	d.proc.Kill()
+	<-d.done
+	d.proc = nil
 }
 
 // stop stops the daemon with SIGTERM, or SIGKILL after 15 s.
@@ -154,8 +165,9 @@ type images struct {
 	rootfs string // the Debian tree they are all of
 	orig   string // the original: the tree imported, as docker does
 	boot   string // its boot image, its chunks served over HTTP
-	// deadStore's boot config records a store that is down, corrupt's
-	// index has a byte flipped: both else as boot.
+	// corrupt is boot with a byte of its index flipped; deadStore is of
+	// a small tree of its own, and its boot config records a store that is
+	// down.
 	deadStore, corrupt string
 	ownLayer           func(ref string) string // the digest of a boot image's own layer
 }
@@ -181,7 +193,7 @@ func testImages(t *testing.T) *images {
 	}
 	own := map[string]string{}
 	im.ownLayer = func(ref string) string { return own[ref] }
-	write := func(name string, stores []string, edit func(v1.Image) v1.Image) string {
+	write := func(name string, res *converter.Result, l *local.Store, stores []string, edit func(v1.Image) v1.Image) string {
 		img, err := converter.BootImage(ctx, res, bin, l, stores)
 		if err != nil {
 			t.Fatal(err)
@@ -204,9 +216,24 @@ func testImages(t *testing.T) *images {
 		own[ref] = d.String()
 		return ref
 	}
-	im.boot = write("debian:boot", []string{testserver.HTTP(t, l, false)}, nil)
-	im.deadStore = write("debian:dead-store", []string{"http://" + deadAddr(t) + "/store/"}, nil)
-	im.corrupt = write("debian:corrupt", []string{testserver.HTTP(t, l, false)}, func(img v1.Image) v1.Image { return corruptIndex(t, img) })
+	im.boot = write("debian:boot", res, l, []string{testserver.HTTP(t, l, false)}, nil)
+	im.corrupt = write("debian:corrupt", res, l, []string{testserver.HTTP(t, l, false)}, func(img v1.Image) v1.Image { return corruptIndex(t, img) })
+	// Chunks of their own, which the node cache cannot have.
+	tree := t.TempDir()
+	random := make([]byte, 1<<20)
+	rand.Read(random)
+	if err := os.WriteFile(filepath.Join(tree, "random"), random, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := local.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res2, err := converter.Convert(ctx, converter.Options{Source: "dir:" + tree, Store: l2, TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.deadStore = write("random:dead-store", res2, l2, []string{"http://" + deadAddr(t) + "/store/"}, nil)
 	return im
 }
 
@@ -288,7 +315,7 @@ func corruptIndex(t *testing.T, img v1.Image) v1.Image {
 		}
 		return data
 	})
-	layer, err := tarball.LayerFromReader(bytes.NewReader(edited))
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(edited)), nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,12 +324,16 @@ func corruptIndex(t *testing.T, img v1.Image) v1.Image {
 		t.Fatal(err)
 	}
 	bad, err := mutate.AppendLayers(empty.Image, layers[0], layer)
-	if err == nil {
-		c := cfg.DeepCopy()
-		c.RootFS.DiffIDs = nil
-		bad, err = mutate.ConfigFile(bad, c)
-	}
 	if err != nil {
+		t.Fatal(err)
+	}
+	badCfg, err := bad.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.DeepCopy()
+	c.RootFS.DiffIDs = badCfg.RootFS.DiffIDs
+	if bad, err = mutate.ConfigFile(bad, c); err != nil {
 		t.Fatal(err)
 	}
 	return bad
@@ -385,7 +416,7 @@ func TestCRI(t *testing.T) {
 	// it takes effect (runc's first exec downgrades it here; a shell's
 	// does not).
 	t.Run("capabilities and devices", func(t *testing.T) {
-		script := `grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp)' /proc/self/status; ls -l /dev | cut -c1-10,35-; cat /proc/1/cmdline | tr '\0' ' '; echo
+		script := `grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp)' /proc/self/status; stat -c '%A %t:%T %U:%G %n' /dev/*; cat /proc/1/cmdline | tr '\0' ' '; echo
 mkfifo /tmp/p; exec 3<>/tmp/p; chfn <&3 >/dev/null 2>&1 & pid=$!; sleep 1; echo setuid chfn:; grep -E '^(Uid|Gid)' /proc/$pid/status; kill $pid
 echo started again:; status='grep -E ^(Uid|Gid|Cap(Prm|Eff)) /proc/self/status'
 if [ -e /.bootfs/bootinit ]; then /.bootfs/bootinit -- $status; else $status; fi`
@@ -416,6 +447,162 @@ if [ -e /.bootfs/bootinit ]; then /.bootfs/bootinit -- $status; else $status; fi
 			})
 		}
 	})
+
+	testFailures(t, n, im, pod)
+}
+
+// The bad inputs and the restarts, after TestCRI's subtests above, on
+// the same node.
+func testFailures(t *testing.T, n *node, im *images, pod *testcri.Pod) {
+	// A boot image is pulled all the same; creating a container of it
+	// fails with one line saying why, in the CRI error and containerd's
+	// log. Here the node has bootinit's layer: containerd downloads none
+	// of the image's own layer.
+	for _, tc := range []struct{ name, image, want string }{
+		{"corrupt index", im.corrupt, "checksum"},
+		{"store down", im.deadStore, "connection refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n.Pull(t, im.boot) // bootinit's layer
+			n.Pull(t, tc.image)
+			if out := testenv.Run(t, "ctr", "-a", n.Socket, "-n", "k8s.io", "content", "ls", "-q"); strings.Contains(out, im.ownLayer(tc.image)) {
+				t.Errorf("containerd downloaded the boot image's own layer %s", im.ownLayer(tc.image))
+			}
+			start := time.Now()
+			_, err := pod.Create(testcri.Container{Name: strings.ReplaceAll(tc.name, " ", "-"), Image: tc.image, Args: []string{"true"}})
+			if err == nil {
+				t.Fatal("the container was created")
+			}
+			line := ""
+			for _, l := range strings.Split(err.Error(), "\n") {
+				if strings.Contains(l, "mkbootfs: ") {
+					line = l
+				}
+			}
+			repo := tc.image[:strings.LastIndex(tc.image, ":")]
+			if !strings.Contains(line, tc.want) || !strings.Contains(line, repo) {
+				t.Errorf("CRI error %q: want one line naming the image and saying %q", err, tc.want)
+			}
+			msg := line[strings.Index(line, "mkbootfs: "):]
+			if !strings.Contains(n.Log(), strings.TrimRight(msg, `"`)[:min(len(msg), 80)]) {
+				t.Errorf("containerd's log does not hold %q", msg)
+			}
+			t.Logf("creation failed after %v: %s", time.Since(start).Round(time.Millisecond), msg)
+			// containerd still answers.
+			n.Crictl(t, "ps", "-a")
+		})
+	}
+
+	t.Run("metrics", func(t *testing.T) {
+		resp, err := http.Get("http://" + n.sn.metrics + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		text := string(body)
+		for _, want := range []string{
+			"mkbootfs_snapshotter_mounts 1\n",
+			"mkbootfs_snapshotter_cache_misses_total ",
+			`mkbootfs_snapshotter_store_chunks_total{store="http://`,
+			`mkbootfs_snapshotter_store_fetch_seconds_bucket{store="http://`,
+		} {
+			if !strings.Contains(text, want) {
+				t.Errorf("no %q in the metrics:\n%s", want, text)
+			}
+		}
+		var chunks int64
+		for _, l := range strings.Split(text, "\n") {
+			if strings.HasPrefix(l, "mkbootfs_snapshotter_store_chunks_total{") {
+				fmt.Sscan(l[strings.LastIndex(l, " ")+1:], &chunks)
+			}
+		}
+		if chunks == 0 {
+			t.Errorf("no chunk counted as fetched after the tree was read whole:\n%s", text)
+		}
+	})
+
+	// kill -9 of the daemon breaks no running container: its mounts are
+	// served by processes of their own; a restarted daemon takes them back
+	// and serves new pods.
+	t.Run("kill -9", func(t *testing.T) {
+		n.Pull(t, im.boot)
+		n.Pull(t, im.orig)
+		id := pod.Run(t, testcri.Container{Name: "reader", Image: im.boot, Args: []string{"sh", "-c",
+			"i=0; while :; do cat /usr/lib/x86_64-linux-gnu/* /usr/bin/* > /dev/null 2>&1; i=$((i+1)); echo $i > /tmp/passes; done"}})
+		waitPasses(t, n, id, 1)
+		n.sn.kill()
+		for _, m := range lazyMounts(n.sn.root) {
+			var st syscall.Statfs_t
+			if err := syscall.Statfs(m, &st); err != nil {
+				t.Errorf("%s after kill -9 of the daemon: %v", m, err)
+			}
+		}
+		waitPasses(t, n, id, readPasses(t, n, id)+2)
+		sums := " && find . -type f | sort | xargs md5sum"
+		want := testenv.Run(t, "sh", "-c", "cd "+im.rootfs+"/usr/bin"+sums)
+		if got := execOut(t, n, id, "sh", "-c", "cd /usr/bin"+sums); got != want {
+			t.Errorf("after kill -9, /usr/bin in the pod differs from the original's:\n%s", lineDiff(want, got))
+		}
+		n.sn.start(t)
+		restarted := time.Now()
+		if !strings.Contains(n.sn.log(), "took back the mount of") {
+			t.Errorf("the restarted daemon did not take its mount back; its log:\n%s", n.sn.log())
+		}
+		other := n.RunPod(t, "after-restart")
+		t.Logf("containerd reached the restarted snapshotter %v after its start", time.Since(restarted).Round(time.Millisecond))
+		for _, image := range []string{im.boot, im.orig} {
+			id := other.Run(t, testcri.Container{Name: "new-" + strings.ReplaceAll(image[strings.LastIndex(image, ":")+1:], ".", "-"), Image: image, Args: []string{"cat", "/etc/debian_version"}})
+			if code := n.Wait(t, id, 2*time.Minute); code != 0 {
+				t.Errorf("%s after the restart: exit %d; logs:\n%s", image, code, n.Logs(t, id))
+			}
+		}
+	})
+}
+
+// lineDiff lists the lines only one of a and b has.
+func lineDiff(a, b string) string {
+	in := func(s string) map[string]bool {
+		m := map[string]bool{}
+		for _, l := range strings.Split(s, "\n") {
+			m[l] = true
+		}
+		return m
+	}
+	ina, inb := in(a), in(b)
+	var out []string
+	for l := range ina {
+		if !inb[l] {
+			out = append(out, "- "+l)
+		}
+	}
+	for l := range inb {
+		if !ina[l] {
+			out = append(out, "+ "+l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// readPasses reads how many passes the reader container made.
+func readPasses(t *testing.T, n *node, id string) int {
+	t.Helper()
+	var passes int
+	fmt.Sscan(execOut(t, n, id, "sh", "-c", "cat /tmp/passes 2>/dev/null || echo 0"), &passes)
+	return passes
+}
+
+// waitPasses waits, at most a minute, until the reader container made
+// this many passes.
+func waitPasses(t *testing.T, n *node, id string, passes int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for readPasses(t, n, id) < passes {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pod's reads made %d passes in a minute, want %d; its logs:\n%s", readPasses(t, n, id), passes, n.Logs(t, id))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // lazyMounts lists the FUSE mounts under the snapshotter's root.

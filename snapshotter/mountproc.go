@@ -109,7 +109,7 @@ func serveMount(dir string, status *os.File) error {
 	}
 	b, err := readLayer(filepath.Join(state, layerFile), cfg.Image)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w; push the boot image again, or convert it again", err)
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

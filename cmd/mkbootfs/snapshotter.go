@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log"
+	"net"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -13,7 +14,7 @@ import (
 
 func newSnapshotterCmd() *cobra.Command {
 	var opts snapshotter.Options
-	var address string
+	var address, metrics string
 	cmd := &cobra.Command{
 		Use:   "snapshotter --root DIR --address SOCKET",
 		Short: "Serve containerd's snapshots API for boot images (a remote snapshotter)",
@@ -38,6 +39,17 @@ Run it until SIGINT or SIGTERM.`,
 				return err
 			}
 			defer sn.Close()
+			if metrics != "" {
+				l, err := net.Listen("tcp", metrics)
+				if err != nil {
+					return fmt.Errorf("--metrics-address: %w", err)
+				}
+				go func() {
+					if err := snapshotter.ServeMetrics(cmd.Context(), sn, l); err != nil {
+						opts.Log.Print(err)
+					}
+				}()
+			}
 			opts.Log.Printf("serving %s on %s", opts.Root, address)
 			return snapshotter.Serve(cmd.Context(), sn, address)
 		},
@@ -47,6 +59,7 @@ Run it until SIGINT or SIGTERM.`,
 	f.StringVar(&address, "address", "/run/mkbootfs/snapshotter.sock", "serve containerd on the unix socket `SOCKET`")
 	f.StringVar(&opts.Cache, "cache", "", "the node cache of chunks, `DIR` (default: ROOT/cache)")
 	f.StringVar(&opts.HostsDir, "hosts-dir", "", "containerd's registry hosts configuration, `DIR`/HOST/hosts.toml (its config_path), for mirrors, plain HTTP and TLS")
+	f.StringVar(&metrics, "metrics-address", "", "serve metrics (Prometheus text) at http://`ADDR`/metrics, e.g. 127.0.0.1:9810")
 	cmd.AddCommand(newSnapshotterMountCmd())
 	return cmd
 }

@@ -43,6 +43,9 @@ const (
 	callTimeout  = 3 * time.Minute
 	startTimeout = 30 * time.Second
 	stopTimeout  = 15 * time.Second
+	// reconnectWait bounds how long RunPod waits for containerd to reach
+	// its proxy snapshotter again.
+	reconnectWait = 30 * time.Second
 )
 
 // Options configure Start.
@@ -112,6 +115,19 @@ const hostsTOML = `server = "http://%[1]s"
   capabilities = ["pull", "resolve", "push"]
 `
 
+// WriteHosts writes, in dir, containerd's registry hosts configuration
+// (its config_path) that makes the local registry plain HTTP.
+func WriteHosts(t testing.TB, dir string) {
+	t.Helper()
+	reg := filepath.Join(dir, testenv.RegistryAddr)
+	if err := os.MkdirAll(reg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(reg, "hosts.toml"), fmt.Appendf(nil, hostsTOML, testenv.RegistryAddr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Start starts a containerd with CRI, and stops it when the test ends.
 func Start(t testing.TB, opt Options) *Containerd {
 	t.Helper()
@@ -129,15 +145,12 @@ func Start(t testing.TB, opt Options) *Containerd {
 	}
 	c := &Containerd{Dir: dir, Socket: filepath.Join(dir, "containerd.sock"), LogFile: filepath.Join(dir, "containerd.log"), crictl: crictl, exited: make(chan struct{})}
 	t.Cleanup(c.Stop)
-	reg := filepath.Join(dir, "certs.d", testenv.RegistryAddr)
-	for _, d := range []string{reg, filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "net.d")} {
+	for _, d := range []string{filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "net.d")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(reg, "hosts.toml"), fmt.Appendf(nil, hostsTOML, testenv.RegistryAddr), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	WriteHosts(t, filepath.Join(dir, "certs.d"))
 	var cfg bytes.Buffer
 	name := "overlayfs"
 	if opt.Snapshotter != "" {
@@ -260,7 +273,21 @@ func (c *Containerd) RunPod(t testing.TB, name string) *Pod {
 		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2, "pid": 1, "ipc": 0}}},
 	}
 	writeJSON(t, p.config, cfg)
-	p.ID = c.Crictl(t, "runp", p.config)
+	// As kubelet does, try again while containerd has no connection to
+	// its proxy snapshotter (one restarted is reached again within its
+	// gRPC backoff).
+	deadline := time.Now().Add(reconnectWait)
+	for {
+		id, err := c.TryCrictl("runp", p.config)
+		if err == nil {
+			p.ID = id
+			break
+		}
+		if !strings.Contains(err.Error(), "code = Unavailable") || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	t.Cleanup(func() {
 		c.TryCrictl("stopp", p.ID)
 		c.TryCrictl("rmp", "-f", p.ID)
