@@ -25,9 +25,9 @@ import (
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
+	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
-	"github.com/mkbootfs/mkbootfs/store/local"
 	"github.com/mkbootfs/mkbootfs/store/location"
 )
 
@@ -65,8 +65,9 @@ const (
 
 // mountConfig is what a mount process is told, in mkbootfs/mount.json.
 type mountConfig struct {
-	Image string `json:"image"` // the boot image, for messages
-	Cache string `json:"cache"` // the node cache directory
+	Image     string `json:"image"`                // the boot image, for messages
+	Cache     string `json:"cache"`                // the node cache directory
+	CacheSize int64  `json:"cache_size,omitempty"` // its bound; 0: nodecache's default
 }
 
 // ServeMount is the mount process of the boot snapshot at dir
@@ -185,16 +186,12 @@ func mountImage(b *bootimage.Boot, point string, cfg mountConfig, logger *log.Lo
 	if err != nil {
 		return nil, fmt.Errorf("%s: its chunk stores: %w", cfg.Image, err)
 	}
-	dir, err := local.Open(cfg.Cache, true)
+	// Bounded, and shared by every mount of the node (and by bootinit's
+	// containers, should they mount the same directory).
+	cache, err := nodecache.Open(cfg.Cache, remote, nodecache.Options{MaxSize: cfg.CacheSize, Log: func(s string) { logger.Print(s) }})
 	if err != nil {
 		remote.Close()
 		return nil, fmt.Errorf("node cache: %w", err)
-	}
-	cache, err := store.NewCache(dir, remote)
-	if err != nil {
-		dir.Close()
-		remote.Close()
-		return nil, err
 	}
 	m.st = cache
 	if err := checkStores(b.Index, cache); err != nil {

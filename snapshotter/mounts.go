@@ -41,9 +41,10 @@ const fuseMagic = 0x65735546
 // daemon finds them, alive, and takes them back, or mounts again those
 // whose process is gone.
 type mounts struct {
-	cmd   []string // the mount process's command; the snapshot's directory is appended
-	cache string
-	log   *log.Logger
+	cmd       []string // the mount process's command; the snapshot's directory is appended
+	cache     string   // the node cache
+	cacheSize int64    // its bound; 0: nodecache's default
+	log       *log.Logger
 
 	mu sync.Mutex
 	m  map[string]*lazyMount // by snapshot ID
@@ -153,7 +154,7 @@ func (ms *mounts) start(ctx context.Context, lm *lazyMount) error {
 	if _, err := lazyfs.RecoverStale(lm.point()); err != nil {
 		return err
 	}
-	cfg, err := json.Marshal(mountConfig{Image: lm.image, Cache: ms.cache})
+	cfg, err := json.Marshal(mountConfig{Image: lm.image, Cache: ms.cache, CacheSize: ms.cacheSize})
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,7 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
+	"github.com/mkbootfs/mkbootfs/nodecache"
 )
 
 // labelBoot marks a boot snapshot; its value is the boot image's own layer.
@@ -48,6 +49,9 @@ type Options struct {
 	// Cache is the node cache of chunks, shared by every image and
 	// container of the node; default Root/cache.
 	Cache string
+	// CacheSize bounds the node cache, as nodecache.ParseSize reads it
+	// ("20G", "10%"); empty: nodecache's default for its filesystem.
+	CacheSize string
 	// HostsDir is containerd's registry hosts configuration (its
 	// config_path: HOST/hosts.toml), for mirrors, plain HTTP and TLS;
 	// empty: none.
@@ -92,6 +96,15 @@ func New(opts Options) (*Snapshotter, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("snapshotter root: %w", err)
 	}
+	var cacheSize int64
+	if opts.CacheSize != "" {
+		if err := os.MkdirAll(opts.Cache, 0o700); err != nil {
+			return nil, fmt.Errorf("node cache: %w", err)
+		}
+		if cacheSize, err = nodecache.ParseSize(opts.CacheSize, opts.Cache); err != nil {
+			return nil, fmt.Errorf("node cache size: %w", err)
+		}
+	}
 	ms, err := storage.NewMetaStore(filepath.Join(root, "metadata.db"))
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter metadata in %s: %w", root, err)
@@ -106,7 +119,7 @@ func New(opts Options) (*Snapshotter, error) {
 	s := &Snapshotter{
 		Snapshotter: ov, ms: ms, root: root, log: opts.Log,
 		registry: newRegistry(opts.HostsDir),
-		mounts:   &mounts{cmd: opts.MountCommand, cache: opts.Cache, log: opts.Log, m: map[string]*lazyMount{}},
+		mounts:   &mounts{cmd: opts.MountCommand, cache: opts.Cache, cacheSize: cacheSize, log: opts.Log, m: map[string]*lazyMount{}},
 	}
 	if err := s.takeBack(); err != nil {
 		ov.Close()

@@ -58,6 +58,7 @@ Run it until SIGINT or SIGTERM.`,
 	f.StringVar(&opts.Root, "root", "/var/lib/mkbootfs-snapshotter", "keep the snapshots in `DIR`")
 	f.StringVar(&address, "address", "/run/mkbootfs/snapshotter.sock", "serve containerd on the unix socket `SOCKET`")
 	f.StringVar(&opts.Cache, "cache", "", "the node cache of chunks, `DIR` (default: ROOT/cache)")
+	f.StringVar(&opts.CacheSize, "cache-size", "", "bound the node cache to `SIZE` (20G, 10%; default: a tenth of its filesystem, within 1-20G)")
 	f.StringVar(&opts.HostsDir, "hosts-dir", "", "containerd's registry hosts configuration, `DIR`/HOST/hosts.toml (its config_path), for mirrors, plain HTTP and TLS")
 	f.StringVar(&metrics, "metrics-address", "", "serve metrics (Prometheus text) at http://`ADDR`/metrics, e.g. 127.0.0.1:9810")
 	cmd.AddCommand(newSnapshotterMountCmd())
