@@ -145,8 +145,8 @@ func TestPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 	after, _ = Du(context.Background(), dir)
-	if after.Chunks.Files != 0 || len(after.Trees) != 1 || after.Foreign.Files != 1 {
-		t.Errorf("after prune to 0: %+v", after)
+	if after.Chunks.Files != 0 || len(after.Trees) != 1 || after.Foreign.Files != 1 || p.After != after.Total-after.Foreign.Bytes {
+		t.Errorf("after prune to 0: %+v; prune says %d bytes left", after, p.After)
 	}
 }
 
