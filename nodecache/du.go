@@ -25,8 +25,8 @@ type Usage struct {
 	// that died; Foreign what is no part of the cache (left alone).
 	Temp    Count `json:"temp"`
 	Foreign Count `json:"foreign"`
-	// Total is every byte above; Bound what the cache's account counts, for
-	// comparison (-1 without an account).
+	// Total is every byte above; Account what the cache's size account
+	// counts, for comparison (-1 without an account).
 	Total   int64 `json:"total_bytes"`
 	Account int64 `json:"account_bytes"`
 }
@@ -103,7 +103,7 @@ func Du(ctx context.Context, dir string) (*Usage, error) {
 	if err := checkCache(dir); err != nil {
 		return nil, err
 	}
-	u := &Usage{Dir: dir, Account: -1}
+	u := &Usage{Dir: dir, Account: -1, Trees: []Tree{}, Profiles: []Profile{}} // [] in JSON, not null
 	prefixes, err := chunkPrefixes(dir)
 	if err != nil {
 		return nil, fmt.Errorf("cache %s: %w", dir, err)

@@ -63,7 +63,7 @@ func Prune(ctx context.Context, dir string, opt PruneOptions) (*Pruned, error) {
 			}
 		}
 	}
-	p := &Pruned{Dir: dir}
+	p := &Pruned{Dir: dir, Trees: []string{}, Profiles: []string{}, InUse: []string{}} // [] in JSON, not null
 	now := time.Now()
 
 	trees, err := listTrees(dir, true)
