@@ -300,8 +300,7 @@ func enterScratch() error {
 // mountImage mounts the attach process's FUSE connection at /lower, waits
 // for it to serve, and stacks the writable layer on it at /root.
 func (s *session) mountImage() error {
-	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,max_read=%d,default_permissions,allow_other", fdFuse, lazyfs.MaxRead)
-	if err := unix.Mount(s.cfg.Source, "/lower", "fuse.mkbootfs", unix.MS_RDONLY, opts); err != nil {
+	if err := unix.Mount(s.cfg.Source, "/lower", "fuse.mkbootfs", unix.MS_RDONLY, lazyfs.DeviceOptions(fdFuse)); err != nil {
 		return fmt.Errorf("mounting the tools image: %w", err)
 	}
 	// Only the attach process may hold the connection: its death must

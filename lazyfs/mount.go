@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -140,6 +141,49 @@ func Mount(dir string, f *FS, o MountOptions) (*Server, error) {
 		return nil, fmt.Errorf("mounting %s: %w", dir, err)
 	}
 	return &Server{FS: f, dir: dir, srv: srv}, nil
+}
+
+// DeviceOptions are the mount(2) options of a mount of /dev/fuse
+// descriptor fd that Mount serves as /dev/fd/N: read-only, files as the
+// index has them (the kernel checks permissions), for every user.
+func DeviceOptions(fd int) string {
+	return fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,max_read=%d,default_permissions,allow_other", fd, MaxRead)
+}
+
+// MountDevice mounts f at dir with mount(2) on a /dev/fuse descriptor of
+// its own, then serves it as Mount does a /dev/fd/N mount: so mounted, the
+// server never touches its own mount, which Mount's go-fuse does once
+// (it opens a file in it to learn that poll is unsupported). A process
+// killed in the middle of I/O on the mount it serves waits forever for an
+// answer its own dead threads would have given.
+func MountDevice(dir string, f *FS, o MountOptions) (*Server, error) {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("mounting %s: %w", dir, err)
+	}
+	name := o.FsName
+	if name == "" {
+		name = "mkbootfs"
+	}
+	flags := uintptr(unix.MS_RDONLY)
+	if !o.SUID {
+		flags |= unix.MS_NOSUID
+	}
+	if !o.Dev {
+		flags |= unix.MS_NODEV
+	}
+	if err := unix.Mount(name, dir, "fuse.mkbootfs", flags, DeviceOptions(fd)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("mounting %s: %w", dir, err)
+	}
+	s, err := Mount("/dev/fd/"+strconv.Itoa(fd), f, o)
+	if err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		unix.Close(fd)
+		return nil, err
+	}
+	s.dir = dir
+	return s, nil
 }
 
 // Dir returns the mount point.
