@@ -7,9 +7,11 @@
 // as docker would have: same argv, env, user, working directory and TTY.
 // It then forwards signals, reaps zombies and exits with the app's status.
 //
-// bootinit itself never enters the new root: its own root stays the boot
-// layer, so no path it opens (cache, stores, DNS files) can resolve through
-// its own FUSE mount, which would deadlock the container.
+// bootinit (PID 1) serves the lazy mount and never does I/O on it: its
+// launcher, a second process, stacks the overlay, carries the mounts,
+// switches root and becomes the app (see launch.go); its own root stays the
+// boot layer, so no path it opens (cache, stores, DNS files) can resolve
+// through its own FUSE mount, which would deadlock the container.
 package bootinit
 
 import (
@@ -19,10 +21,10 @@ import (
 	"io"
 	"log"
 	"os"
+	"os/signal"
 	"path/filepath"
 	godebug "runtime/debug"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -73,11 +75,14 @@ func Main(args []string) int {
 	godebug.SetGCPercent(-1)
 	var code int
 	var err error
-	if len(args) == 1 && args[0] == launcherName {
+	switch {
+	case len(args) == 1 && args[0] == launcherName:
 		if err = runLaunch(); errors.Is(err, errNoLaunch) {
 			return exitBoot
 		}
-	} else {
+	case len(args) == 1 && args[0] == warmerName:
+		err = runWarm()
+	default:
 		code, err = b.run(args)
 	}
 	if err != nil {
@@ -104,6 +109,17 @@ type boot struct {
 }
 
 func (b *boot) run(args []string) (int, error) {
+	// Until the app is launched, a signal that would end it ends the boot.
+	fw := &forwarder{}
+	sigs := make(chan os.Signal, 64)
+	signal.Notify(sigs)
+	defer signal.Stop(sigs)
+	go fw.handle(sigs)
+	// Nothing of bootinit may be read by the container's processes: not
+	// its memory, nor its files, root and mounts through /proc/1.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return 0, fmt.Errorf("prctl: %w", err)
+	}
 	argv, err := command(args)
 	if err != nil {
 		return 0, err
@@ -112,6 +128,10 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		dir = "/"
 	}
+	// Started as another user (docker run -u), bootinit's setuid and
+	// setgid bits made only its effective user and group root: the real
+	// ones are the app's, for the launcher to become again without
+	// CAP_SETUID and CAP_SETGID.
 	if unix.Geteuid() != 0 {
 		return 0, errors.New("bootinit runs as root to mount the image, but runs as uid " +
 			fmt.Sprint(unix.Geteuid()) + ": is --security-opt no-new-privileges set? It keeps bootinit's setuid bit from working")
@@ -120,17 +140,9 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if unix.Getuid() != unix.Geteuid() {
-		// Started setuid (docker run -u): become root through and through,
-		// so the launcher is no setuid start either, and drop what the Go
-		// runtime adds to the environment of one (GOTRACEBACK=none).
-		if err := syscall.Setresgid(0, 0, 0); err != nil {
-			return 0, fmt.Errorf("setresgid: %w", err)
-		}
-		if err := syscall.Setresuid(0, 0, 0); err != nil {
-			return 0, fmt.Errorf("setresuid: %w", err)
-		}
-		os.Unsetenv("GOTRACEBACK")
+	privs, err := appPrivileges()
+	if err != nil {
+		return 0, err
 	}
 	if err := checkFUSE(); err != nil {
 		return 0, err
@@ -184,7 +196,7 @@ func (b *boot) run(args []string) (int, error) {
 		opts.OnRead = rec.Read
 	}
 	f := lazyfs.New(x, st, opts)
-	b.srv, err = lazyfs.Mount(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, SUID: true, Dev: true, FsName: "mkbootfs", MaxReadAhead: profile.ReadAround, DirectOnly: true})
+	b.srv, err = lazyfs.MountDevice(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, SUID: true, Dev: true, FsName: "mkbootfs", MaxReadAhead: profile.ReadAround})
 	if err != nil {
 		return 0, mountHint(err)
 	}
@@ -193,25 +205,21 @@ func (b *boot) run(args []string) (int, error) {
 		return 0, err
 	}
 	// Warming starts as soon as the image is mounted, on the spare core,
-	// while bootinit switches root and starts the app. Not while
+	// while the launcher switches root and starts the app. Not while
 	// recording: the profile would record its own reads; nor over a boot
 	// tree, which holds the profile's files.
-	warmed := func() {}
+	stopWarming := func() {}
 	if b.profile != nil && rec == nil && !b.treeInUse {
-		if lower, err := unix.Open(bootconfig.LowerDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
-			warmed = b.warmPageCache(ctx, lower)
-		}
+		stopWarming = b.startWarmer()
 	}
-	root, err := b.switchRoot()
-	if err != nil {
-		cancel()
-		warmed()
-		return 0, err
+	l := launch{Argv: argv, Dir: dir, ID: app, Foreground: isTerminal(0), Privileges: privs}
+	if b.treeInUse {
+		l.Tree = b.tree
 	}
-	code, err := b.runApp(lc, root, argv, app, dir)
+	code, err := b.runApp(lc, l, fw)
 	cancel()
+	stopWarming()
 	<-prefetched
-	warmed()
 	b.finishTree()
 	if rec != nil {
 		if werr := rec.save(); werr != nil {

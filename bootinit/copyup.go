@@ -32,7 +32,7 @@ func isDockerVolume(root string) bool {
 
 // copyUp copies the image's files into each volume that docker filled from
 // the skeleton.
-func (b *boot) copyUp(mounts []mountEntry) error {
+func (s *switcher) copyUp(mounts []mountEntry) error {
 	var image *os.Root
 	for _, m := range mounts {
 		if !isDockerVolume(m.root) || isUnder(m.point, bootconfig.Dir) {
@@ -50,7 +50,7 @@ func (b *boot) copyUp(mounts []mountEntry) error {
 			return fmt.Errorf("copying the image's %s into its volume as docker does: %w", m.point, err)
 		}
 		if copied {
-			b.log.Printf("copied the image's %s into its volume", m.point)
+			s.log.Printf("copied the image's %s into its volume", m.point)
 		}
 	}
 	return nil

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -14,11 +16,22 @@ import (
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 )
 
+// The launcher is bootinit's second process, and the only one that touches
+// the lazy mount: it stacks the overlay on it, copies the image's files into
+// docker's volumes, moves the result onto /, and becomes the app. bootinit
+// itself (PID 1) only serves the mount. A process that serves a FUSE mount
+// must never do I/O on it: killed in the middle of such I/O, one of its
+// threads waits forever for an answer that its own dead threads would have
+// given, holds /dev/fuse open, and the container can never exit. Killed
+// while the launcher waits on the mount, bootinit closes /dev/fuse as it
+// dies, which ends every request of the mount at once.
+//
+// The launcher is started as bootinit starts, so that its own start (a Go
+// runtime's, a few ms on a busy node) overlaps the boot; it waits on a
+// socket, at launchFD, for the launch.
+
 // launcherName as argv[0] puts bootinit in launch mode; no shim or command
-// line of an image starts it that way. The launcher is started as bootinit
-// starts, so that its own start (a Go runtime's, a few ms on a busy node)
-// overlaps the boot rather than delay the app; it then waits on a socket,
-// at launchFD, for the launch and the new root.
+// line of an image starts it that way.
 const launcherName = "mkbootfs-launcher"
 
 // launchFD is the launcher's end of the socket: its first descriptor past
@@ -53,14 +66,13 @@ func startLauncher() (*launcher, error) {
 	return &launcher{proc: proc, conn: fds[0]}, nil
 }
 
-// launch sends l and the new root to the launcher, which becomes the app.
-func (lc *launcher) launch(l launch, root *os.File) error {
+// launch sends l to the launcher, which boots the image and becomes the app.
+func (lc *launcher) launch(l launch) error {
 	b, err := json.Marshal(l)
 	if err != nil {
 		return err
 	}
-	n, err := unix.SendmsgN(lc.conn, b, unix.UnixRights(int(root.Fd())), nil, unix.MSG_NOSIGNAL)
-	for err == nil && n < len(b) { // a long argv
+	for n := 0; err == nil && n < len(b); { // a long argv takes several writes
 		var k int
 		k, err = unix.SendmsgN(lc.conn, b[n:], nil, nil, unix.MSG_NOSIGNAL)
 		n += k
@@ -80,48 +92,35 @@ func (lc *launcher) close() {
 	}
 }
 
-// receiveLaunch waits for the launch and the new root from bootinit.
-func receiveLaunch() (launch, int, error) {
+// receiveLaunch waits for the launch from bootinit.
+func receiveLaunch() (launch, error) {
 	var l launch
-	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4))
-	n, oobn, _, _, err := unix.Recvmsg(launchFD, buf, oob, unix.MSG_CMSG_CLOEXEC)
-	if err != nil {
-		return l, -1, fmt.Errorf("waiting for the launch: %w", err)
-	}
-	if n == 0 {
-		return l, -1, errNoLaunch
-	}
-	root := -1
-	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
-		if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
-			root = fds[0]
-		}
-	}
-	if root < 0 {
-		return l, -1, errors.New("the launch came without the new root")
-	}
 	// Closed, so that the app does not inherit it.
 	sock := os.NewFile(launchFD, "launch socket")
-	rest, err := io.ReadAll(sock)
+	b, err := io.ReadAll(sock)
 	sock.Close()
-	if err == nil {
-		err = json.Unmarshal(append(buf[:n], rest...), &l)
-	}
 	if err != nil {
-		unix.Close(root)
-		return l, -1, fmt.Errorf("launch spec: %w", err)
+		return l, fmt.Errorf("waiting for the launch: %w", err)
 	}
-	return l, root, nil
+	if len(b) == 0 {
+		return l, errNoLaunch
+	}
+	if err := json.Unmarshal(b, &l); err != nil {
+		return l, fmt.Errorf("launch spec: %w", err)
+	}
+	return l, nil
 }
 
-// launch is what the launcher needs to become the app.
+// launch is what the launcher needs to boot the image and become the app.
 type launch struct {
-	Exe        string   `json:"exe"`
 	Argv       []string `json:"argv"`
 	Dir        string   `json:"dir"`
 	ID         identity `json:"id"`
 	Foreground bool     `json:"foreground"` // take the terminal as its foreground process group
+	// Tree is the boot tree to stack over the lazy mount; "": none.
+	Tree string `json:"tree,omitempty"`
+	// Privileges is what the app keeps of bootinit's own.
+	Privileges privileges `json:"privileges"`
 }
 
 // enterDir makes dir the working directory, making it first, as root,
@@ -139,20 +138,65 @@ func enterDir(dir string) error {
 	return nil
 }
 
-// runLaunch runs in the launcher: once launched, it enters the new root,
-// takes the app's identity and terminal, and execs the app.
+// interruptingSignals end a boot that has not yet started the app, as
+// they would have ended the original app: with 128+N and a line saying so.
+var interruptingSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT}
+
+// exitOnInterrupt ends this process when one of interruptingSignals comes
+// before the returned stop is called.
+func exitOnInterrupt() (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, interruptingSignals...)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			exitInterrupted(s)
+		case <-done:
+		}
+	}()
+	return func() {
+		signal.Reset(interruptingSignals...)
+		close(done)
+	}
+}
+
+// exitInterrupted ends the boot on signal s.
+func exitInterrupted(s os.Signal) {
+	fmt.Fprintf(os.Stderr, "bootinit: the boot was interrupted by %s before the app started\n", unix.SignalName(s.(syscall.Signal)))
+	os.Exit(128 + int(s.(syscall.Signal)))
+}
+
+// runLaunch runs in the launcher: once launched, it boots the image (the
+// overlay, docker's mounts and volumes, the move onto /), enters it in a
+// mount namespace of its own that holds nothing of bootinit's, takes the
+// app's identity, privileges and terminal, and execs the app.
 func runLaunch() error {
-	l, root, err := receiveLaunch()
+	// For good, on one thread: the mount namespace and root it enters are
+	// a thread's (unshare), and so are the capabilities it drops before
+	// the exec.
+	runtime.LockOSThread()
+	// Nothing of the launcher may be read by a process of the container
+	// while it holds bootinit's privileges; exec makes the app dumpable.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl: %w", err)
+	}
+	stop := exitOnInterrupt()
+	l, err := receiveLaunch()
 	if err != nil {
 		return err
 	}
-	err = unix.Fchdir(root)
-	unix.Close(root)
-	if err == nil {
-		err = unix.Chroot(".")
+	logw := io.Discard
+	if os.Getenv(bootconfig.EnvDebug) == "1" {
+		logw = os.Stderr
 	}
+	s := &switcher{log: log.New(logw, "bootinit: ", log.Lmicroseconds), tree: l.Tree, privileges: l.Privileges}
+	if err := s.switchRoot(); err != nil {
+		return err
+	}
+	exe, err := lookPath(l.Argv[0], envPath(os.Environ()))
 	if err != nil {
-		return fmt.Errorf("entering the image: %w", err)
+		return err
 	}
 	if err := enterDir(l.Dir); err != nil {
 		return err
@@ -169,26 +213,17 @@ func runLaunch() error {
 		}
 		signal.Reset(syscall.SIGTTOU)
 	}
-	if l.ID.UID != 0 || l.ID.GID != 0 {
-		groups := make([]int, len(l.ID.Groups))
-		for i, g := range l.ID.Groups {
-			groups[i] = int(g)
-		}
-		// Go applies these to every thread of the process.
-		if err := syscall.Setgroups(groups); err != nil {
-			return fmt.Errorf("setgroups: %w", err)
-		}
-		if err := syscall.Setgid(int(l.ID.GID)); err != nil {
-			return fmt.Errorf("setgid %d: %w", l.ID.GID, err)
-		}
-		if err := syscall.Setuid(int(l.ID.UID)); err != nil {
-			return fmt.Errorf("setuid %d: %w", l.ID.UID, err)
-		}
+	// The setuid start of the launcher put GOTRACEBACK=none in its
+	// environment (a Go runtime's secure mode): not the app's.
+	os.Unsetenv("GOTRACEBACK")
+	if err := dropPrivileges(l.ID, l.Privileges, s.log); err != nil {
+		return err
 	}
-	err = syscall.Exec(l.Exe, l.Argv, os.Environ())
+	stop()
+	err = syscall.Exec(exe, l.Argv, os.Environ())
 	code := exitNotExec
 	if err == syscall.ENOENT {
 		code = exitNotFound
 	}
-	return &exitError{code, fmt.Errorf("exec %s: %w", l.Exe, err)}
+	return &exitError{code, fmt.Errorf("exec %s: %w", exe, err)}
 }

@@ -2,6 +2,7 @@ package bootinit
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -122,7 +123,11 @@ func carry(p string, root *os.Root) error {
 			err = root.MkdirAll(dir, 0o755)
 		}
 		if err == nil {
-			target, err = root.OpenFile(rel, os.O_CREATE|os.O_RDONLY, 0o644)
+			// Opened first without O_CREAT: overlayfs refuses O_CREAT of
+			// an image file to a root without its capabilities (EPERM).
+			if target, err = root.Open(rel); errors.Is(err, os.ErrNotExist) {
+				target, err = root.OpenFile(rel, os.O_CREATE|os.O_RDONLY, 0o644)
+			}
 		}
 	}
 	if err != nil {

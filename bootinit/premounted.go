@@ -32,11 +32,7 @@ func runPremounted(args []string) int {
 	}
 	var exe string
 	if err == nil {
-		var root int
-		if root, err = unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
-			exe, err = lookPath(root, argv[0], envPath(os.Environ()))
-			unix.Close(root)
-		}
+		exe, err = lookPath(argv[0], envPath(os.Environ()))
 	}
 	if err == nil {
 		err = syscall.Exec(exe, argv, os.Environ())

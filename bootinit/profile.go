@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"time"
 
@@ -78,56 +77,6 @@ func regularFiles(p *profile.Profile, x *index.Index) *profile.Profile {
 		}
 	}
 	return out
-}
-
-// warmPiece is the most the kernel reads ahead for one fadvise on a FUSE
-// mount (the mount's io_pages, 128 KiB): the rest of a longer range would
-// be left cold.
-const warmPiece = 128 << 10
-
-// warmPageCache asks the kernel to read the profile's ranges of the
-// mounted image into its page cache (posix_fadvise WILLNEED), in the
-// background: the FUSE reads this makes load and decode the chunks on a
-// spare core while the app starts, and the app then finds its files in
-// memory, through the overlay, as on a native filesystem. Failures are
-// left to the app's own reads. On a warm node, `python3 -m http.server
-// --help` prints its usage in 0.33 s with it and 0.44 s without (docker
-// run, median of 12; 0.22 s for the original image).
-//
-// Its reads start no readahead: they are the profile's ranges, and the
-// chunks past them are seldom wanted.
-//
-// lower is the mount's root, opened before the root was switched. The
-// returned wait must be called, once ctx has ended, before bootinit exits:
-// a file of its own mount still open as it exits would be flushed to its
-// server as that server dies, and the exit would hang.
-func (b *boot) warmPageCache(ctx context.Context, lower int) (wait func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer unix.Close(lower)
-		// The kernel reads for the thread that asks: keep to one.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		b.srv.NoReadaheadFor(unix.Gettid())
-		defer b.srv.NoReadaheadFor(0)
-		for _, f := range b.profile.Files {
-			if ctx.Err() != nil {
-				return
-			}
-			fd, err := unix.Openat(lower, "."+f.Path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-			if err != nil {
-				continue
-			}
-			for _, r := range f.Ranges {
-				for off, end := r.Off, r.Off+r.Len; off < end; off += warmPiece {
-					unix.Fadvise(fd, off, min(warmPiece, end-off), unix.FADV_WILLNEED)
-				}
-			}
-			unix.Close(fd)
-		}
-	}()
-	return func() { <-done }
 }
 
 // recording is a boot access profile being recorded for MKBOOTFS_PROFILE.

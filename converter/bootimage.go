@@ -73,9 +73,11 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 		if err := tarDir(tw, bootconfig.Dir, 0o755, epoch); err != nil {
 			return err
 		}
-		// setuid root: under `docker run -u USER` bootinit still mounts,
-		// then runs the app as the user docker resolved.
-		return tarFile(tw, bootconfig.Bootinit, 0o4755, bootinit, epoch)
+		// setuid and setgid root: under `docker run -u USER` bootinit
+		// still mounts, and what it makes (mount points, directories
+		// overlayfs copies up) is root's, as runc's is; it then runs the
+		// app as the user and group docker resolved.
+		return tarFile(tw, bootconfig.Bootinit, 0o6755, bootinit, epoch)
 	})
 	if err != nil {
 		return nil, err

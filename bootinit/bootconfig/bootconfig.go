@@ -70,6 +70,14 @@ const (
 	// and profiles): 30M, 2G, 10% of its filesystem; past it the least
 	// recently used are removed. Default: nodecache.DefaultMaxSize.
 	EnvCacheSize = "MKBOOTFS_CACHE_SIZE"
+	// EnvKeepSysAdmin set to 1 leaves to the app the CAP_SYS_ADMIN and
+	// /dev/fuse that bootinit needs; by default the app gets neither, as
+	// the original image run without them.
+	EnvKeepSysAdmin = "MKBOOTFS_KEEP_SYS_ADMIN"
+	// EnvAppArmor names the AppArmor profile the app runs under where
+	// bootinit runs unconfined on a host with AppArmor; default
+	// docker-default, the profile docker gives the original.
+	EnvAppArmor = "MKBOOTFS_APPARMOR_PROFILE"
 	// EnvDebug set to 1 makes bootinit say what it does.
 	EnvDebug = "MKBOOTFS_DEBUG"
 )
