@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,18 +41,36 @@ func TestMain(m *testing.M) {
 	if bootImg != "" {
 		exec.Command("docker", "rmi", "-f", bootImg).Run()
 	}
+	if origImg != "" {
+		exec.Command("docker", "rmi", "-f", origImg).Run()
+	}
+	if profiledImg != "" {
+		exec.Command("docker", "rmi", "-f", profiledImg).Run()
+	}
 	os.Exit(code)
 }
+
+// suidImage is the Debian image with a setuid-root cat, which shows the
+// capabilities a setuid program gets (suidcat /proc/self/status).
+const suidImage = `FROM %s
+RUN cp /bin/cat /usr/local/bin/suidcat && chmod 4755 /usr/local/bin/suidcat
+`
 
 func converted(t *testing.T) (orig, boot, storeDir string) {
 	t.Helper()
 	testenv.FUSE(t)
-	img := testenv.DebianImage(t)
+	debian := testenv.DebianImage(t)
 	bootOnce.Do(func() {
-		origImg = img
 		// Tagged per test process: the boot image records a store in this
 		// process's temp dir, which another run must not pick up.
-		bootImg, bootStore, bootErr = convertImage(img, fmt.Sprintf("mkbootfs-test/debian:e2e-bootfs-%d", os.Getpid()))
+		origImg = fmt.Sprintf("mkbootfs-test/debian:e2e-%d", os.Getpid())
+		build := exec.Command("docker", "build", "-q", "-t", origImg, "-")
+		build.Stdin = strings.NewReader(fmt.Sprintf(suidImage, debian))
+		if out, err := build.CombinedOutput(); err != nil {
+			bootErr = fmt.Errorf("docker build: %v\n%s", err, out)
+			return
+		}
+		bootImg, bootStore, bootErr = convertImage(origImg, origImg+"-bootfs")
 	})
 	if bootErr != nil {
 		t.Fatal(bootErr)
@@ -509,20 +528,42 @@ func TestClearFailures(t *testing.T) {
 	}
 }
 
-// countingHandler counts GETs per chunk path.
+// countingHandler counts GETs per chunk path, and answers each after
+// delay.
 type countingHandler struct {
-	h    http.Handler
-	mu   sync.Mutex
-	gets map[string]int
+	h     http.Handler
+	mu    sync.Mutex
+	gets  map[string]int
+	delay atomic.Int64 // a time.Duration
+	// inFlight counts the requests being answered.
+	inFlight atomic.Int64
 }
 
 func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.inFlight.Add(1)
+	defer c.inFlight.Add(-1)
 	if r.Method == http.MethodGet {
 		c.mu.Lock()
 		c.gets[r.URL.Path]++
 		c.mu.Unlock()
 	}
+	select {
+	case <-time.After(time.Duration(c.delay.Load())):
+	case <-r.Context().Done():
+		return
+	}
 	c.h.ServeHTTP(w, r)
+}
+
+// requests returns the number of GETs so far.
+func (c *countingHandler) requests() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range c.gets {
+		n += k
+	}
+	return n
 }
 
 // serveCounting serves the store in storeDir over HTTP on loopback,

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,16 +19,63 @@ import (
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
-// TestProfile records the start of `apt-get --version` in the Debian boot
-// image, converts again with that profile, and boots the result: bootinit
-// prefetches the profile's chunks, and the start reads little else.
-func TestProfile(t *testing.T) {
+// The Debian boot image converted with a profile of `apt-get --version`,
+// made once per test binary.
+var (
+	profiledOnce sync.Once
+	profiledImg  string
+	profiledProf *profile.Profile
+	profiledRes  *converter.Result
+	profiledErr  error
+)
+
+// profiledImage records the start of `apt-get --version` in the Debian
+// boot image and converts again with that profile, into the same store.
+func profiledImage(t *testing.T) (img string, prof *profile.Profile, res *converter.Result) {
+	t.Helper()
 	_, boot, storeDir := converted(t)
+	profiledOnce.Do(func() {
+		profiledImg = fmt.Sprintf("mkbootfs-test/debian:e2e-profiled-%d", os.Getpid())
+		profiledProf, profiledRes, profiledErr = convertProfiled(boot, storeDir, profiledImg)
+	})
+	if profiledErr != nil {
+		t.Fatal(profiledErr)
+	}
+	return profiledImg, profiledProf, profiledRes
+}
+
+func convertProfiled(boot, storeDir, target string) (*profile.Profile, *converter.Result, error) {
 	ctx := context.Background()
 	prof, err := profile.Record(ctx, profile.RecordOptions{Image: boot, Args: []string{"apt-get", "--version"}, StoreDir: storeDir, Timeout: 2 * time.Minute})
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
+	s, err := local.Open(storeDir, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := converter.Convert(ctx, converter.Options{Source: "docker-daemon:" + origImg, Store: s, Profile: prof})
+	if err != nil {
+		return nil, nil, err
+	}
+	// convertImage built bootinit beside the store.
+	bin, err := os.ReadFile(filepath.Join(filepath.Dir(storeDir), "bootinit"))
+	if err != nil {
+		return nil, nil, err
+	}
+	img, err := converter.BootImage(ctx, res, bin, s, []string{storeDir})
+	if err != nil {
+		return nil, nil, err
+	}
+	return prof, res, converter.WriteImage(ctx, img, "docker-daemon:"+target)
+}
+
+// TestProfile boots the Debian image converted with a profile of
+// `apt-get --version`: bootinit prefetches the profile's chunks, and the
+// start reads little else.
+func TestProfile(t *testing.T) {
+	_, _, storeDir := converted(t)
+	profiled, prof, res := profiledImage(t)
 	paths := map[string]bool{}
 	for _, f := range prof.Files {
 		paths[f.Path] = true
@@ -41,29 +89,6 @@ func TestProfile(t *testing.T) {
 		t.Errorf("the profile's first file is %s, want /usr/bin/apt-get (the first read)", prof.Files[0].Path)
 	}
 
-	// The profiled boot image, into the same store.
-	s, err := local.Open(storeDir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := converter.Convert(ctx, converter.Options{Source: "docker-daemon:" + origImg, Store: s, Profile: prof})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// convertImage built bootinit beside the store.
-	bin, err := os.ReadFile(filepath.Join(filepath.Dir(storeDir), "bootinit"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := converter.BootImage(ctx, res, bin, s, []string{storeDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	profiled := fmt.Sprintf("mkbootfs-test/debian:e2e-profiled-%d", os.Getpid())
-	if err := converter.WriteImage(ctx, img, "docker-daemon:"+profiled); err != nil {
-		t.Fatal(err)
-	}
-	defer exec.Command("docker", "rmi", "-f", profiled).Run()
 	inProfile := map[string]bool{}
 	for _, i := range prof.Chunks(res.Index) {
 		inProfile[hex.EncodeToString(res.Index.Chunks[i].ID[:])] = true

@@ -1,0 +1,245 @@
+package bootinit_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// exitBound is how long a killed container may take to end.
+const exitBound = 5 * time.Second
+
+// fuseConnections returns the FUSE connections (their directories in
+// /sys/fs/fuse/connections) of the mounts in the mount namespace of pid.
+func fuseConnections(pid int) []string {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var conns []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		for i, fl := range fields {
+			if fl == "-" && i+1 < len(fields) && strings.HasPrefix(fields[i+1], "fuse") {
+				if _, minor, ok := strings.Cut(fields[2], ":"); ok {
+					conns = append(conns, filepath.Join("/sys/fs/fuse/connections", minor))
+				}
+			}
+		}
+	}
+	return conns
+}
+
+// ownMountIO returns the kernel stack of a thread of pid that waits on a
+// FUSE filesystem other than in reading /dev/fuse, "" if none does. For
+// bootinit, which serves the lazy mount, such a thread does I/O on its own
+// mount: killed then, it would wait forever for its own dead threads. (The
+// kernel's teardown of the mount as the last process of its namespace
+// exits is not such I/O, unless it waits for an answer.)
+func ownMountIO(pid int) string {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stack", pid))
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err != nil {
+			continue
+		}
+		stack := string(b)
+		if strings.Contains(stack, "do_exit") && !strings.Contains(stack, "request_wait_answer") {
+			continue
+		}
+		for _, frame := range strings.Split(stack, "\n") {
+			if strings.Contains(frame, "fuse_") && !strings.Contains(frame, "fuse_dev_") {
+				return stack
+			}
+		}
+	}
+	return ""
+}
+
+// watched is a container whose FUSE connections are noted while it runs,
+// so that a test can tell they ended, or end them if it wedged; and whose
+// PID 1 is watched for I/O on its own mount.
+type watched struct {
+	name  string
+	mu    sync.Mutex
+	conns map[string]bool
+	ownIO string // a stack of PID 1 doing I/O on its mount
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+// watch notes the FUSE connections of container name until stopWatching.
+func watch(t *testing.T, name string) *watched {
+	t.Helper()
+	pid, _ := strconv.Atoi(strings.TrimSpace(docker(t, "inspect", "-f", "{{.State.Pid}}", name).stdout))
+	w := &watched{name: name, conns: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			for _, c := range fuseConnections(pid) {
+				w.mu.Lock()
+				w.conns[c] = true
+				w.mu.Unlock()
+			}
+			if stack := ownMountIO(pid); stack != "" && w.ownIO == "" {
+				w.mu.Lock()
+				w.ownIO = stack
+				w.mu.Unlock()
+			}
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	return w
+}
+
+func (w *watched) stopWatching() {
+	close(w.stop)
+	<-w.done
+}
+
+// waitExit waits, at most bound, for the container to end. A container
+// that does not is wedged: its FUSE connections are aborted (so that the
+// test suite goes on), and waitExit fails the test.
+func (w *watched) waitExit(t *testing.T, bound time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	err := exec.CommandContext(ctx, "docker", "wait", w.name).Run()
+	w.stopWatching()
+	if w.ownIO != "" {
+		t.Errorf("%s: bootinit, which serves the lazy mount, did I/O on it:\n%s", w.name, w.ownIO)
+	}
+	if err == nil && ctx.Err() == nil {
+		for c := range w.conns {
+			if _, err := os.Stat(c); err == nil {
+				t.Errorf("%s ended, but its FUSE connection %s lives on", w.name, c)
+			}
+		}
+		return
+	}
+	for c := range w.conns {
+		os.WriteFile(filepath.Join(c, "abort"), []byte("1"), 0)
+	}
+	t.Errorf("%s was still running after %v: wedged (its FUSE connections %v are aborted now)", w.name, bound, w.conns)
+	docker(t, "wait", w.name)
+}
+
+// TestKilledDuringCopyUp kills a container while the boot reads the
+// image's files through the lazy mount, a chunk at a time from a slow
+// store, to fill a volume (docker's copy-up). The process that reads is
+// then blocked on the mount: were it the one that serves the mount, it
+// would wait forever for an answer from its own dead threads.
+func TestKilledDuringCopyUp(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	ch, addr := serveCounting(t, storeDir)
+	ch.delay.Store(int64(time.Second))
+	name := "mkbootfs-e2e-killed-copyup"
+	vol := fmt.Sprintf("mkbootfs-e2e-killed-copyup-%d", os.Getpid())
+	defer docker(t, "volume", "rm", "-f", vol)
+	start(t, name, "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+		"-e", "MKBOOTFS_STORE=http://"+addr, "-v", vol+":/usr/share/doc", boot, "true")
+	w := watch(t, name)
+	// The first request is bootinit's check of the store; those after it,
+	// the copy's reads.
+	for i := 0; ch.requests() < 3; i++ {
+		if i == 300 {
+			t.Fatalf("the boot made %d requests in 30 s", ch.requests())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	docker(t, "kill", name)
+	w.waitExit(t, exitBound)
+}
+
+// TestKillSweep kills containers at 0.1 s steps through their first and
+// second start, unprofiled and profiled, from a store slowed down: each
+// ends within exitBound with its FUSE connections, and the next start on
+// the same cache volume runs right.
+func TestKillSweep(t *testing.T) {
+	orig, boot, storeDir := converted(t)
+	profiled, _, _ := profiledImage(t)
+	check := "apt-get --version | head -1; md5sum /usr/bin/apt-get /usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0.0"
+	want := docker(t, "run", "--rm", orig, "sh", "-c", check)
+	for _, img := range []struct{ name, ref string }{{"unprofiled", boot}, {"profiled", profiled}} {
+		t.Run(img.name, func(t *testing.T) {
+			t.Parallel()
+			ch, addr := serveCounting(t, storeDir)
+			ch.delay.Store(int64(5 * time.Millisecond))
+			vol := fmt.Sprintf("mkbootfs-e2e-sweep-%s-%d", img.name, os.Getpid())
+			defer docker(t, "volume", "rm", "-f", vol)
+			flags := []string{"--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+				"-e", "MKBOOTFS_STORE=http://" + addr, "-v", vol + ":/.bootfs/cache"}
+			killAt := func(after time.Duration) {
+				name := fmt.Sprintf("mkbootfs-e2e-sweep-%s-%d", img.name, after.Milliseconds())
+				start(t, name, append(flags, "-v", "/usr/share/doc", img.ref, "sh", "-c", check)...)
+				w := watch(t, name)
+				time.Sleep(after)
+				docker(t, "kill", name)
+				w.waitExit(t, exitBound)
+			}
+			for after := 100 * time.Millisecond; after <= 900*time.Millisecond; after += 200 * time.Millisecond {
+				docker(t, "volume", "rm", "-f", vol)
+				killAt(after) // a first start
+				for range 2 { // the second start runs whole, then one is killed
+					if r := docker(t, append(append([]string{"run", "--rm"}, flags...), img.ref, "sh", "-c", check)...); r.stdout != want.stdout || r.code != 0 {
+						t.Fatalf("after a start killed at %v: exit %d, stdout %q, want %q; stderr: %s", after, r.code, r.stdout, want.stdout, r.stderr)
+					}
+					killAt(after)
+				}
+			}
+		})
+	}
+}
+
+// TestInterruptedBoot stops a container while bootinit waits for its
+// store: it ends as the original would on SIGTERM, and says why.
+func TestInterruptedBoot(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	ch, addr := serveCounting(t, storeDir)
+	ch.delay.Store(int64(time.Minute))
+	name := "mkbootfs-e2e-interrupted"
+	start(t, name, "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://"+addr, boot, "true")
+	for i := 0; ch.requests() == 0; i++ {
+		if i == 300 {
+			t.Fatal("the boot made no request in 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := docker(t, "stop", name); r.code != 0 {
+		t.Fatalf("docker stop: %s", r.stderr)
+	}
+	if r := docker(t, "inspect", "-f", "{{.State.ExitCode}}", name); r.stdout != "143\n" {
+		t.Errorf("exit code %q, want 143 (SIGTERM)", r.stdout)
+	}
+	if r := docker(t, "logs", name); !strings.Contains(r.stderr, "the boot was interrupted by SIGTERM") {
+		t.Errorf("stderr %q does not say the boot was interrupted", r.stderr)
+	}
+}
+
+// TestOOMKilledBoot boots with too little memory: the OOM killer ends the
+// container, which exits.
+func TestOOMKilledBoot(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	for _, mem := range []string{"8m", "16m"} {
+		name := "mkbootfs-e2e-oom-" + mem
+		start(t, name, append(bootFlags(storeDir), "--memory", mem, "--memory-swap", mem, boot, "sh", "-c", "cat /usr/lib/x86_64-linux-gnu/*.so* | md5sum")...)
+		w := watch(t, name)
+		w.waitExit(t, 2*time.Minute)
+		r := docker(t, "inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}}", name)
+		t.Logf("--memory %s: exit code and OOM-killed: %s", mem, strings.TrimSpace(r.stdout))
+	}
+}
