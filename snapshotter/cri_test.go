@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
@@ -71,8 +75,11 @@ func mkbootfs(t *testing.T) string {
 type daemon struct {
 	bin, root, sock, logFile string
 	hosts, metrics           string // its --hosts-dir and --metrics-address
-	proc                     *os.Process
-	done                     chan struct{}
+	// dockerConfig is its DOCKER_CONFIG: the node's docker config
+	// directory, with no credentials until a test writes some.
+	dockerConfig string
+	proc         *os.Process
+	done         chan struct{}
 }
 
 // startDaemon starts the snapshotter with a new root; when the test ends
@@ -85,7 +92,10 @@ func startDaemon(t *testing.T) *daemon {
 		t.Fatal(err)
 	}
 	d := &daemon{bin: mkbootfs(t), root: filepath.Join(dir, "root"), sock: filepath.Join(dir, "sn.sock"), logFile: filepath.Join(dir, "snapshotter.log"),
-		hosts: filepath.Join(dir, "certs.d"), metrics: deadAddr(t)}
+		hosts: filepath.Join(dir, "certs.d"), metrics: deadAddr(t), dockerConfig: filepath.Join(dir, "docker")}
+	if err := os.Mkdir(d.dockerConfig, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	testcri.WriteHosts(t, d.hosts)
 	t.Cleanup(func() {
 		d.stop(t)
@@ -108,6 +118,7 @@ func (d *daemon) start(t *testing.T) {
 	defer logf.Close()
 	cmd := exec.Command(d.bin, "snapshotter", "--root", d.root, "--address", d.sock, "--hosts-dir", d.hosts, "--metrics-address", d.metrics)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+d.dockerConfig)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -169,8 +180,20 @@ type images struct {
 	// a small tree of its own, and its boot config records a store that is
 	// down.
 	deadStore, corrupt string
+	// suidOrig is the original with a setuid-root cat and device nodes
+	// outside /dev (suidImage), suidBoot its boot image.
+	suidOrig, suidBoot string
 	ownLayer           func(ref string) string // the digest of a boot image's own layer
 }
+
+// suidImage adds to the Debian image a setuid-root cat, which shows the
+// identity a setuid program gets (suidcat /proc/self/status), and device
+// nodes where the container's /dev does not hide them: a null device,
+// which the container's device cgroup allows, and a memory one, which it
+// denies.
+const suidImage = `FROM %s
+RUN cp /bin/cat /usr/local/bin/suidcat && chmod 4755 /usr/local/bin/suidcat && mknod -m 666 /opt/null c 1 3 && mknod -m 666 /opt/mem c 1 1
+`
 
 // testImages converts the Debian tree into a store served over HTTP while
 // the test runs, and pushes the original and the boot images.
@@ -234,6 +257,20 @@ func testImages(t *testing.T) *images {
 		t.Fatal(err)
 	}
 	im.deadStore = write("random:dead-store", res2, l2, []string{"http://" + deadAddr(t) + "/store/"}, nil)
+
+	suid := fmt.Sprintf("mkbootfs-test/debian:suid-%d", os.Getpid())
+	build := exec.Command("docker", "build", "-q", "-t", suid, "-")
+	build.Stdin = strings.NewReader(fmt.Sprintf(suidImage, testenv.DebianImage(t)))
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("docker build: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("docker", "rmi", suid).Run() })
+	im.suidOrig = pushed(t, suid, "debian:suid")
+	res3, err := converter.Convert(ctx, converter.Options{Source: "docker-daemon:" + suid, Store: l, TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.suidBoot = write("debian:suid-boot", res3, l, []string{testserver.HTTP(t, l, false)}, nil)
 	return im
 }
 
@@ -448,7 +485,162 @@ if [ -e /.bootfs/bootinit ]; then /.bootfs/bootinit -- $status; else $status; fi
 		}
 	})
 
+	// The image's setuid programs and device nodes work in the container
+	// as in the original's, though the lazy mount under it is nosuid,nodev
+	// on the host: the container's overlay is the mount they are used
+	// through. Through crictl exec, as a user: a setuid-root cat gives
+	// euid 0 and reads /etc/shadow (not with no-new-privileges); the null
+	// device opens, the memory one is the device cgroup's to refuse
+	// (EPERM), not the mount's (EACCES).
+	t.Run("setuid program and device nodes", func(t *testing.T) {
+		script := `suidcat /proc/self/status | grep -E '^(Uid|Gid)'
+suidcat /etc/shadow 2>&1 | head -n 1 | sed 's/:[0-9]*:/:DAYS:/'
+echo x > /opt/null && echo wrote /opt/null
+cat /opt/mem 2>&1 >/dev/null | sed 's/^[^:]*: //'`
+		n.Pull(t, im.suidOrig)
+		n.Pull(t, im.suidBoot)
+		nobody := int64(65534)
+		for _, tc := range []struct {
+			name string
+			user *int64
+			nnp  bool
+			want []string // lines both outputs hold
+		}{
+			{"root", nil, false, []string{"Uid:\t0\t0\t0\t0", "root:*:DAYS:", "wrote /opt/null", "/opt/mem: Operation not permitted"}},
+			{"user", &nobody, false, []string{"Uid:\t65534\t0\t0\t0", "root:*:DAYS:", "wrote /opt/null", "/opt/mem: Operation not permitted"}},
+			{"user no-new-privileges", &nobody, true, []string{"Uid:\t65534\t65534\t65534\t65534", "/etc/shadow: Permission denied", "wrote /opt/null"}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				var outs []string
+				for i, image := range []string{im.suidOrig, im.suidBoot} {
+					c := ctr(fmt.Sprintf("suid-%d", i), image, "sleep", "600")
+					c.User, c.NoNewPrivs = tc.user, tc.nnp
+					id := pod.Run(t, c)
+					outs = append(outs, execOut(t, n, id, "sh", "-c", script))
+					n.TryCrictl("rm", "-f", id)
+				}
+				if outs[0] != outs[1] {
+					t.Errorf("original:\n%s\nboot image:\n%s", outs[0], outs[1])
+				}
+				t.Logf("boot image:\n%s", outs[1])
+				for _, w := range tc.want {
+					if !strings.Contains(outs[1], w) {
+						t.Errorf("boot image: no %q in\n%s", w, outs[1])
+					}
+				}
+			})
+		}
+		// On the host the lazy mounts are nosuid,nodev: a user who reached
+		// one gains nothing by its setuid programs or devices.
+		for _, m := range lazyMounts(n.sn.root) {
+			var st unix.Statfs_t
+			if err := unix.Statfs(m, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 {
+				t.Errorf("%s: mount flags %#x, want nosuid,nodev", m, st.Flags)
+			}
+		}
+	})
+
 	testFailures(t, n, im, pod)
+	testCredentials(t, n, pod)
+}
+
+// testCredentials runs boot images from a registry that wants a login,
+// their chunks next to them: the snapshotter reads the own layer and the
+// mount process the chunks with the credentials of the node's docker
+// config. Without them the own layer is an ordinary one, which
+// containerd pulls with the credentials kubelet gives it.
+func testCredentials(t *testing.T, n *node, pod *testcri.Pod) {
+	t.Run("credentials", func(t *testing.T) {
+		r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{Auth: true})
+		testcri.WriteHosts(t, filepath.Join(n.Dir, "certs.d"), r.Addr)
+		testcri.WriteHosts(t, n.sn.hosts, r.Addr)
+		login, err := json.Marshal(map[string]any{"auths": map[string]any{r.Addr: map[string]string{
+			"auth": base64.StdEncoding.EncodeToString([]byte(r.User + ":" + r.Password)),
+		}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		converting := t.TempDir()
+		if err := os.WriteFile(filepath.Join(converting, "config.json"), login, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// A static busybox and a file naming the image: each image's
+		// own layer and chunks are its own.
+		convert := func(name string) string {
+			tree := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(tree, "bin"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Run(t, "cp", testenv.Command(t, "busybox"), filepath.Join(tree, "bin", "busybox"))
+			if err := os.WriteFile(filepath.Join(tree, "hello"), []byte("hello from "+name+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ref := fmt.Sprintf("%s/mkbootfs-test/creds-%d-%s:1", r.Addr, os.Getpid(), name)
+			cmd := exec.Command(mkbootfs(t), "convert", "dir:"+tree, ref)
+			cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+converting)
+			if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "chunks from oci://"+r.Addr) {
+				t.Fatalf("mkbootfs convert dir:%s %s: %v\n%s\nwant its chunks next to it", tree, ref, err, out)
+			}
+			n.Crictl(t, "pull", "--creds", r.User+":"+r.Password, ref)
+			return ref
+		}
+		hello := testcri.Container{Args: []string{"/bin/busybox", "cat", "/hello"}}
+
+		without := convert("without")
+		if log := n.sn.log(); !strings.Contains(log, without+": is it a boot image?") || !strings.Contains(log, "no basic auth credentials") {
+			t.Errorf("the snapshotter without credentials does not say it was refused; its log:\n%s", log)
+		}
+		// bootinit, in a container given no /dev/fuse, cannot mount the
+		// tree itself.
+		c := hello
+		c.Name, c.Image = "creds-without", without
+		id := pod.Run(t, c)
+		if code := n.Wait(t, id, 2*time.Minute); code == 0 {
+			t.Errorf("the boot image ran without a lazy mount of the node's: %s", n.Logs(t, id))
+		}
+
+		// A login in containerd's hosts configuration (a header) is the
+		// snapshotter's for the own layer; the chunk store in the registry
+		// is read with docker's credentials only: none here.
+		basic := base64.StdEncoding.EncodeToString([]byte(r.User + ":" + r.Password))
+		hosts := filepath.Join(n.sn.hosts, r.Addr, "hosts.toml")
+		plain, err := os.ReadFile(hosts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		header := fmt.Sprintf("%s  [host.\"http://%s\".header]\n    Authorization = \"Basic %s\"\n", plain, r.Addr, basic)
+		if err := os.WriteFile(hosts, []byte(header), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		inHosts := convert("hosts")
+		if !regexp.MustCompile(regexp.QuoteMeta(strings.TrimSuffix(inHosts, ":1")) + "@sha256:[0-9a-f]+: boot image").MatchString(n.sn.log()) {
+			t.Errorf("the snapshotter did not take %s for a boot image with the login of hosts.toml; its log:\n%s", inHosts, n.sn.log())
+		}
+		_, err = pod.Create(testcri.Container{Name: "creds-hosts", Image: inHosts, Args: hello.Args})
+		t.Logf("creating a container of it: %v", err)
+		if err == nil || !strings.Contains(err.Error(), "mkbootfs: ") || !strings.Contains(err.Error(), "401") {
+			t.Errorf("creating a container of %s: %v; want one line saying its chunk store refused", inHosts, err)
+		}
+		if err := os.WriteFile(hosts, plain, 0o644); err != nil {
+			t.Fatal(err)
+		}
+
+		if err := os.WriteFile(filepath.Join(n.sn.dockerConfig, "config.json"), login, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		with := convert("with")
+		c.Name, c.Image = "creds-with", with
+		id = pod.Run(t, c)
+		if code := n.Wait(t, id, 2*time.Minute); code != 0 || n.Logs(t, id) != "hello from with" {
+			t.Errorf("exit %d, logs %q; want the file of the image; the snapshotter's log:\n%s", code, n.Logs(t, id), n.sn.log())
+		}
+		if !regexp.MustCompile(regexp.QuoteMeta(strings.TrimSuffix(with, ":1")) + "@sha256:[0-9a-f]+: boot image").MatchString(n.sn.log()) {
+			t.Errorf("the snapshotter did not mount %s; its log:\n%s", with, n.sn.log())
+		}
+	})
 }
 
 // The bad inputs and the restarts, after TestCRI's subtests above, on

@@ -116,15 +116,18 @@ const hostsTOML = `server = "http://%[1]s"
 `
 
 // WriteHosts writes, in dir, containerd's registry hosts configuration
-// (its config_path) that makes the local registry plain HTTP.
-func WriteHosts(t testing.TB, dir string) {
+// (its config_path) that makes the local registry, and the registries at
+// the loopback addresses more, plain HTTP.
+func WriteHosts(t testing.TB, dir string, more ...string) {
 	t.Helper()
-	reg := filepath.Join(dir, testenv.RegistryAddr)
-	if err := os.MkdirAll(reg, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(reg, "hosts.toml"), fmt.Appendf(nil, hostsTOML, testenv.RegistryAddr), 0o644); err != nil {
-		t.Fatal(err)
+	for _, addr := range append([]string{testenv.RegistryAddr}, more...) {
+		reg := filepath.Join(dir, addr)
+		if err := os.MkdirAll(reg, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(reg, "hosts.toml"), fmt.Appendf(nil, hostsTOML, addr), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
