@@ -13,6 +13,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -67,18 +68,8 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 		return nil, err
 	}
 	epoch := bootconfig.LayerTime
-	// bootinit has a layer of its own: the same in every boot image, so a
-	// node pulls it once, whatever it runs.
-	bootLayer, err := tarLayer(func(tw *tar.Writer) error {
-		if err := tarDir(tw, bootconfig.Dir, 0o755, epoch); err != nil {
-			return err
-		}
-		// setuid and setgid root: under `docker run -u USER` bootinit
-		// still mounts, and what it makes (mount points, directories
-		// overlayfs copies up) is root's, as runc's is; it then runs the
-		// app as the user and group docker resolved.
-		return tarFile(tw, bootconfig.Bootinit, 0o6755, bootinit, epoch)
-	})
+	// bootinit has a layer of its own (see bootinitLayer).
+	bootLayer, err := bootinitLayer(bootinit)
 	if err != nil {
 		return nil, err
 	}
@@ -160,20 +151,90 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 	return mutate.ConfigFile(img, cfg)
 }
 
-// tarLayer makes a layer of the entries fill writes.
+// tarLayer makes a layer of the entries fill writes, compressed once:
+// go-containerregistry's tarball layer compresses again for every digest,
+// push and write (gzip -9 of bootinit: seconds each).
 func tarLayer(fill func(*tar.Writer) error) (v1.Layer, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	var tarBuf, gzBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
 	if err := fill(tw); err != nil {
 		return nil, err
 	}
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	b := buf.Bytes()
-	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(b)), nil
-	}, tarball.WithMediaType(types.DockerLayer), tarball.WithCompressionLevel(gzip.BestCompression))
+	gw, err := gzip.NewWriterLevel(&gzBuf, gzip.BestCompression)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := gw.Write(tarBuf.Bytes()); err != nil {
+		return nil, err
+	}
+	if err := gw.Close(); err != nil {
+		return nil, err
+	}
+	l := &memLayer{tar: tarBuf.Bytes(), gz: gzBuf.Bytes()}
+	if l.digest, _, err = v1.SHA256(bytes.NewReader(l.gz)); err != nil {
+		return nil, err
+	}
+	if l.diffID, _, err = v1.SHA256(bytes.NewReader(l.tar)); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// memLayer is a docker layer held in memory, compressed and not.
+type memLayer struct {
+	tar, gz        []byte
+	digest, diffID v1.Hash
+}
+
+func (l *memLayer) Digest() (v1.Hash, error) { return l.digest, nil }
+func (l *memLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
+func (l *memLayer) Size() (int64, error)     { return int64(len(l.gz)), nil }
+func (l *memLayer) MediaType() (types.MediaType, error) {
+	return types.DockerLayer, nil
+}
+func (l *memLayer) Compressed() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(l.gz)), nil
+}
+func (l *memLayer) Uncompressed() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(l.tar)), nil
+}
+
+// lastBootinit keeps the layer of the bootinit last put in a boot image:
+// a process that makes several (convert --profile, tests) compresses it once.
+var lastBootinit struct {
+	sync.Mutex
+	sum   [sha256.Size]byte
+	layer v1.Layer
+}
+
+// bootinitLayer returns the layer of bootinit: the same in every boot
+// image, so a node pulls it once, whatever it runs.
+func bootinitLayer(bootinit []byte) (v1.Layer, error) {
+	sum := sha256.Sum256(bootinit)
+	lastBootinit.Lock()
+	defer lastBootinit.Unlock()
+	if lastBootinit.layer != nil && lastBootinit.sum == sum {
+		return lastBootinit.layer, nil
+	}
+	epoch := bootconfig.LayerTime
+	l, err := tarLayer(func(tw *tar.Writer) error {
+		if err := tarDir(tw, bootconfig.Dir, 0o755, epoch); err != nil {
+			return err
+		}
+		// setuid and setgid root: under `docker run -u USER` bootinit
+		// still mounts, and what it makes (mount points, directories
+		// overlayfs copies up) is root's, as runc's is; it then runs the
+		// app as the user and group docker resolved.
+		return tarFile(tw, bootconfig.Bootinit, 0o6755, bootinit, epoch)
+	})
+	if err != nil {
+		return nil, err
+	}
+	lastBootinit.sum, lastBootinit.layer = sum, l
+	return l, nil
 }
 
 func tarDir(tw *tar.Writer, p string, mode int64, mtime time.Time) error {

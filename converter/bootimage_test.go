@@ -3,8 +3,11 @@ package converter_test
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -178,14 +181,7 @@ func TestSkeletonHasNoWhiteoutNames(t *testing.T) {
 		os.WriteFile(filepath.Join(src, f), []byte("#!/bin/sh\n"), 0o755)
 	}
 	ctx := context.Background()
-	s, err := local.Open(t.TempDir(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := converter.Convert(ctx, converter.Options{Source: "dir:" + src, Store: s, TmpDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res, s := convertDir(t, src)
 	if _, err := res.Index.Resolve("/.wh.d/bin/tool"); err != nil {
 		t.Errorf("the index lacks /.wh.d/bin/tool: %v", err)
 	}
@@ -220,4 +216,76 @@ func TestSkeletonHasNoWhiteoutNames(t *testing.T) {
 	if !sawSh {
 		t.Errorf("the skeleton lacks bin/sh")
 	}
+}
+
+// TestBootImageLayers: each layer's digest, diff ID and size are those of
+// the bytes it gives, its compressed bytes are gzip of its tar, and two
+// boot images of one bootinit share bootinit's layer.
+func TestBootImageLayers(t *testing.T) {
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "f"), []byte("data"), 0o644)
+	ctx := context.Background()
+	res, s := convertDir(t, src)
+	bootinit := bytes.Repeat([]byte("bootinit "), 100000)
+	var first v1.Hash
+	for i, stores := range [][]string{{"/a"}, {"/b"}} {
+		img, err := converter.BootImage(ctx, res, bootinit, s, stores)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, l := range layers {
+			rc, err := l.Compressed()
+			if err != nil {
+				t.Fatal(err)
+			}
+			gz, _ := io.ReadAll(rc)
+			rc.Close()
+			zr, err := gzip.NewReader(bytes.NewReader(gz))
+			if err != nil {
+				t.Fatalf("layer %d is not gzip: %v", j, err)
+			}
+			unzipped, err := io.ReadAll(zr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc, err = l.Uncompressed()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tarBytes, _ := io.ReadAll(rc)
+			rc.Close()
+			digest, _ := l.Digest()
+			diffID, _ := l.DiffID()
+			size, _ := l.Size()
+			if !bytes.Equal(unzipped, tarBytes) || digest.Hex != fmt.Sprintf("%x", sha256.Sum256(gz)) ||
+				diffID.Hex != fmt.Sprintf("%x", sha256.Sum256(tarBytes)) || size != int64(len(gz)) {
+				t.Errorf("image %d, layer %d: digest %s, diff ID %s, size %d; its bytes: %d gzipped, %d of tar, gzip of the tar %v",
+					i, j, digest, diffID, size, len(gz), len(tarBytes), bytes.Equal(unzipped, tarBytes))
+			}
+		}
+		d, _ := layers[0].Digest()
+		if i == 0 {
+			first = d
+		} else if d != first {
+			t.Errorf("bootinit's layer differs between two boot images: %s, %s", first, d)
+		}
+	}
+}
+
+// convertDir converts the directory src into a new local store.
+func convertDir(t *testing.T, src string) (*converter.Result, *local.Store) {
+	t.Helper()
+	s, err := local.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := converter.Convert(context.Background(), converter.Options{Source: "dir:" + src, Store: s, TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, s
 }
