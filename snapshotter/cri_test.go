@@ -621,7 +621,7 @@ func testCredentials(t *testing.T, n *node, pod *testcri.Pod) {
 		}
 		_, err = pod.Create(testcri.Container{Name: "creds-hosts", Image: inHosts, Args: hello.Args})
 		t.Logf("creating a container of it: %v", err)
-		if err == nil || !strings.Contains(err.Error(), "mkbootfs: ") || !strings.Contains(err.Error(), "401") {
+		if err == nil || !strings.Contains(err.Error(), "mkbootfs: ") || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "on the node for its snapshotter") {
 			t.Errorf("creating a container of %s: %v; want one line saying its chunk store refused", inHosts, err)
 		}
 		if err := os.WriteFile(hosts, plain, 0o644); err != nil {
@@ -694,7 +694,7 @@ func testFailures(t *testing.T, n *node, im *images, pod *testcri.Pod) {
 		body, _ := io.ReadAll(resp.Body)
 		text := string(body)
 		for _, want := range []string{
-			"mkbootfs_snapshotter_mounts 1\n",
+			fmt.Sprintf("mkbootfs_snapshotter_mounts %d\n", len(lazyMounts(n.sn.root))),
 			"mkbootfs_snapshotter_cache_misses_total ",
 			`mkbootfs_snapshotter_store_chunks_total{store="http://`,
 			`mkbootfs_snapshotter_store_fetch_seconds_bucket{store="http://`,
@@ -714,9 +714,9 @@ func testFailures(t *testing.T, n *node, im *images, pod *testcri.Pod) {
 		}
 	})
 
-	// kill -9 of the daemon breaks no running container: its mounts are
-	// served by processes of their own; a restarted daemon takes them back
-	// and serves new pods.
+	// kill -9 of the daemon, or its stop, breaks no running container: its
+	// mounts are served by processes of their own; a restarted daemon
+	// takes them back and serves new pods.
 	t.Run("kill -9", func(t *testing.T) {
 		n.Pull(t, im.boot)
 		n.Pull(t, im.orig)
@@ -748,6 +748,23 @@ func testFailures(t *testing.T, n *node, im *images, pod *testcri.Pod) {
 			if code := n.Wait(t, id, 2*time.Minute); code != 0 {
 				t.Errorf("%s after the restart: exit %d; logs:\n%s", image, code, n.Logs(t, id))
 			}
+		}
+
+		// A stop (SIGTERM: systemd's stop, an upgrade's) leaves the
+		// mounts to their processes as well, and the pod reading.
+		tookBack := strings.Count(n.sn.log(), "took back the mount of")
+		n.sn.stop(t)
+		waitPasses(t, n, id, readPasses(t, n, id)+2)
+		n.sn.start(t)
+		if strings.Count(n.sn.log(), "took back the mount of") <= tookBack {
+			t.Errorf("the daemon started after a stop did not take its mounts back; its log:\n%s", n.sn.log())
+		}
+		if got := execOut(t, n, id, "sh", "-c", "cd /usr/bin"+sums); got != want {
+			t.Errorf("after a stop and a start, /usr/bin in the pod differs from the original's:\n%s", lineDiff(want, got))
+		}
+		id = other.Run(t, testcri.Container{Name: "after-stop", Image: im.boot, Args: []string{"cat", "/etc/debian_version"}})
+		if code := n.Wait(t, id, 2*time.Minute); code != 0 {
+			t.Errorf("%s after a stop and a start: exit %d; logs:\n%s", im.boot, code, n.Logs(t, id))
 		}
 	})
 }
