@@ -455,7 +455,7 @@ func (s *Store) status(resp *http.Response, what string) error {
 	case req.Method != http.MethodGet && req.Method != http.MethodHead && (code == http.StatusForbidden || code == http.StatusMethodNotAllowed):
 		return fmt.Errorf("%w: %v: the registry refuses writes (read-only mode, or credentials without push access)", store.ErrReadOnly, err)
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		return store.Permanent(fmt.Errorf("%v: the registry refuses access; `docker login %s` where you convert, and in a container mount that docker config: -v ~/.docker/config.json:/.bootfs/auth.json:ro", err, s.repo.RegistryStr()))
+		return store.Permanent(fmt.Errorf("%v: the registry refuses access; `docker login %s` where you convert, and on the node for its snapshotter, or mount that docker config into a container: -v ~/.docker/config.json:/.bootfs/auth.json:ro", err, s.repo.RegistryStr()))
 	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
 		return err // the registry may do better on another try
 	}
@@ -473,7 +473,7 @@ func refused(err error) bool {
 func authError(registry string, err error) error {
 	err = fmt.Errorf("authenticating to %s: %w", registry, err)
 	if refused(err) {
-		return store.Permanent(fmt.Errorf("%w; check the credentials: `docker login %s` where you convert, and in a container mount that docker config with -v ~/.docker/config.json:/.bootfs/auth.json:ro", err, registry))
+		return store.Permanent(fmt.Errorf("%w; check the credentials: `docker login %s` where you convert, and on the node for its snapshotter, or mount that docker config into a container: -v ~/.docker/config.json:/.bootfs/auth.json:ro", err, registry))
 	}
 	return err
 }
