@@ -155,8 +155,8 @@ link_shape() {
 			tc filter add dev lo egress protocol ip pref "$port" u32 match ip sport "$port" 0xffff action mirred egress redirect dev "$LINK_IFB"
 		) 9>"$LINK_LOCK" || die "tc filter on lo's egress for port $port failed"
 	done
-	# A new connection through a proxy takes one round trip to connect and
-	# one per request: at least 4 x DELAY.
+	# A request through a proxy waits DELAY each way: at least 2 x DELAY
+	# (Toxiproxy's toxics act on the stream, not on the TCP handshake).
 	read -r name port class <<<"${LINK_PROXIES[0]}"
 	LINK_CHECK=$(curl -fs -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/v2/") ||
 		die "nothing answers through Toxiproxy at 127.0.0.1:$port; see $WORK/toxiproxy.log"
