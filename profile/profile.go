@@ -14,7 +14,9 @@
 //
 // A path is the file's absolute path in the image, quoted
 // as Go quotes strings (names need not be UTF-8); each range is
-// OFFSET+LENGTH in bytes, sorted and merged.
+// OFFSET+LENGTH in bytes, sorted and merged. A profile that the converter
+// found in the image without running it says so on its first line,
+// "mkbootfs profile 1 static".
 package profile
 
 import (
@@ -30,12 +32,21 @@ import (
 	"github.com/mkbootfs/mkbootfs/index"
 )
 
-// header is the first line of a profile: the format and its version.
-const header = "mkbootfs profile 1"
+// header is the first line of a profile: the format and its version;
+// staticMark follows it on a static profile's.
+const (
+	header     = "mkbootfs profile 1"
+	staticMark = " static"
+)
 
 // Profile is the files a start reads, in first-read order.
 type Profile struct {
 	Files []File
+	// Static is set on a profile found in the image without running it
+	// (the files its command's start maps: the program, its interpreters,
+	// loader and libraries, each whole): a start of the image reads more,
+	// and a node may learn what.
+	Static bool
 }
 
 // File is one file of a profile.
@@ -63,7 +74,11 @@ func (p *Profile) Bytes() int64 {
 // WriteTo writes p in the text format.
 func (p *Profile) WriteTo(w io.Writer) (int64, error) {
 	bw := bufio.NewWriter(w)
-	n, _ := fmt.Fprintln(bw, header)
+	first := header
+	if p.Static {
+		first += staticMark
+	}
+	n, _ := fmt.Fprintln(bw, first)
 	total := int64(n)
 	for _, f := range p.Files {
 		var b strings.Builder
@@ -91,9 +106,10 @@ func Parse(r io.Reader, name string) (*Profile, error) {
 		line++
 		text := sc.Text()
 		if line == 1 {
-			if text != header {
+			if text != header && text != header+staticMark {
 				return nil, bad("starts with %q, not %q", trim(text), header)
 			}
+			p.Static = text != header
 			continue
 		}
 		if text == "" {
@@ -160,6 +176,30 @@ func merge(rs []Range) []Range {
 		out = append(out, r)
 	}
 	return out
+}
+
+// Merge returns first's files and then those of then that first does not
+// name, and how many of then's it took; either may be nil. A recorded
+// profile comes first: it knows which ranges a start reads, where a
+// static one names whole files. The result is static if first is.
+func Merge(first, then *Profile) (*Profile, int) {
+	if then == nil {
+		return first, 0
+	}
+	if first == nil {
+		return then, len(then.Files)
+	}
+	out := &Profile{Files: slices.Clone(first.Files), Static: first.Static}
+	named := map[string]bool{}
+	for _, f := range first.Files {
+		named[f.Path] = true
+	}
+	for _, f := range then.Files {
+		if !named[f.Path] {
+			out.Files = append(out.Files, f)
+		}
+	}
+	return out, len(out.Files) - len(first.Files)
 }
 
 // ReadAround is how much of a file around each profiled read is laid out

@@ -155,3 +155,36 @@ func TestChunks(t *testing.T) {
 		t.Errorf("Chunks = %v, want %v", got, want)
 	}
 }
+
+// TestStatic round-trips a static profile's mark, and Merge keeps a
+// recorded profile first, with its ranges, and its kind.
+func TestStatic(t *testing.T) {
+	static := &Profile{Static: true, Files: []File{{Path: "/bin/app", Ranges: []Range{{0, 1000}}}, {Path: "/lib/libc.so.6", Ranges: []Range{{0, 2000}}}}}
+	var buf bytes.Buffer
+	static.WriteTo(&buf)
+	if !strings.HasPrefix(buf.String(), "mkbootfs profile 1 static\n") {
+		t.Errorf("a static profile's text:\n%s", &buf)
+	}
+	if p, err := Parse(&buf, "t"); err != nil || !p.Static || len(p.Files) != 2 {
+		t.Errorf("Parse of a static profile: %+v, %v", p, err)
+	}
+	if p, err := Parse(strings.NewReader("mkbootfs profile 1 dynamic\n"), "t"); err == nil {
+		t.Errorf("Parse took another mark: %+v", p)
+	}
+
+	recorded := &Profile{Files: []File{{Path: "/bin/app", Ranges: []Range{{0, 10}}}, {Path: "/etc/conf", Ranges: []Range{{0, 5}}}}}
+	m, added := Merge(recorded, static)
+	want := []File{recorded.Files[0], recorded.Files[1], static.Files[1]}
+	if added != 1 || m.Static || !slices.EqualFunc(m.Files, want, func(a, b File) bool { return a.Path == b.Path && slices.Equal(a.Ranges, b.Ranges) }) {
+		t.Errorf("Merge(recorded, static) = %+v, %d added", m, added)
+	}
+	if m, added := Merge(nil, static); m != static || added != 2 {
+		t.Errorf("Merge(nil, static) = %+v, %d", m, added)
+	}
+	if m, added := Merge(recorded, nil); m != recorded || added != 0 {
+		t.Errorf("Merge(recorded, nil) = %+v, %d", m, added)
+	}
+	if len(recorded.Files) != 2 {
+		t.Errorf("Merge changed its first profile: %+v", recorded)
+	}
+}
