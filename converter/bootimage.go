@@ -58,10 +58,14 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 	var prof bytes.Buffer
 	if res.Profile != nil {
 		res.Profile.WriteTo(&prof)
-		h := sha256.New()
-		h.Write(idx)
-		h.Write(prof.Bytes())
-		boot.Tree = hex.EncodeToString(h.Sum(nil))
+		// A static profile names the program's files alone: a tree of
+		// them would be made and waited for with little to hold.
+		if !res.Profile.Static {
+			h := sha256.New()
+			h.Write(idx)
+			h.Write(prof.Bytes())
+			boot.Tree = hex.EncodeToString(h.Sum(nil))
+		}
 	}
 	cfgJSON, err := json.MarshalIndent(boot, "", "  ")
 	if err != nil {

@@ -51,6 +51,11 @@ type Options struct {
 	Progress io.Writer
 	// Profile, when set, lays the files a start reads first in the stream.
 	Profile *profile.Profile
+	// StaticProfile adds a profile found in the image without running it
+	// (its command's program, interpreters, loader and libraries; see
+	// package execdeps): alone if Profile is nil, else after it, for the
+	// files Profile does not name.
+	StaticProfile bool
 }
 
 // Stats count what a conversion did.
@@ -66,6 +71,9 @@ type Stats struct {
 	// profile reads, and their uncompressed size: what a boot prefetches.
 	ProfileChunks int   `json:"profile_chunks,omitempty"`
 	ProfileBytes  int64 `json:"profile_bytes,omitempty"`
+	// StaticFiles are the files of the profile that the static profile
+	// added.
+	StaticFiles int `json:"static_files,omitempty"`
 	// LostChunks are chunks a registry store's chunk manifests listed but
 	// the registry had lost, uploaded again.
 	LostChunks int `json:"lost_chunks,omitempty"`
@@ -79,6 +87,10 @@ type Result struct {
 	Image *ImageInfo
 	// Profile is the profile the stream was laid out by, or nil.
 	Profile *profile.Profile
+	// StaticErr says why, with Options.StaticProfile, the static profile
+	// is missing or stops short; nil when it is whole or the image names
+	// no command.
+	StaticErr error
 
 	// manifests list the chunks in manifestStore, a registry's store.
 	manifests     *ocistore.ChunkManifests
@@ -148,12 +160,19 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 		}()
 	}
 
-	root, inodes, files := arrange(t, opts.Profile)
-	cuts := readCuts(t, opts.Profile, int64(opts.Params.Min))
+	prof := opts.Profile
+	if opts.StaticProfile {
+		static, err := staticProfile(t, res.Image.config())
+		prof, res.Stats.StaticFiles = profile.Merge(prof, static)
+		res.StaticErr = err
+	}
+	root, inodes, files := arrange(t, prof)
+	cuts := readCuts(t, prof, int64(opts.Params.Min))
 	chunks, stats, err := chunkFiles(ctx, files, cuts, opts, p)
 	if err != nil {
 		return nil, err
 	}
+	stats.StaticFiles = res.Stats.StaticFiles
 	if oci, ok := opts.Store.(*ocistore.Store); ok {
 		res.manifestStore = oci
 		res.manifests, err = oci.PushChunkManifest(ctx, chunkIDs(chunks))
@@ -187,13 +206,13 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	stats.Entries, stats.Inodes = len(x.Entries), len(x.Inodes)
-	if opts.Profile != nil {
-		for _, i := range opts.Profile.Chunks(x) {
+	if prof != nil {
+		for _, i := range prof.Chunks(x) {
 			stats.ProfileChunks++
 			stats.ProfileBytes += int64(x.Chunks[i].Size)
 		}
 	}
-	res.Index, res.Stats, res.Profile = x, stats, opts.Profile
+	res.Index, res.Stats, res.Profile = x, stats, prof
 	return res, nil
 }
 

@@ -15,6 +15,14 @@ type ImageInfo struct {
 	Config *v1.ConfigFile // entrypoint, cmd, env, user, ...
 }
 
+// config is the image's config, nil for none (a directory).
+func (i *ImageInfo) config() *v1.ConfigFile {
+	if i == nil {
+		return nil
+	}
+	return i.Config
+}
+
 // openSource opens the image src names (see bootimage.ParseSource).
 func openSource(ctx context.Context, src bootimage.Source, opts Options) (v1.Image, *ImageInfo, error) {
 	img, err := src.Image(ctx, bootimage.ImageOptions{Platform: opts.Platform, Pull: opts.Pull})

@@ -29,6 +29,7 @@ func newConvertCmd() *cobra.Command {
 		profileRun     bool
 		profileFrom    string
 		profileTimeout time.Duration
+		staticProfile  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "convert [flags] SOURCE [TARGET]",
@@ -142,6 +143,9 @@ of them).`,
 				opts.Progress = os.Stderr
 			}
 			start := time.Now()
+			// The conversion that a profile is recorded with is laid out
+			// again by it: no static profile for it.
+			opts.StaticProfile = staticProfile && !profileRun
 			res, err := converter.Convert(ctx, opts)
 			if err != nil {
 				return err
@@ -150,6 +154,7 @@ of them).`,
 				if opts.Profile, err = recordProfile(cmd, res, bootBinary, s, opts.StoreURLs, profileArgs, profileTimeout); err != nil {
 					return err
 				}
+				opts.StaticProfile = staticProfile
 				if res, err = converter.Convert(ctx, opts); err != nil {
 					return err
 				}
@@ -173,9 +178,19 @@ of them).`,
 			if opts.Profile != nil && st.ProfileChunks == 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: none of the profile's %d files is a file with data in %s: nothing laid out first, nothing to prefetch\n", len(opts.Profile.Files), args[0])
 			}
+			if res.StaticErr != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s: finding the files its command maps to start (the static profile): %v\n", args[0], res.StaticErr)
+			}
 			if st.ProfileChunks > 0 {
-				fmt.Fprintf(out, "profile: %d files, %.1f MB read at start, laid out first: %d chunks (%.1f MB) to prefetch at boot\n",
-					len(opts.Profile.Files), float64(opts.Profile.Bytes())/1e6, st.ProfileChunks, float64(st.ProfileBytes)/1e6)
+				what := "read at start"
+				switch {
+				case res.Profile.Static:
+					what = "found in the image without running it (its command's program, interpreters, loader and libraries, whole)"
+				case st.StaticFiles > 0:
+					what = fmt.Sprintf("read at start, %d of them whole, found in the image (its command's start)", st.StaticFiles)
+				}
+				fmt.Fprintf(out, "profile: %d files, %.1f MB %s, laid out first: %d chunks (%.1f MB) to prefetch at boot\n",
+					len(res.Profile.Files), float64(res.Profile.Bytes())/1e6, what, st.ProfileChunks, float64(st.ProfileBytes)/1e6)
 			}
 			if target == "" {
 				return nil
@@ -203,6 +218,7 @@ of them).`,
 	f.BoolVar(&profileRun, "profile", false, "run the converted image once (docker run --network host; a command after -- replaces its cmd), record what its start reads, and lay that out first for boots to prefetch")
 	f.StringVar(&profileFrom, "profile-from", "", "lay out first what the profile `FILE` reads (recorded with docker run -e MKBOOTFS_PROFILE=PATH)")
 	f.DurationVar(&profileTimeout, "profile-timeout", time.Minute, "with --profile: stop the run after this long (a server's start is what is profiled)")
+	f.BoolVar(&staticProfile, "static-profile", true, "lay out first and prefetch the files that starting the image's command maps, found without running it: its program, #! interpreters, ELF loader and shared libraries (after a recorded profile's files; =false: none)")
 	return cmd
 }
 

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/index"
 )
@@ -69,5 +71,45 @@ func TestConvertStaleProfile(t *testing.T) {
 	out := convertCLI(t, "--profile-from", prof, "--store", t.TempDir(), "--index", filepath.Join(t.TempDir(), "x.idx"), "dir:"+src)
 	if !strings.Contains(out, "warning: none of the profile's 1 files is a file with data in dir:"+src) {
 		t.Errorf("no warning about a profile that matches nothing:\n%s", out)
+	}
+}
+
+// TestConvertStaticProfile converts the busybox image, whose command is
+// /bin/sh, a symlink to the static busybox: the boot image carries a
+// static profile of busybox, whole, and says so; --static-profile=false
+// leaves the image with no profile, as before.
+func TestConvertStaticProfile(t *testing.T) {
+	src := busybox(t)
+	fakeBootinit := filepath.Join(t.TempDir(), "bootinit")
+	if err := os.WriteFile(fakeBootinit, []byte("bootinit"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	read := func(out, layout string) *bootimage.Boot {
+		t.Helper()
+		b, err := bootimage.Read(context.Background(), "oci:"+layout)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return b
+	}
+	layout := filepath.Join(t.TempDir(), "layout")
+	out := convertCLI(t, "--bootinit", fakeBootinit, "--store", t.TempDir(), "docker-daemon:"+src, "oci:"+layout)
+	b := read(out, layout)
+	e, err := b.Index.Resolve("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := b.Index.Inodes[b.Index.Entries[e].Inode].Size
+	if want := fmt.Sprintf("mkbootfs profile 1 static\n\"/bin/busybox\" 0+%d\n", size); string(b.Profile) != want || b.Boot.Tree != "" {
+		t.Errorf("the boot image's profile is %q and its tree %q; want %q and none", b.Profile, b.Boot.Tree, want)
+	}
+	if !strings.Contains(out, "profile: 1 files, 2.0 MB found in the image without running it") {
+		t.Errorf("convert does not say what the static profile holds:\n%s", out)
+	}
+
+	layout = filepath.Join(t.TempDir(), "layout")
+	out = convertCLI(t, "--bootinit", fakeBootinit, "--store", t.TempDir(), "--static-profile=false", "docker-daemon:"+src, "oci:"+layout)
+	if b := read(out, layout); b.Profile != nil || strings.Contains(out, "profile:") {
+		t.Errorf("--static-profile=false: the boot image has the profile %q; convert says\n%s", b.Profile, out)
 	}
 }
