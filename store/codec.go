@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -12,18 +13,26 @@ import (
 // MaxChunkSize bounds a decompressed chunk; a stored chunk that claims more is corrupt.
 const MaxChunkSize = 16 << 20
 
-// One encoder and decoder serve every goroutine: EncodeAll and DecodeAll are
-// safe for concurrent use.
+// One decoder serves every goroutine: DecodeAll is safe for concurrent
+// use, as EncodeAll is for the one encoder.
+var decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.WithDecoderLowmem(true))
+
+// The encoder is made by Encode's first call, and only Encode refers to
+// it: a program that never calls Encode (bootinit reads chunks, and keeps
+// them raw) links none of zstd's compressors.
 var (
-	encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
-		// The chunk ID already checks the content, as in casync's chunks.
-		zstd.WithEncoderCRC(false))
-	decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.WithDecoderLowmem(true))
+	encoderOnce sync.Once
+	encoder     *zstd.Encoder
 )
 
 // Encode returns the stored form of an uncompressed chunk: one zstd frame,
 // as casync and desync write it.
 func Encode(data []byte) []byte {
+	encoderOnce.Do(func() {
+		encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+			// The chunk ID already checks the content, as in casync's chunks.
+			zstd.WithEncoderCRC(false))
+	})
 	return encoder.EncodeAll(data, make([]byte, 0, len(data)/2+64))
 }
 
