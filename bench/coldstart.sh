@@ -476,13 +476,13 @@ boot_run() {
 	LAST_PULL=$((b1 - b0))
 }
 
-# new_volume W KIND PROF: an empty cache volume for the boot image.
+# new_volume W KIND PROF: an empty cache volume for the boot image, in
+# VOL (not printed: VOLUMES must grow in this shell, not a subshell's).
 new_volume() {
-	local vol=coldstart-$RUN_ID-$1-$2-$3
-	VOLUMES+=("$vol")
-	docker volume rm -f "$vol" >/dev/null
-	docker volume create "$vol" >/dev/null
-	echo "$vol"
+	VOL=coldstart-$RUN_ID-$1-$2-$3
+	VOLUMES+=("$VOL")
+	docker volume rm -f "$VOL" >/dev/null
+	docker volume create "$VOL" >/dev/null
 }
 
 # boot_fresh W KIND PROF: the boot image's start on a fresh node.
@@ -490,7 +490,8 @@ boot_fresh() {
 	local w=$1 kind=$2 prof=$3 vol b0
 	log "$w, $kind, $prof: fresh node"
 	forget_images
-	vol=$(new_volume "$w" "$kind" "$prof")
+	new_volume "$w" "$kind" "$prof"
+	vol=$VOL
 	b0=$(sent)
 	boot_run "$w" "$kind" "$prof" fresh "$vol" 1
 	# bootinit's layer (3.7 MB) must have moved over the link.
@@ -505,7 +506,8 @@ boot_node() {
 	log "$w, $kind, $prof: node has bootinit's layer, second start, $STEADY more, plain warm in turn"
 	forget_images
 	docker pull -q "$KEEP" >/dev/null || die "docker pull $KEEP failed"
-	vol=$(new_volume "$w" "$kind" "$prof")
+	new_volume "$w" "$kind" "$prof"
+	vol=$VOL
 	boot_run "$w" "$kind" "$prof" node "$vol" 1
 	# The plain image comes from the registry's own port, not over the
 	# link, and runs once first: its own first start is not a warm one.
