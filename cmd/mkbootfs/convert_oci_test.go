@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -22,16 +23,48 @@ import (
 
 const busyboxImage = "mkbootfs-test/busybox:latest"
 
-// buildBootinit builds bootinit as `make build` does.
-func buildBootinit(t *testing.T) string {
+// The binaries `make build` makes, built once for every test of this
+// test binary (TestMain removes them).
+var (
+	binOnce sync.Once
+	binDir  string
+	binErr  error
+)
+
+// built returns the program name (mkbootfs or bootinit) built as `make
+// build` does: without the race detector.
+func built(t *testing.T, name string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "bootinit")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "../bootinit")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building bootinit: %v\n%s", err, out)
+	binOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "mkbootfs-test-bin-"); binErr != nil {
+			return
+		}
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", binDir, ".", "../bootinit")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("building mkbootfs and bootinit: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
 	}
-	return bin
+	return filepath.Join(binDir, name)
+}
+
+// buildBootinit returns bootinit, built as `make build` does.
+func buildBootinit(t *testing.T) string { return built(t, "bootinit") }
+
+// convertFixture converts with `mkbootfs convert ARGS...` built without
+// the race detector, which slows a conversion of the Debian tree 5 to 10
+// times: for trees a test only needs converted (the converter's own tests
+// and convertCLI run conversions under it).
+func convertFixture(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(built(t, "mkbootfs"), append([]string{"convert"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mkbootfs convert %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
 
 // convertCLI runs `mkbootfs convert ARGS...` and returns its output.

@@ -53,7 +53,7 @@ func TestGCTenImages(t *testing.T) {
 	for i := range 10 {
 		trees[i] = testtree.Related(t, base, filepath.Join(work, fmt.Sprintf("tree%d", i)), uint64(i))
 		idxs[i] = filepath.Join(work, fmt.Sprintf("image%d.idx", i))
-		convertCLI(t, "--store", dir, "--index", idxs[i], "dir:"+trees[i])
+		convertFixture(t, "--store", dir, "--index", idxs[i], "dir:"+trees[i])
 	}
 	// The ten are old: only an index or a conversion now keeps a chunk.
 	then := time.Now().Add(-2 * time.Hour)
