@@ -27,7 +27,7 @@ func TestDebianImageSources(t *testing.T) {
 		image, // a bare reference the daemon has
 	} {
 		t.Run(source, func(t *testing.T) {
-			out := extracted(t, source)
+			out := extractedDebian(t, source)
 			if diff := testtree.Diff(t, rootfs, out); diff != "" {
 				t.Fatalf("%s extracted differs from the rootfs:\n%.3000s", source, diff)
 			}
