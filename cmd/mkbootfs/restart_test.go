@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
+	"github.com/mkbootfs/mkbootfs/internal/testserver"
 )
 
 // serveAt runs `mkbootfs serve --http addr dir` and waits until it
@@ -74,12 +75,7 @@ func TestMountRidesThroughStoreRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testserver.FreePort(t)
 	srv := serveAt(t, addr, storeDir)
 	m := startMount(t, idx, "etc/debian_version", "--store", "http://"+addr+"/", "--cache", t.TempDir(), "--stats")
 

@@ -67,7 +67,7 @@ type RegistryOptions struct {
 // as it is.
 func StartDockerRegistry(t testing.TB, opt RegistryOptions) *DockerRegistry {
 	t.Helper()
-	r := &DockerRegistry{bin: testenv.Command(t, "docker-registry"), Addr: freePort(t), Root: opt.Root}
+	r := &DockerRegistry{bin: testenv.Command(t, "docker-registry"), Addr: FreePort(t), Root: opt.Root}
 	tmp := t.TempDir()
 	r.Config = filepath.Join(tmp, "config.yml")
 	if r.Root == "" {

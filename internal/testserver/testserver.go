@@ -33,9 +33,9 @@ import (
 // startLimit bounds how long a server may take to listen.
 const startLimit = 20 * time.Second
 
-// freePort returns a loopback port that was free a moment ago, for servers
-// that take their port from a config file.
-func freePort(t testing.TB) string {
+// FreePort returns a loopback address whose port was free a moment ago,
+// for servers that take their port from a config file or a flag.
+func FreePort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -131,7 +131,7 @@ func Nginx(t testing.TB, dir string, writable bool) string {
 	bin := testenv.Command(t, "nginx")
 	testenv.Root(t) // the generated config runs the workers as root, to read t.TempDir()
 	tmp := t.TempDir()
-	addr := freePort(t)
+	addr := FreePort(t)
 	conf := filepath.Join(tmp, "nginx.conf")
 	var b bytes.Buffer
 	if err := nginxConf.Execute(&b, map[string]any{"Tmp": tmp, "Addr": addr, "Dir": dir, "Writable": writable}); err != nil {
@@ -250,7 +250,7 @@ func StartSSHD(t testing.TB) *SSHD {
 	}
 	tmp := t.TempDir()
 	s := &SSHD{
-		Addr:      freePort(t),
+		Addr:      FreePort(t),
 		User:      "root",
 		HostKey:   NewKey(t, tmp, "host_key"),
 		ClientKey: NewKey(t, tmp, "client_key"),
