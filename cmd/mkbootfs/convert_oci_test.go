@@ -54,15 +54,16 @@ func built(t *testing.T, name string) string {
 // buildBootinit returns bootinit, built as `make build` does.
 func buildBootinit(t *testing.T) string { return built(t, "bootinit") }
 
-// convertFixture converts with `mkbootfs convert ARGS...` built without
-// the race detector, which slows a conversion of the Debian tree 5 to 10
-// times: for trees a test only needs converted (the converter's own tests
-// and convertCLI run conversions under it).
-func convertFixture(t *testing.T, args ...string) string {
+// runBuilt runs `mkbootfs ARGS...` built without the race detector, which
+// slows a conversion or an extraction of the Debian tree 5 to 10 times: for
+// trees a test only needs converted, and extractions that only check a
+// result (the converter's and extract's own tests, and convertCLI and
+// runCLI, run them under it).
+func runBuilt(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(built(t, "mkbootfs"), append([]string{"convert"}, args...)...).CombinedOutput()
+	out, err := exec.Command(built(t, "mkbootfs"), args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("mkbootfs convert %s: %v\n%s", strings.Join(args, " "), err, out)
+		t.Fatalf("mkbootfs %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
 }

@@ -53,7 +53,7 @@ func TestGCTenImages(t *testing.T) {
 	for i := range 10 {
 		trees[i] = testtree.Related(t, base, filepath.Join(work, fmt.Sprintf("tree%d", i)), uint64(i))
 		idxs[i] = filepath.Join(work, fmt.Sprintf("image%d.idx", i))
-		convertFixture(t, "--store", dir, "--index", idxs[i], "dir:"+trees[i])
+		runBuilt(t, "convert", "--store", dir, "--index", idxs[i], "dir:"+trees[i])
 	}
 	// The ten are old: only an index or a conversion now keeps a chunk.
 	then := time.Now().Add(-2 * time.Hour)
@@ -130,7 +130,7 @@ func TestGCTenImages(t *testing.T) {
 	}
 	for _, i := range []int{0, 2, 4, 6, 8, 10} {
 		got := filepath.Join(work, fmt.Sprintf("out%d", i))
-		runCLI(t, "extract", "--devices", "--same-permissions", "--store", dir, idxs[i], got)
+		runBuilt(t, "extract", "--devices", "--same-permissions", "--store", dir, idxs[i], got)
 		if diff := testtree.Diff(t, trees[i], got); diff != "" {
 			t.Fatalf("image %d extracted after the collection differs from its tree:\n%s", i, diff)
 		}

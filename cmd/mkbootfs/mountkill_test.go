@@ -242,7 +242,7 @@ func TestMountKillSweep(t *testing.T) {
 	}
 	storeDir, cache := t.TempDir(), t.TempDir()
 	idx := filepath.Join(t.TempDir(), "debian.idx")
-	convertFixture(t, "--store", storeDir, "--index", idx, "dir:"+base)
+	runBuilt(t, "convert", "--store", storeDir, "--index", idx, "dir:"+base)
 	addr := testserver.FreePort(t)
 	serveAt(t, addr, storeDir)
 	readAll := func(mnt string) []*reader {

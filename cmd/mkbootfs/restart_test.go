@@ -61,7 +61,7 @@ func TestMountRidesThroughStoreRestart(t *testing.T) {
 	base := testenv.DebianRootfs(t)
 	storeDir := t.TempDir()
 	idx := filepath.Join(t.TempDir(), "debian.idx")
-	convertFixture(t, "--store", storeDir, "--index", idx, "dir:"+base)
+	runBuilt(t, "convert", "--store", storeDir, "--index", idx, "dir:"+base)
 
 	want := map[string]string{}
 	err := filepath.WalkDir(filepath.Join(base, "usr"), func(p string, d fs.DirEntry, err error) error {
