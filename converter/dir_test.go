@@ -45,10 +45,11 @@ func TestSparseHolesCostNothing(t *testing.T) {
 }
 
 // debianStore is the store of every conversion of the Debian rootfs (from
-// a directory and from each image source): after the first, a conversion
-// finds its chunks present and compresses none, which is most of its time
-// under the race detector. Chunks are named by their SHA-256: what a later
-// conversion's index names, extracted, is that conversion's data.
+// a directory, from each image source, with a static profile): after the
+// first, a conversion finds its chunks present and compresses none, which
+// is most of its time under the race detector. Chunks are named by their
+// SHA-256: what a later conversion's index names, extracted, is that
+// conversion's data.
 var debianStore struct {
 	once sync.Once
 	dir  string
@@ -64,9 +65,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// extractedDebian converts source, an image of the Debian rootfs, into
-// debianStore, extracts it and returns the directory.
-func extractedDebian(t *testing.T, source string) string {
+// sharedDebianStore returns debianStore, made at its first use.
+func sharedDebianStore(t *testing.T) *local.Store {
 	t.Helper()
 	debianStore.once.Do(func() {
 		if debianStore.dir, debianStore.err = os.MkdirTemp("", "mkbootfs-debian-store-"); debianStore.err == nil {
@@ -76,13 +76,21 @@ func extractedDebian(t *testing.T, source string) string {
 	if debianStore.err != nil {
 		t.Fatal(debianStore.err)
 	}
+	return debianStore.s
+}
+
+// extractedDebian converts source, an image of the Debian rootfs, into
+// debianStore, extracts it and returns the directory.
+func extractedDebian(t *testing.T, source string) string {
+	t.Helper()
+	s := sharedDebianStore(t)
 	ctx := context.Background()
-	res, err := converter.Convert(ctx, converter.Options{Source: source, Store: debianStore.s, TmpDir: t.TempDir()})
+	res, err := converter.Convert(ctx, converter.Options{Source: source, Store: s, TmpDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	if _, err := extract.Extract(ctx, res.Index, debianStore.s, out, extract.Options{Devices: true, SamePermissions: true}); err != nil {
+	if _, err := extract.Extract(ctx, res.Index, s, out, extract.Options{Devices: true, SamePermissions: true}); err != nil {
 		t.Fatal(err)
 	}
 	return out
