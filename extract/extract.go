@@ -36,6 +36,8 @@ type Options struct {
 	// capabilities (security.capability) of non-directories; without it they
 	// are cleared (tar's --same-permissions).
 	SamePermissions bool
+
+	resume bool // go on from what is in dir (Metadata)
 }
 
 // Result counts what Extract left out by its Options.
@@ -63,6 +65,13 @@ func Extract(ctx context.Context, x *index.Index, s store.Store, dir string, opt
 // reach the data-only layer. It needs CAP_SYS_ADMIN for the trusted xattrs.
 // It keeps devices, setuid and setgid bits and capabilities: the tree is a
 // container's root.
+//
+// Metadata goes on from what an earlier call, killed or cancelled, left in
+// dir: an entry that is there is kept as it is (a file appears only whole:
+// it is made unnamed, O_TMPFILE, and linked in once complete), and the
+// attributes of directories and of symlinks and devices are set again. What
+// an earlier call made differently (a stub where data was asked for now) is
+// kept: both read the same. A caller that does not trust dir checks it after.
 func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, data []uint32) error {
 	stub := make([]bool, len(x.Inodes))
 	for i := range x.Inodes {
@@ -71,7 +80,7 @@ func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, da
 	for _, e := range data {
 		stub[x.Entries[e].Inode] = false
 	}
-	_, err := extract(ctx, x, s, dir, stub, Options{Devices: true, SamePermissions: true})
+	_, err := extract(ctx, x, s, dir, stub, Options{Devices: true, SamePermissions: true, resume: true})
 	return err
 }
 
@@ -90,7 +99,7 @@ func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stu
 	}
 	if empty, err := isEmptyDir(dir); err != nil {
 		return Result{}, err
-	} else if !empty {
+	} else if !empty && !opt.resume {
 		return Result{}, fmt.Errorf("extract: %s is not empty", dir)
 	}
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -158,12 +167,20 @@ func (e *extractor) dirContents(dirfd int, de uint32, path string) error {
 
 func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode, p string) error {
 	name := ent.Name
+	var there unix.Stat_t
+	exists := e.opt.resume && unix.Fstatat(dirfd, name, &there, unix.AT_SYMLINK_NOFOLLOW) == nil
 	if first, ok := e.links[ent.Inode]; ok {
+		if exists {
+			return nil
+		}
 		return unix.Linkat(unix.AT_FDCWD, first, dirfd, name, 0)
+	}
+	if exists && there.Mode&unix.S_IFMT != n.Type() {
+		return fmt.Errorf("%s is there, of another type", p)
 	}
 	switch n.Type() {
 	case unix.S_IFDIR:
-		if err := unix.Mkdirat(dirfd, name, 0o700); err != nil {
+		if err := unix.Mkdirat(dirfd, name, 0o700); err != nil && !exists {
 			return err
 		}
 		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -176,23 +193,13 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 		}
 		return e.attrs(fd, "", n, true)
 	case unix.S_IFREG:
-		fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		if e.stub != nil && e.stub[ent.Inode] {
-			err = e.metacopy(fd, c, n)
-		} else {
-			err = e.data(fd, ent.Inode, n)
-		}
-		if err != nil {
-			return err
-		}
 		e.links[ent.Inode] = p
-		return e.attrs(fd, "", n, true)
+		if exists {
+			return nil
+		}
+		return e.regular(dirfd, c, ent, n)
 	case unix.S_IFLNK:
-		if err := unix.Symlinkat(n.Target, dirfd, name); err != nil {
+		if err := unix.Symlinkat(n.Target, dirfd, name); err != nil && !exists {
 			return err
 		}
 	default: // devices, FIFOs, sockets
@@ -203,12 +210,45 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 		if e.stub != nil && n.Type() == unix.S_IFCHR && n.Rdev == 0 {
 			return errors.New("a 0/0 character device would be a whiteout to overlayfs")
 		}
-		if err := unix.Mknodat(dirfd, name, n.Mode&unix.S_IFMT|0o600, int(n.Rdev)); err != nil {
+		if err := unix.Mknodat(dirfd, name, n.Mode&unix.S_IFMT|0o600, int(n.Rdev)); err != nil && !exists {
 			return err
 		}
 	}
 	e.links[ent.Inode] = p
 	return e.attrs(dirfd, name, n, false)
+}
+
+// regular makes regular file entry c, with its data or as a stub. When
+// resuming, the file is made unnamed (O_TMPFILE) and named once whole, so
+// that a killed extraction leaves no torn file for the next to keep.
+func (e *extractor) regular(dirfd int, c uint32, ent *index.Entry, n *index.Inode) error {
+	var fd int
+	var err error
+	if e.opt.resume {
+		fd, err = unix.Openat(dirfd, ".", unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	} else {
+		fd, err = unix.Openat(dirfd, ent.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if e.stub != nil && e.stub[ent.Inode] {
+		err = e.metacopy(fd, c, n)
+	} else {
+		err = e.data(fd, ent.Inode, n)
+	}
+	if err != nil {
+		return err
+	}
+	if err := e.attrs(fd, "", n, true); err != nil {
+		return err
+	}
+	if !e.opt.resume {
+		return nil
+	}
+	// Through /proc: linkat(AT_EMPTY_PATH) would need CAP_DAC_READ_SEARCH.
+	return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, ent.Name, unix.AT_SYMLINK_FOLLOW)
 }
 
 // data writes a regular file's bytes; holes stay holes.

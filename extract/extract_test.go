@@ -7,13 +7,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/extract"
+	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
 	"github.com/mkbootfs/mkbootfs/internal/testtree"
+	"github.com/mkbootfs/mkbootfs/store"
 )
 
 func TestExtract(t *testing.T) {
@@ -84,14 +87,7 @@ func TestMetadata(t *testing.T) {
 	src := t.TempDir()
 	testtree.Build(t, src)
 	x, s := testtree.Convert(t, "dir:"+src)
-	var data []uint32
-	for _, p := range []string{"/small", "/dir/linked", "/sparse"} {
-		e, err := x.Resolve(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		data = append(data, e)
-	}
+	data := resolve(t, x, "/small", "/dir/linked", "/sparse")
 	tree := filepath.Join(t.TempDir(), "tree")
 	if err := extract.Metadata(context.Background(), x, s, tree, data); err != nil {
 		t.Fatal(err)
@@ -100,7 +96,69 @@ func TestMetadata(t *testing.T) {
 	if err := unix.Stat(filepath.Join(tree, "random"), &st); err != nil || st.Blocks != 0 {
 		t.Errorf("random, not chosen, holds %d blocks in the tree (%v), want a stub", st.Blocks, err)
 	}
+	checkOverlay(t, tree, src)
+}
 
+// TestMetadataResumes: a Metadata cut short after any number of chunks,
+// then run again into the same directory, makes the same tree: what the
+// first left is kept, nothing torn.
+func TestMetadataResumes(t *testing.T) {
+	src := t.TempDir()
+	testtree.Build(t, src)
+	x, s := testtree.Convert(t, "dir:"+src)
+	data := resolve(t, x, "/small", "/dir/linked", "/sparse", "/random")
+	resumed := 0
+	for cut := range 12 {
+		tree := filepath.Join(t.TempDir(), "tree")
+		failing := &failAfter{Store: s, n: cut}
+		if err := extract.Metadata(context.Background(), x, failing, tree, data); err == nil {
+			continue // the tree needs fewer chunks
+		}
+		if err := extract.Metadata(context.Background(), x, s, tree, data); err != nil {
+			t.Fatalf("resumed after %d chunks: %v", cut, err)
+		}
+		checkOverlay(t, tree, src)
+		resumed++
+	}
+	if resumed < 3 {
+		t.Errorf("only %d cuts fell inside the tree's chunks", resumed)
+	}
+}
+
+// failAfter is a store that fails every read after its first n.
+type failAfter struct {
+	store.Store
+	mu sync.Mutex
+	n  int
+}
+
+func (f *failAfter) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		return nil, errors.New("cut short")
+	}
+	f.n--
+	return f.Store.Get(ctx, id)
+}
+
+func resolve(t *testing.T, x *index.Index, paths ...string) []uint32 {
+	t.Helper()
+	var es []uint32
+	for _, p := range paths {
+		e, err := x.Resolve(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		es = append(es, e)
+	}
+	return es
+}
+
+// checkOverlay checks that overlayfs over the metadata tree, with src as
+// the data-only layer below, shows src.
+func checkOverlay(t *testing.T, tree, src string) {
+	t.Helper()
 	// Read-only: a writable layer would lend the root its own times.
 	mnt := t.TempDir()
 	opts := "lowerdir=" + tree + "::" + src + ",metacopy=on"
