@@ -1,0 +1,460 @@
+// Package boottree decides whether a boot tree in the node cache may be
+// trusted: a start stacks the tree below the app's root unverified, so a
+// container that can write the cache volume could otherwise plant a file,
+// or a setuid bit, in another image's root.
+//
+// Seal checks a tree whole against its index (every entry's type, owner,
+// mode, size, link target, device and xattrs; every file's bytes, or its
+// metacopy stub's redirect to its own path in the verified lazy mount; no
+// entry more or less) and records a seal: the time T0 at which the check
+// began, and the tree's name, in a trusted.* xattr, which only a process
+// with CAP_SYS_ADMIN can write (bootinit drops it before the app runs).
+// Check, which every start runs before stacking the tree, finds every
+// entry's ctime at or before T0. The kernel sets a file's ctime on every
+// change to it (content, mode, owner, xattrs, links; a directory's on
+// every name added, removed or renamed in it) and no call sets it back,
+// so a tree whose ctimes all precede T0 is the one Seal read after T0.
+//
+// What is not covered: a change made while a container has the tree
+// stacked is seen by that container (the check is at its start), and the
+// next start sets the tree aside.
+package boottree
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// sealXattr holds the seal, on the file Seal is given (the tree's lock file
+// in the node cache: it lives as long as the tree's name).
+const sealXattr = "trusted.mkbootfs.seal"
+
+// ErrUnsealed is Check's answer for a tree that was never sealed, or whose
+// seal is not its own.
+var ErrUnsealed = errors.New("not sealed")
+
+// Seal checks the tree at dir against x, reading the data of the files it
+// holds with their bytes from s, and seals it as name on the file at
+// sealFile. A tree that differs from x in any way is not sealed: the error
+// says where. It needs CAP_SYS_ADMIN, for the trusted xattr.
+func Seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFile string) error {
+	t0, err := coarseNow(filepath.Dir(dir))
+	if err != nil {
+		return err
+	}
+	w := &walker{ctx: ctx, x: x, t0: t0, full: true, ino: map[uint32]uint64{}, chunks: chunkReader(ctx, x, s)}
+	if err := w.tree(dir); err != nil {
+		return err
+	}
+	// Pages written through a mapping before the check are on disk now
+	// and clean: a later write faults, and changes the file's ctime.
+	if err := syncfs(dir); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(sealFile, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Fsetxattr(int(f.Fd()), sealXattr, sealValue(name, t0), 0); err != nil {
+		return fmt.Errorf("sealing %s: xattr %s: %w", dir, sealXattr, err)
+	}
+	return f.Sync()
+}
+
+// Unseal removes the seal of the file at sealFile, before a new tree takes
+// the name.
+func Unseal(sealFile string) error {
+	err := unix.Removexattr(sealFile, sealXattr)
+	if err == nil || errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return fmt.Errorf("unsealing %s: %w", sealFile, err)
+}
+
+// Check reports whether the tree at dir is sealed as name on sealFile and
+// unchanged since: nil, ErrUnsealed, or an error naming what changed. It
+// reads no data: a stat of every entry.
+func Check(x *index.Index, dir, name, sealFile string) error {
+	buf := make([]byte, 128)
+	n, err := unix.Getxattr(sealFile, sealXattr, buf)
+	if err != nil {
+		return ErrUnsealed
+	}
+	t0, ok := parseSeal(buf[:n], name)
+	if !ok {
+		return ErrUnsealed
+	}
+	w := &walker{ctx: context.Background(), x: x, t0: t0}
+	return w.tree(dir)
+}
+
+func sealValue(name string, t0 unix.Timespec) []byte {
+	return fmt.Appendf(nil, "1 %s %d %d", name, t0.Sec, t0.Nsec)
+}
+
+func parseSeal(v []byte, name string) (unix.Timespec, bool) {
+	f := strings.Fields(string(v))
+	if len(f) != 4 || f[0] != "1" || f[1] != name {
+		return unix.Timespec{}, false
+	}
+	sec, err1 := strconv.ParseInt(f[2], 10, 64)
+	nsec, err2 := strconv.ParseInt(f[3], 10, 64)
+	return unix.Timespec{Sec: sec, Nsec: nsec}, err1 == nil && err2 == nil
+}
+
+// coarseNow returns T0: the ctime the kernel gives a change now, once its
+// clock (the coarse one of file times) has moved past it, so that any
+// change made after coarseNow returns has a later ctime. It makes an
+// unnamed file in dir to read the clock.
+func coarseNow(dir string) (unix.Timespec, error) {
+	fd, err := unix.Open(dir, unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return unix.Timespec{}, fmt.Errorf("reading the file clock in %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return unix.Timespec{}, err
+	}
+	t0 := st.Ctim
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if err := unix.Fchmod(fd, 0o600); err != nil {
+			return unix.Timespec{}, err
+		}
+		if err := unix.Fstat(fd, &st); err != nil {
+			return unix.Timespec{}, err
+		}
+		if after(st.Ctim, t0) {
+			return t0, nil
+		}
+	}
+	return unix.Timespec{}, fmt.Errorf("the file clock in %s does not move", dir)
+}
+
+func after(a, b unix.Timespec) bool {
+	return a.Sec > b.Sec || a.Sec == b.Sec && a.Nsec > b.Nsec
+}
+
+func syncfs(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// walker goes through the tree and the index side by side.
+type walker struct {
+	ctx    context.Context
+	x      *index.Index
+	t0     unix.Timespec
+	full   bool                        // Seal's check: all of each entry, not only its ctime
+	ino    map[uint32]uint64           // index inode -> the tree's, for hard links
+	chunks func(i int) ([]byte, error) // the index's chunks, for file data
+	buf    []byte                      // file data read from the tree
+	want   []byte                      // file data as the index has it
+}
+
+// tree walks the tree at dir from the index's root.
+func (w *walker) tree(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if err := w.entry(fd, "", index.Root, &st); err != nil {
+		return fmt.Errorf("boot tree %s: /: %w", dir, err)
+	}
+	if err := w.dir(fd, index.Root); err != nil {
+		return fmt.Errorf("boot tree %s: %w", dir, err)
+	}
+	return nil
+}
+
+// dir checks the children of directory entry de, open at fd.
+func (w *walker) dir(fd int, de uint32) error {
+	first, count := w.x.Children(de)
+	if w.full {
+		if n, err := countNames(fd); err != nil {
+			return fmt.Errorf("%s: %w", w.x.Path(de), err)
+		} else if n != int(count) {
+			return fmt.Errorf("%s: %d entries, the image has %d", w.x.Path(de), n, count)
+		}
+	}
+	for c := first; c < first+count; c++ {
+		if err := w.ctx.Err(); err != nil {
+			return err
+		}
+		name := w.x.Entries[c].Name
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("%s: %w", w.x.Path(c), err)
+		}
+		if err := w.entry(fd, name, c, &st); err != nil {
+			return fmt.Errorf("%s: %w", w.x.Path(c), err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			continue
+		}
+		sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("%s: %w", w.x.Path(c), err)
+		}
+		err = w.dir(sub, c)
+		unix.Close(sub)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// countNames counts the names in the directory open at fd.
+func countNames(fd int) (int, error) {
+	d, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	f := os.NewFile(uintptr(d), "dir")
+	defer f.Close()
+	n := 0
+	for {
+		names, err := f.Readdirnames(1024)
+		n += len(names)
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// entry checks entry c, whose stat is st: it is name in the directory open
+// at dirfd or, with name "", that directory.
+func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error {
+	if after(st.Ctim, w.t0) {
+		return fmt.Errorf("changed at %s, after the tree was checked at %s", fmtTime(st.Ctim), fmtTime(w.t0))
+	}
+	if !w.full {
+		return nil
+	}
+	ino := w.x.Entries[c].Inode
+	n := &w.x.Inodes[ino]
+	typ := st.Mode & unix.S_IFMT
+	switch {
+	case typ != n.Type():
+		return fmt.Errorf("type %o, the image's is %o", typ, n.Type())
+	case typ != unix.S_IFLNK && st.Mode&0o7777 != n.Mode&0o7777:
+		return fmt.Errorf("mode %o, the image's is %o", st.Mode&0o7777, n.Mode&0o7777)
+	case st.Uid != n.UID || st.Gid != n.GID:
+		return fmt.Errorf("owner %d:%d, the image's is %d:%d", st.Uid, st.Gid, n.UID, n.GID)
+	case typ == unix.S_IFREG && st.Size != n.Size:
+		return fmt.Errorf("size %d, the image's is %d", st.Size, n.Size)
+	case (typ == unix.S_IFCHR || typ == unix.S_IFBLK) && st.Rdev != n.Rdev:
+		return fmt.Errorf("device %#x, the image's is %#x", st.Rdev, n.Rdev)
+	}
+	if typ != unix.S_IFDIR {
+		if seen, ok := w.ino[ino]; ok {
+			if seen != st.Ino {
+				return errors.New("not the same file as its other names")
+			}
+			return nil // checked under its first name
+		}
+		w.ino[ino] = st.Ino
+	}
+	if typ == unix.S_IFLNK {
+		buf := make([]byte, len(n.Target)+1)
+		if k, err := unix.Readlinkat(dirfd, name, buf); err != nil || string(buf[:k]) != n.Target {
+			return fmt.Errorf("link target is not the image's (%v)", err)
+		}
+	}
+	xattrs, err := readXattrs(dirfd, name)
+	if err != nil {
+		return err
+	}
+	stub := xattrs[xattrMetacopy] != nil
+	if stub {
+		if typ != unix.S_IFREG || string(xattrs[xattrRedirect]) != w.x.Path(c) {
+			return errors.New("a metacopy stub that redirects elsewhere")
+		}
+	}
+	if err := sameXattrs(xattrs, n.Xattrs); err != nil {
+		return err
+	}
+	if typ == unix.S_IFREG && !stub {
+		return w.data(dirfd, name, ino, n)
+	}
+	return nil
+}
+
+// Overlayfs's xattrs of a metacopy stub; the tree keeps no other
+// trusted.overlay.* (an image's own would steer the overlay).
+const (
+	xattrMetacopy = "trusted.overlay.metacopy"
+	xattrRedirect = "trusted.overlay.redirect"
+	overlayXattrs = "trusted.overlay."
+)
+
+// sameXattrs compares a tree file's xattrs, but overlayfs's, to the
+// image's.
+func sameXattrs(got map[string][]byte, want []index.Xattr) error {
+	n := 0
+	for _, a := range want {
+		if strings.HasPrefix(a.Name, overlayXattrs) {
+			continue
+		}
+		if v, ok := got[a.Name]; !ok || !bytes.Equal(v, a.Value) {
+			return fmt.Errorf("xattr %s is not the image's", a.Name)
+		}
+		n++
+	}
+	for k := range got {
+		if !strings.HasPrefix(k, overlayXattrs) {
+			n--
+		}
+	}
+	if n != 0 {
+		return errors.New("xattrs the image does not have")
+	}
+	return nil
+}
+
+// readXattrs reads every xattr of name in the directory open at dirfd (of
+// that directory, with name ""), not following a symlink.
+func readXattrs(dirfd int, name string) (map[string][]byte, error) {
+	// No *at forms: a path through /proc names the file, and the l* calls
+	// do not follow it (nor, so, /proc's link for the directory itself).
+	list := func(buf []byte) (int, error) {
+		if name == "" {
+			return unix.Flistxattr(dirfd, buf)
+		}
+		return unix.Llistxattr(procPath(dirfd, name), buf)
+	}
+	get := func(k string, v []byte) (int, error) {
+		if name == "" {
+			return unix.Fgetxattr(dirfd, k, v)
+		}
+		return unix.Lgetxattr(procPath(dirfd, name), k, v)
+	}
+	buf := make([]byte, 4096)
+	sz, err := list(buf)
+	if errors.Is(err, unix.ERANGE) {
+		if sz, err = list(nil); err == nil {
+			buf = make([]byte, sz)
+			sz, err = list(buf)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing xattrs: %w", err)
+	}
+	m := map[string][]byte{}
+	for _, k := range bytes.Split(buf[:sz], []byte{0}) {
+		if len(k) == 0 {
+			continue
+		}
+		v := make([]byte, 64<<10)
+		n, err := get(string(k), v)
+		if err != nil {
+			return nil, fmt.Errorf("xattr %s: %w", k, err)
+		}
+		m[string(k)] = v[:n]
+	}
+	return m, nil
+}
+
+// data compares a file's bytes with the image's.
+func (w *walker) data(dirfd int, name string, ino uint32, n *index.Inode) error {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if w.buf == nil {
+		w.buf, w.want = make([]byte, 1<<20), make([]byte, 1<<20)
+	}
+	for off := int64(0); off < n.Size; {
+		if err := w.ctx.Err(); err != nil {
+			return err
+		}
+		k := int(min(int64(len(w.buf)), n.Size-off))
+		if _, err := io.ReadFull(io.NewSectionReader(fdReader(fd), off, int64(k)), w.buf[:k]); err != nil {
+			return fmt.Errorf("reading: %w", err)
+		}
+		if _, err := w.x.ReadAt(ino, w.want[:k], off, w.chunks); err != nil {
+			return err
+		}
+		if !bytes.Equal(w.buf[:k], w.want[:k]) {
+			return fmt.Errorf("bytes from %d are not the image's", off)
+		}
+		off += int64(k)
+	}
+	return nil
+}
+
+// fdReader reads a file descriptor at offsets.
+type fdReader int
+
+func (f fdReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := unix.Pread(int(f), p, off)
+	if err == nil && n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+// chunkReader returns the index's chunks from s, keeping the last few: a
+// file's pieces begin and end inside chunks.
+func chunkReader(ctx context.Context, x *index.Index, s store.Store) func(i int) ([]byte, error) {
+	type kept struct {
+		i    int
+		data []byte
+	}
+	var recent []kept
+	return func(i int) ([]byte, error) {
+		if j := slices.IndexFunc(recent, func(k kept) bool { return k.i == i }); j >= 0 {
+			return recent[j].data, nil
+		}
+		data, err := store.Load(ctx, s, store.ID(x.Chunks[i].ID))
+		if err != nil {
+			return nil, err
+		}
+		recent = append(recent, kept{i, data})
+		if len(recent) > 4 {
+			recent = recent[1:]
+		}
+		return data, nil
+	}
+}
+
+// procPath names entry name of the directory open at dirfd.
+func procPath(dirfd int, name string) string {
+	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
+}
+
+func fmtTime(t unix.Timespec) string {
+	return time.Unix(t.Unix()).UTC().Format("2006-01-02T15:04:05.000000000Z")
+}

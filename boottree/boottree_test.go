@@ -1,0 +1,177 @@
+package boottree_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/boottree"
+	"github.com/mkbootfs/mkbootfs/extract"
+	"github.com/mkbootfs/mkbootfs/index"
+	"github.com/mkbootfs/mkbootfs/internal/testtree"
+	"github.com/mkbootfs/mkbootfs/store"
+)
+
+// fixture is a converted test tree and a boot tree made of it.
+type fixture struct {
+	x    *index.Index
+	s    store.Store
+	data []uint32
+}
+
+func newFixture(t *testing.T) *fixture {
+	if os.Geteuid() != 0 {
+		t.Skip("boot trees need root (trusted xattrs)")
+	}
+	src := t.TempDir()
+	testtree.Build(t, src)
+	x, s := testtree.Convert(t, "dir:"+src)
+	f := &fixture{x: x, s: s}
+	for _, p := range []string{"/small", "/dir/linked"} {
+		e, err := x.Resolve(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.data = append(f.data, e)
+	}
+	return f
+}
+
+// make makes a boot tree, unsealed, and returns its directory and seal file.
+func (f *fixture) make(t *testing.T) (dir, seal string) {
+	t.Helper()
+	dir = filepath.Join(t.TempDir(), "tree")
+	if err := extract.Metadata(context.Background(), f.x, f.s, dir, f.data); err != nil {
+		t.Fatal(err)
+	}
+	return dir, dir + ".lock"
+}
+
+func (f *fixture) seal(t *testing.T) (dir, seal string) {
+	t.Helper()
+	dir, seal = f.make(t)
+	if err := boottree.Seal(context.Background(), f.x, f.s, dir, "tree", seal); err != nil {
+		t.Fatalf("sealing a tree just made: %v", err)
+	}
+	if err := boottree.Check(f.x, dir, "tree", seal); err != nil {
+		t.Fatalf("checking a tree just sealed: %v", err)
+	}
+	return dir, seal
+}
+
+// tampering are what a container that can write the cache volume does to
+// another image's tree.
+var tampering = []struct {
+	name string
+	do   func(dir string) error
+}{
+	{"rewrite a file", func(dir string) error {
+		return os.WriteFile(filepath.Join(dir, "small"), []byte("evil"), 0o644)
+	}},
+	{"rewrite a file in place, same size", func(dir string) error {
+		f, err := os.OpenFile(filepath.Join(dir, "small"), os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.WriteAt([]byte("X"), 0)
+		return err
+	}},
+	{"setuid a stub", func(dir string) error { return os.Chmod(filepath.Join(dir, "random"), 0o4755) }},
+	{"plant a setuid binary", func(dir string) error {
+		return os.WriteFile(filepath.Join(dir, "dir", "sh"), []byte("#!/bin/sh\n"), 0o4755)
+	}},
+	{"replace a file by rename", func(dir string) error {
+		p := filepath.Join(dir, "dir", "new")
+		if err := os.WriteFile(p, []byte("evil"), 0o755); err != nil {
+			return err
+		}
+		return os.Rename(p, filepath.Join(dir, "small"))
+	}},
+	{"chown a file", func(dir string) error { return os.Lchown(filepath.Join(dir, "small"), 1, 1) }},
+	{"add an xattr", func(dir string) error {
+		return unix.Setxattr(filepath.Join(dir, "small"), "user.evil", []byte("1"), 0)
+	}},
+	{"retarget a symlink", func(dir string) error {
+		links, _ := filepath.Glob(filepath.Join(dir, "*link*"))
+		for _, l := range links {
+			if fi, err := os.Lstat(l); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+				os.Remove(l)
+				return os.Symlink("/etc/shadow", l)
+			}
+		}
+		return errors.New("no symlink in the test tree's root")
+	}},
+}
+
+// TestCheck: a sealed tree checks; every tampering after the seal fails
+// the check.
+func TestCheck(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range tampering {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, seal := f.seal(t)
+			if err := tc.do(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := boottree.Check(f.x, dir, "tree", seal); err == nil {
+				t.Fatal("the check passed a tree changed after its seal")
+			}
+		})
+	}
+}
+
+// TestSealRefuses: a tree tampered with before it is sealed is not sealed.
+func TestSealRefuses(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range tampering {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, seal := f.make(t)
+			if err := tc.do(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := boottree.Seal(context.Background(), f.x, f.s, dir, "tree", seal); err == nil {
+				t.Fatal("sealed a tampered tree")
+			}
+			if err := boottree.Check(f.x, dir, "tree", seal); !errors.Is(err, boottree.ErrUnsealed) {
+				t.Fatalf("check of a tree whose seal was refused: %v, want ErrUnsealed", err)
+			}
+		})
+	}
+}
+
+// TestSealIsTheTreesOwn: a seal moved to another name, or removed, seals
+// nothing.
+func TestSealIsTheTreesOwn(t *testing.T) {
+	f := newFixture(t)
+	dir, seal := f.seal(t)
+	if err := boottree.Check(f.x, dir, "other", seal); !errors.Is(err, boottree.ErrUnsealed) {
+		t.Errorf("tree sealed as tree checked as other: %v, want ErrUnsealed", err)
+	}
+	if err := boottree.Unseal(seal); err != nil {
+		t.Fatal(err)
+	}
+	if err := boottree.Check(f.x, dir, "tree", seal); !errors.Is(err, boottree.ErrUnsealed) {
+		t.Errorf("check after Unseal: %v, want ErrUnsealed", err)
+	}
+	err := boottree.Check(f.x, dir, "tree", filepath.Join(t.TempDir(), "none"))
+	if !errors.Is(err, boottree.ErrUnsealed) {
+		t.Errorf("check with no seal file: %v, want ErrUnsealed", err)
+	}
+}
+
+// TestCheckNamesWhatChanged: the error says which entry changed, and when.
+func TestCheckNamesWhatChanged(t *testing.T) {
+	f := newFixture(t)
+	dir, seal := f.seal(t)
+	os.Chmod(filepath.Join(dir, "dir"), 0o777)
+	err := boottree.Check(f.x, dir, "tree", seal)
+	if err == nil || !strings.Contains(err.Error(), "/dir") || !strings.Contains(err.Error(), "changed at") {
+		t.Fatalf("check of a tree whose /dir was chmodded: %v, want it named", err)
+	}
+}
