@@ -82,6 +82,8 @@ func Main(args []string) int {
 		}
 	case len(args) == 1 && args[0] == warmerName:
 		err = runWarm()
+	case len(args) > 0 && args[0] == treeMakerName:
+		err = runTreeMaker(b.log, args)
 	default:
 		code, err = b.run(args)
 	}
@@ -101,11 +103,10 @@ type boot struct {
 	srv     *lazyfs.Server
 	profile *profile.Profile // the image's, unless prefetch is off
 
-	tree       string // where the image's boot tree is or goes; "": none
-	source     string // the image converted, which a tree made is noted with
-	treeInUse  bool   // the tree is there, and stacked over the lazy mount
-	treeCancel context.CancelFunc
-	treeDone   chan struct{} // closes when the tree being made is done
+	tree      string // where the image's boot tree is or goes; "": none
+	source    string // the image converted, which a tree made is noted with
+	treeInUse bool   // the tree is there, and stacked over the lazy mount
+	stopTree  func() // stops the tree maker, if one was started
 }
 
 func (b *boot) run(args []string) (int, error) {
@@ -180,7 +181,8 @@ func (b *boot) run(args []string) (int, error) {
 	if _, ok := st.(*store.Cache); ok && rec == nil && tree != "" {
 		if release, ok := nodecache.UseTree(bootconfig.CacheDir, filepath.Base(tree)); ok {
 			defer release()
-			b.tree, b.treeInUse, b.source = tree, isDir(tree) && !heldOff(tree), cfg.Source
+			b.tree, b.source = tree, cfg.Source
+			b.treeInUse = !heldOff(tree) && checkTree(b.log, x, bootconfig.CacheDir, filepath.Base(tree))
 		}
 	}
 	// The profile's chunks are fetched from the start, while bootinit
@@ -220,7 +222,9 @@ func (b *boot) run(args []string) (int, error) {
 	cancel()
 	stopWarming()
 	<-prefetched
-	b.finishTree()
+	if b.stopTree != nil {
+		b.stopTree()
+	}
 	if rec != nil {
 		if werr := rec.save(); werr != nil {
 			fmt.Fprintln(os.Stderr, "bootinit:", werr)

@@ -24,9 +24,8 @@ const (
 // reads never wait for it: a read of a chunk under way joins its fetch,
 // any other goes straight to the store.
 //
-// Once the profile's chunks are in, it tells profiledIn whether the cache
-// had them all before: whether nothing so far was fetched from the remote.
-func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled []int, all bool, profiledIn func(warm bool), done func(fetched, failed int)) {
+// Once the profile's chunks are all in, it calls profiledIn.
+func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled []int, all bool, profiledIn func(), done func(fetched, failed int)) {
 	seen := map[[32]byte]bool{}
 	var ids []store.ID
 	add := func(i int) {
@@ -40,7 +39,7 @@ func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled 
 	}
 	fetched, failed := fetchAll(ctx, cache, ids, profileWorkers)
 	if ctx.Err() == nil && failed == 0 {
-		profiledIn(cache.Stats().Misses == 0)
+		profiledIn()
 	}
 	if all && ctx.Err() == nil {
 		ids = ids[:0]

@@ -53,10 +53,11 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 		return done, nil
 	}
 	start := time.Now()
-	// A start that found the profile in the cache makes the boot tree.
-	profiledIn := func(warm bool) {
-		if warm && b.tree != "" && b.profile != nil && !heldOff(b.tree) {
-			b.startTree(x, cache, b.tree)
+	// Once the profile's chunks are in the cache, the boot tree can be
+	// made of them.
+	profiledIn := func() {
+		if b.tree != "" && b.profile != nil && !heldOff(b.tree) {
+			b.stopTree = b.startTreeMaker()
 		}
 	}
 	go prefetch(ctx, x, cache, chunks, all, profiledIn, func(n, failed int) {

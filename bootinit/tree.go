@@ -1,21 +1,29 @@
 package bootinit
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/boottree"
 	"github.com/mkbootfs/mkbootfs/extract"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/nodecache"
+	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
 // The boot tree. Every start reads its working set again through a new
@@ -24,32 +32,27 @@ import (
 // looks up and lists every directory it goes through again, where a plain
 // container finds all that in memory. On a node that has started an image
 // before, bootinit therefore keeps in the node cache (bootconfig.TreesDir)
-// the image's whole tree as plain files: the files its profile reads with
-// their data, every other file as an overlayfs metacopy stub whose data
-// overlayfs reads from the lazy mount, stacked below as a data-only layer
-// (extract.Metadata; Linux 6.5). Later starts look up, list and read their
-// working set in a local filesystem, sharing the page cache as plain
-// containers do; the lazy mount serves only the data of other files.
+// the image's whole tree as plain files: the profile's files that the
+// cache holds whole with their data, every other file as an overlayfs
+// metacopy stub whose data overlayfs reads from the lazy mount, stacked
+// below as a data-only layer (extract.Metadata; Linux 6.5). Later starts
+// look up, list and read their working set in a local filesystem, sharing
+// the page cache as plain containers do; the lazy mount serves only the
+// data of other files.
 //
-// The first start on a node fetches only the profile's chunks. A start
-// that finds them all in the cache (the node runs the image again) fetches
-// the rest of the profiled files in the background and makes the tree:
-// in a temporary directory, synced, then renamed, so that no start ever
-// sees half a tree. Its reads are not verified chunk by chunk, as the lazy
-// mount's are: containers that share a cache volume trust each other with
-// it (MKBOOTFS_TREE=off keeps every read verified).
+// No start waits for the tree, nor fetches anything for it: once a start
+// has its profile's chunks in the cache, a process of its own (the tree
+// maker, bootinit in tree mode, at the lowest CPU and I/O priority) makes
+// the tree from the cache alone, in trees/.tmp-NAME, and dies with the
+// container. The next start goes on from what it left (extract.Metadata
+// resumes), until the tree is whole; it is then renamed into place,
+// checked whole against the index and sealed (package boottree). Every
+// start checks the seal before it stacks the tree; a tree that fails is
+// set aside (trees/.aside-*), and the start goes on without it.
 
-// treeWait bounds how long bootinit, once the app has exited, finishes a
-// tree it is making: a short command exits long before the rest of its
-// files are fetched, and docker stop waits 10 s before SIGKILL.
-const treeWait = 5 * time.Second
-
-// staleTemp is the age past which a temporary tree is one a killed
-// bootinit left behind.
-const staleTemp = time.Hour
-
-// treeTempPrefix begins the names of trees being made.
-const treeTempPrefix = ".tmp-"
+// treeMakerName as argv[0] puts bootinit in tree mode; its arguments are
+// the tree's name and the image's source, the profile comes on stdin.
+const treeMakerName = "mkbootfs-tree"
 
 // treePath returns where the image's boot tree is or goes, "" when it has
 // none (no profile, MKBOOTFS_TREE=off).
@@ -73,11 +76,129 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// treeFiles are the entries of the profile's files (regular files, as
-// regularFiles left them), which a tree holds with their data.
-func (b *boot) treeFiles(x *index.Index) []uint32 {
+// checkTree reports whether tree name of the node cache at cacheDir may be
+// stacked: it is sealed and unchanged since. One that changed is set
+// aside, with one line on stderr: another container that shares the cache
+// volume wrote it.
+func checkTree(log *log.Logger, x *index.Index, cacheDir, name string) bool {
+	start := time.Now()
+	dir := nodecache.TreeDir(cacheDir, name)
+	err := boottree.Check(x, dir, name, nodecache.TreeLock(cacheDir, name))
+	switch {
+	case err == nil:
+		log.Printf("checked the boot tree %s in %v", dir, time.Since(start).Round(time.Microsecond))
+		return true
+	case errors.Is(err, boottree.ErrUnsealed), errors.Is(err, fs.ErrNotExist):
+		return false
+	case !errors.Is(err, boottree.ErrChanged):
+		fmt.Fprintf(os.Stderr, "bootinit: checking the boot tree: %v; booting without it\n", err)
+		return false
+	}
+	fmt.Fprintf(os.Stderr, "bootinit: %v; the tree is set aside, and the image read without it\n", err)
+	if err := nodecache.SetAside(cacheDir, name); err != nil {
+		fmt.Fprintln(os.Stderr, "bootinit:", err)
+	}
+	return false
+}
+
+// startTreeMaker starts the tree maker on the image's profile and returns
+// what stops it. It is a process of its own so that the kernel runs it
+// only on time and disk the container leaves idle, and so that a
+// container's exit, which kills it, never waits for it.
+func (b *boot) startTreeMaker() (stop func()) {
+	var prof bytes.Buffer
+	b.profile.WriteTo(&prof)
+	r, w, err := os.Pipe()
+	if err != nil {
+		return func() {}
+	}
+	defer r.Close()
+	// In a mount namespace of its own, where it mounts the /proc that
+	// bootinit's root lacks.
+	proc, err := os.StartProcess(bootconfig.Bootinit, []string{treeMakerName, filepath.Base(b.tree), b.source},
+		&os.ProcAttr{Env: os.Environ(), Files: []*os.File{r, os.Stdout, os.Stderr}, Sys: &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}})
+	if err != nil {
+		w.Close()
+		b.log.Printf("making the boot tree: %v", err)
+		return func() {}
+	}
+	go func() {
+		w.Write(prof.Bytes())
+		w.Close()
+	}()
+	b.log.Printf("making the boot tree %s in the background (pid %d)", b.tree, proc.Pid)
+	// bootinit reaps it with every other child.
+	return func() { proc.Kill() }
+}
+
+// runTreeMaker runs in the tree maker.
+func runTreeMaker(logger *log.Logger, args []string) error {
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return err
+	}
+	if len(args) != 3 {
+		return errors.New("tree mode: want NAME SOURCE")
+	}
+	name, source := args[1], args[2]
+	lowerPriority()
+	if err := mountProc(); err != nil {
+		return fmt.Errorf("making the boot tree: %w", err)
+	}
+	x, err := index.ReadFile(bootconfig.Index)
+	if err != nil {
+		return err
+	}
+	p, err := profile.Parse(bufio.NewReader(os.Stdin), "the profile")
+	if err != nil {
+		return fmt.Errorf("making the boot tree: %w", err)
+	}
+	// The cache alone: a tree never costs the network.
+	s, err := local.Open(bootconfig.CacheDir, false)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	err = makeTree(context.Background(), x, s, bootconfig.CacheDir, name, source, profileEntries(p, x))
+	dir := nodecache.TreeDir(bootconfig.CacheDir, name)
+	switch {
+	case errors.Is(err, errBusy):
+		return nil
+	case errors.Is(err, boottree.ErrChanged):
+		fmt.Fprintf(os.Stderr, "bootinit: %v; the tree is set aside\n", err)
+		return nodecache.SetAside(bootconfig.CacheDir, name)
+	case passing(err):
+		logger.Printf("boot tree not made yet: %v", err)
+		return nil
+	case err != nil:
+		noteFailure(dir, err)
+		return fmt.Errorf("boot tree not made: %w", err)
+	}
+	logger.Printf("made the boot tree %s in %v", dir, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// mountProc mounts /proc, which extract and boottree name files through
+// (/proc/self/fd/N), in the tree maker's own mount namespace.
+func mountProc() error {
+	if _, err := os.Stat("/proc/self/fd"); err == nil {
+		return nil
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making the mounts private: %w", err)
+	}
+	if err := os.MkdirAll("/proc", 0o555); err != nil {
+		return err
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mounting /proc: %w", err)
+	}
+	return nil
+}
+
+// profileEntries are the entries of the profile's regular files.
+func profileEntries(p *profile.Profile, x *index.Index) []uint32 {
 	var entries []uint32
-	for _, f := range b.profile.Files {
+	for _, f := range regularFiles(p, x).Files {
 		if e, err := x.Resolve(f.Path); err == nil {
 			entries = append(entries, e)
 		}
@@ -85,49 +206,139 @@ func (b *boot) treeFiles(x *index.Index) []uint32 {
 	return entries
 }
 
-// startTree makes the image's boot tree at dir in the background, its
-// files read through st (the node cache, which keeps what it fetches);
-// finishTree waits for it.
-func (b *boot) startTree(x *index.Index, st store.Store, dir string) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	b.treeCancel, b.treeDone = cancel, done
-	go func() {
-		defer close(done)
-		start := time.Now()
-		entries := b.treeFiles(x)
-		if err := makeTree(ctx, x, st, dir, entries); err != nil {
-			b.log.Printf("boot tree not made: %v", err)
-			noteFailure(dir, err)
-			return
+// lowerPriority puts every thread of the process, and so those it starts
+// later, at the lowest CPU priority (SCHED_IDLE: run only when no other
+// thread of the node wants the core) and the idle I/O class.
+func lowerPriority() {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, t := range tasks {
+		var tid int
+		if _, err := fmt.Sscan(t.Name(), &tid); err != nil {
+			continue
 		}
-		if err := nodecache.TreeMade(bootconfig.CacheDir, filepath.Base(dir), b.source); err != nil {
-			b.log.Printf("boot tree not counted in the cache's size: %v", err)
-		}
-		b.log.Printf("made the boot tree %s (%d files with their data) in %v", dir, len(entries), time.Since(start).Round(time.Millisecond))
-	}()
+		unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0)
+		const ioprioWhoProcess, ioprioIdle = 1, 3 << 13
+		unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), ioprioIdle)
+	}
 }
 
-// finishTree waits, at most treeWait, for the tree startTree makes. One
-// cut short removes its temporary directory, unless it is in a sync the
-// kernel does not cut short (syncfs on a busy disk): that one is left for a
-// later start to remove.
-func (b *boot) finishTree() {
-	if b.treeDone == nil {
+// errBusy is makeTree's answer when another start is making the tree.
+var errBusy = errors.New("another start is making the tree")
+
+// makeTree makes, or goes on making, boot tree name in the node cache at
+// cacheDir, and seals it: the regular files of entries whose chunks s holds
+// with their data, the rest as stubs (extract.Metadata), in trees/.tmp-NAME,
+// synced, renamed into place, then checked and sealed (boottree.Seal).
+// A start that finds a tree being made by another (it holds a flock on the
+// tree's directory) leaves it to it: errBusy.
+func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name, source string, entries []uint32) error {
+	if len(entries) == 0 {
+		return errors.New("the profile holds no file a tree can hold")
+	}
+	dir := nodecache.TreeDir(cacheDir, name)
+	trees := filepath.Dir(dir)
+	removeDeadTemps(trees)
+	lockFile := nodecache.TreeLock(cacheDir, name)
+	if !isDir(dir) {
+		tmp := filepath.Join(trees, nodecache.TempPrefix+name)
+		if err := os.MkdirAll(tmp, 0o700); err != nil {
+			return err
+		}
+		unlock, err := lockDir(tmp)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if err := extract.Metadata(ctx, x, s, tmp, wholeInCache(ctx, x, s, entries)); err != nil {
+			return err
+		}
+		if err := syncDir(tmp, true); err != nil {
+			return err
+		}
+		// A seal left by a tree of this name that was removed must not
+		// pass for this one's.
+		if err := boottree.Unseal(lockFile); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, dir); err != nil {
+			return err
+		}
+		if err := syncDir(trees, false); err != nil {
+			return err
+		}
+	} else {
+		unlock, err := lockDir(dir)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
+	if err := boottree.Seal(ctx, x, s, dir, name, lockFile); err != nil {
+		return err
+	}
+	return nodecache.TreeMade(cacheDir, name, source)
+}
+
+// wholeInCache returns the entries whose files' chunks s holds all: a tree
+// never waits for, nor fetches, the rest, which it keeps as stubs.
+func wholeInCache(ctx context.Context, x *index.Index, s store.Store, entries []uint32) []uint32 {
+	var whole []uint32
+	for _, e := range entries {
+		first, last, ok := x.ChunkSpan(x.Entries[e].Inode)
+		for c := first; ok && c <= last; c++ {
+			has, err := s.Has(ctx, store.ID(x.Chunks[c].ID))
+			ok = has && err == nil
+		}
+		if ok {
+			whole = append(whole, e)
+		}
+	}
+	return whole
+}
+
+// lockDir takes an exclusive flock on directory p, without waiting: a
+// flock ends with the process that holds it, however it dies.
+func lockDir(p string) (unlock func(), err error) {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, errBusy
+		}
+		return nil, err
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// removeDeadTemps removes the temporary trees in dir that no tree maker
+// holds and that no start will go on with: those named otherwise than
+// TempPrefix+NAME (a bootinit before resumable trees made them). Those of
+// a NAME are the next start's to go on with; the cache's sweep removes
+// them when no start has for an hour.
+func removeDeadTemps(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
 		return
 	}
-	defer b.treeCancel()
-	select {
-	case <-b.treeDone:
-		return
-	case <-time.After(treeWait):
+	for _, e := range ents {
+		n, ok := strings.CutPrefix(e.Name(), nodecache.TempPrefix)
+		if !ok || !e.IsDir() || validTreeName(n) {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if unlock, err := lockDir(p); err == nil {
+			os.RemoveAll(p)
+			unlock()
+		}
 	}
-	b.treeCancel()
-	select {
-	case <-b.treeDone:
-	case <-time.After(time.Second):
-		b.log.Printf("left the boot tree unmade: still syncing after %v", treeWait)
-	}
+}
+
+// validTreeName reports whether n is a name the converter gives trees.
+func validTreeName(n string) bool {
+	return len(n) == 64 && strings.Trim(n, "0123456789abcdef") == ""
 }
 
 // failedWait is how long a tree that failed for a reason of the node (the
@@ -136,59 +347,25 @@ func (b *boot) finishTree() {
 // try, and fail.
 const failedWait = 24 * time.Hour
 
-// failedSuffix names, beside a tree, the note of why it could not be made.
-const failedSuffix = ".failed"
-
 // noteFailure notes why the tree at dir could not be made, unless the
-// cause passes (the app exited first, the store is unreachable).
+// cause passes.
 func noteFailure(dir string, err error) {
-	var ce *store.ChunkError
-	if errors.Is(err, context.Canceled) || errors.As(err, &ce) {
-		return
+	if !passing(err) {
+		os.WriteFile(dir+nodecache.FailedSuffix, []byte(err.Error()+"\n"), 0o644)
 	}
-	os.WriteFile(dir+failedSuffix, []byte(err.Error()+"\n"), 0o644)
+}
+
+// passing reports whether a tree's failure passes: the container exited
+// first, a chunk left the cache meanwhile.
+func passing(err error) bool {
+	var ce *store.ChunkError
+	return errors.Is(err, context.Canceled) || errors.As(err, &ce)
 }
 
 // heldOff reports whether the tree at dir failed lately.
 func heldOff(dir string) bool {
-	fi, err := os.Stat(dir + failedSuffix)
+	fi, err := os.Stat(dir + nodecache.FailedSuffix)
 	return err == nil && time.Since(fi.ModTime()) < failedWait
-}
-
-// makeTree materializes the tree of x at dir, the regular files of entries
-// with their data, the others as stubs (extract.Metadata): in a temporary
-// directory beside it, synced to disk (a start reads the tree unverified:
-// it must not find torn files after a crash), then renamed. Another start
-// making the same tree at the same time is no error: the first rename wins.
-func makeTree(ctx context.Context, x *index.Index, st store.Store, dir string, entries []uint32) error {
-	if len(entries) == 0 {
-		return errors.New("the profile holds no file a tree can hold")
-	}
-	parent := filepath.Dir(dir)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return err
-	}
-	removeStaleTemps(parent, staleTemp)
-	tmp, err := os.MkdirTemp(parent, treeTempPrefix)
-	if err != nil {
-		return err
-	}
-	if err := extract.Metadata(ctx, x, st, tmp, entries); err != nil {
-		os.RemoveAll(tmp)
-		return err
-	}
-	if err := syncDir(tmp, true); err != nil {
-		os.RemoveAll(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		os.RemoveAll(tmp)
-		if isDir(dir) {
-			return nil
-		}
-		return err
-	}
-	return syncDir(parent, false)
 }
 
 // syncDir syncs the directory p or, with all, the whole filesystem it is
@@ -209,24 +386,4 @@ func syncDir(p string, all bool) error {
 		return fmt.Errorf("syncing %s: %w", p, err)
 	}
 	return nil
-}
-
-// removeStaleTemps removes the temporary trees in dir older than age: those
-// of bootinits killed while making one.
-func removeStaleTemps(dir string, age time.Duration) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), treeTempPrefix) {
-			continue
-		}
-		// Not the mtime: a tree's root takes the image root's.
-		p := filepath.Join(dir, e.Name())
-		var st unix.Stat_t
-		if unix.Lstat(p, &st) == nil && time.Since(time.Unix(st.Ctim.Unix())) >= age {
-			os.RemoveAll(p)
-		}
-	}
 }

@@ -2,6 +2,7 @@ package bootinit
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
 	"os"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/testtree"
+	"github.com/mkbootfs/mkbootfs/nodecache"
+	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
@@ -42,28 +45,32 @@ func treeSource(t *testing.T) (*index.Index, *local.Store, []uint32) {
 	return x, s, entries
 }
 
-// TestMakeTree: starts making the same tree at once end with one tree and
-// no temporary left; a cancelled one leaves nothing.
+// TestMakeTree: starts making the same tree at once end with one tree,
+// sealed, and no temporary left; the files whose chunks the cache lacks
+// are stubs.
 func TestMakeTree(t *testing.T) {
 	x, s, entries := treeSource(t)
-	trees := filepath.Join(t.TempDir(), "trees")
-	dir := filepath.Join(trees, "name")
-
-	if err := makeTree(canceled(), x, s, dir, entries); err == nil {
-		t.Error("a cancelled tree was made")
-	}
-	assertEntries(t, trees)
-
+	cache := t.TempDir()
+	trees := filepath.Join(cache, "trees")
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
-			if err := makeTree(context.Background(), x, s, dir, entries); err != nil {
+			if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil && !errors.Is(err, errBusy) {
 				t.Error(err)
 			}
 		})
 	}
 	wg.Wait()
-	assertEntries(t, trees, "name")
+	for !isDir(nodecache.TreeDir(cache, treeName)) {
+		if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil && !errors.Is(err, errBusy) {
+			t.Fatal(err)
+		}
+	}
+	assertEntries(t, trees, treeName, treeName+".info", treeName+".lock")
+	if !checkTree(log.New(io.Discard, "", 0), x, cache, treeName) {
+		t.Fatal("the tree made does not pass its check")
+	}
+	dir := nodecache.TreeDir(cache, treeName)
 	if b, err := os.ReadFile(filepath.Join(dir, "usr/lib/libx.so")); err != nil || string(b) != "ELF" {
 		t.Errorf("usr/lib/libx.so: %q, %v", b, err)
 	}
@@ -78,18 +85,120 @@ func TestMakeTree(t *testing.T) {
 	}
 }
 
-func TestRemoveStaleTemps(t *testing.T) {
+// TestTreeFromTheCacheAlone: a profiled file whose chunks the cache lacks
+// is a stub in the tree: making it fetches nothing.
+func TestTreeFromTheCacheAlone(t *testing.T) {
+	x, s, entries := treeSource(t)
+	e, _ := x.Resolve("/usr/lib/libx.so")
+	first, _, _ := x.ChunkSpan(x.Entries[e].Inode)
+	if err := os.Remove(s.Path(store.ID(x.Chunks[first].ID))); err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(nodecache.TreeDir(cache, treeName), "usr/lib/libx.so"), &st); err != nil || st.Blocks != 0 {
+		t.Errorf("libx.so, its chunk not in the cache: %d blocks (%v), want a stub", st.Blocks, err)
+	}
+}
+
+// TestTreeResumes: a tree maker killed (here: cancelled) at any point
+// leaves trees/.tmp-NAME, which the next goes on with; no half tree is
+// ever in place, and the tree in the end passes its check.
+func TestTreeResumes(t *testing.T) {
+	x, s, entries := treeSource(t)
+	for n := range 8 {
+		cache := t.TempDir()
+		ctx, cancel := context.WithCancel(context.Background())
+		cut := &cancelAfter{Store: s, n: n, cancel: cancel}
+		err := makeTree(ctx, x, cut, cache, treeName, "src", entries)
+		cancel()
+		if err == nil {
+			break // the tree needs fewer reads
+		}
+		if isDir(nodecache.TreeDir(cache, treeName)) && checkTree(log.New(io.Discard, "", 0), x, cache, treeName) {
+			t.Fatalf("cut after %d reads (%v), the tree is in place", n, err)
+		}
+		if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil {
+			t.Fatalf("going on after %d reads: %v", n, err)
+		}
+		if !checkTree(log.New(io.Discard, "", 0), x, cache, treeName) {
+			t.Fatalf("the tree made on after %d reads does not pass its check", n)
+		}
+	}
+}
+
+// cancelAfter cancels its context once n reads went through.
+type cancelAfter struct {
+	store.Store
+	mu     sync.Mutex
+	n      int
+	cancel func()
+}
+
+func (c *cancelAfter) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 {
+		c.cancel()
+		return nil, context.Canceled
+	}
+	c.n--
+	return c.Store.Get(ctx, id)
+}
+
+// TestTamperedTreeIsSetAside: a sealed tree that another container
+// changed is set aside by the next start's check, and made again.
+func TestTamperedTreeIsSetAside(t *testing.T) {
+	x, s, entries := treeSource(t)
+	cache := t.TempDir()
+	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil {
+		t.Fatal(err)
+	}
+	dir := nodecache.TreeDir(cache, treeName)
+	if err := os.WriteFile(filepath.Join(dir, "usr/bin/sh"), []byte("#!/bin/evil\n"), 0o4755); err != nil {
+		t.Fatal(err)
+	}
+	if checkTree(log.New(io.Discard, "", 0), x, cache, treeName) {
+		t.Fatal("a tree with a planted setuid file passes its check")
+	}
+	if isDir(dir) {
+		t.Fatal("the tampered tree is still in place")
+	}
+	aside, _ := filepath.Glob(filepath.Join(cache, "trees", ".aside-"+treeName+"-*", "usr/bin/sh"))
+	if len(aside) != 1 {
+		t.Errorf("the tampered tree is not set aside whole: %q", aside)
+	}
+	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil {
+		t.Fatal(err)
+	}
+	if !checkTree(log.New(io.Discard, "", 0), x, cache, treeName) {
+		t.Fatal("the tree made again does not pass its check")
+	}
+}
+
+// TestRemoveDeadTemps: a temporary tree no maker holds and none goes on
+// with is removed; one a maker holds, and one of a tree name, are kept.
+func TestRemoveDeadTemps(t *testing.T) {
 	dir := t.TempDir()
-	for _, name := range []string{treeTempPrefix + "killed", "kept"} {
+	for _, name := range []string{nodecache.TempPrefix + "1234567", nodecache.TempPrefix + "7654321", nodecache.TempPrefix + treeName, "kept"} {
 		if err := os.MkdirAll(filepath.Join(dir, name, "usr"), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	removeStaleTemps(dir, staleTemp)
-	assertEntries(t, dir, treeTempPrefix+"killed", "kept")
-	removeStaleTemps(dir, 0)
-	assertEntries(t, dir, "kept")
+	unlock, err := lockDir(filepath.Join(dir, nodecache.TempPrefix+"7654321"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	removeDeadTemps(dir)
+	assertEntries(t, dir, nodecache.TempPrefix+treeName, nodecache.TempPrefix+"7654321", "kept")
 }
+
+// treeName is a name the converter could give a tree.
+const treeName = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 func canceled() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,50 +228,28 @@ func assertEntries(t *testing.T, dir string, want ...string) {
 }
 
 // TestFailureHoldsOff: a tree the node cannot hold is not tried again by
-// every start; one the app's exit or the store cut short is.
+// every start; one the app's exit cut short is.
 func TestFailureHoldsOff(t *testing.T) {
 	x, s, entries := treeSource(t)
-	trees := t.TempDir()
-	dir := filepath.Join(trees, "cut-short")
-	err := makeTree(canceled(), x, s, dir, entries)
+	cache := t.TempDir()
+	dir := nodecache.TreeDir(cache, treeName)
+	err := makeTree(canceled(), x, s, cache, treeName, "src", entries)
 	noteFailure(dir, err)
 	if err == nil || heldOff(dir) {
 		t.Errorf("a cancelled tree (%v) holds off the next", err)
 	}
 
 	// The trees directory is a file: the node cannot hold a tree.
-	notDir := filepath.Join(trees, "file")
-	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+	notDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(notDir, "trees"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dir = filepath.Join(notDir, "name")
-	err = makeTree(context.Background(), x, s, dir, entries)
+	err = makeTree(context.Background(), x, s, notDir, treeName, "src", entries)
 	if err == nil {
 		t.Fatal("a tree was made under a file")
 	}
-	dir = filepath.Join(trees, "refused") // where the note can go
 	noteFailure(dir, err)
 	if !heldOff(dir) {
 		t.Errorf("after %v, the next start tries again", err)
-	}
-}
-
-// TestFinishTreeIsBounded: an exit does not wait for a tree stuck where
-// its context cannot reach (a syncfs on a busy disk).
-func TestFinishTreeIsBounded(t *testing.T) {
-	b := &boot{log: log.New(io.Discard, "", 0), treeDone: make(chan struct{})}
-	canceled := make(chan struct{})
-	b.treeCancel = func() {
-		select {
-		case <-canceled:
-		default:
-			close(canceled)
-		}
-	}
-	b.finishTree() // returns, though treeDone never closes
-	select {
-	case <-canceled:
-	default:
-		t.Error("the tree was not cancelled")
 	}
 }

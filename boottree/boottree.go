@@ -43,6 +43,15 @@ import (
 // in the node cache: it lives as long as the tree's name).
 const sealXattr = "trusted.mkbootfs.seal"
 
+// ErrChanged is in the error of a Seal or Check that found the tree
+// different from its index, or changed since its seal.
+var ErrChanged = errors.New("the boot tree is not its image's")
+
+// changed returns a mismatch, wrapping ErrChanged.
+func changed(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrChanged}, a...)...)
+}
+
 // ErrUnsealed is Check's answer for a tree that was never sealed, or whose
 // seal is not its own.
 var ErrUnsealed = errors.New("not sealed")
@@ -201,7 +210,7 @@ func (w *walker) dir(fd int, de uint32) error {
 		if n, err := countNames(fd); err != nil {
 			return fmt.Errorf("%s: %w", w.x.Path(de), err)
 		} else if n != int(count) {
-			return fmt.Errorf("%s: %d entries, the image has %d", w.x.Path(de), n, count)
+			return changed("%s: %d entries, the image has %d", w.x.Path(de), n, count)
 		}
 	}
 	for c := first; c < first+count; c++ {
@@ -210,7 +219,9 @@ func (w *walker) dir(fd int, de uint32) error {
 		}
 		name := w.x.Entries[c].Name
 		var st unix.Stat_t
-		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+			return changed("%s: missing", w.x.Path(c))
+		} else if err != nil {
 			return fmt.Errorf("%s: %w", w.x.Path(c), err)
 		}
 		if err := w.entry(fd, name, c, &st); err != nil {
@@ -257,7 +268,7 @@ func countNames(fd int) (int, error) {
 // at dirfd or, with name "", that directory.
 func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error {
 	if after(st.Ctim, w.t0) {
-		return fmt.Errorf("changed at %s, after the tree was checked at %s", fmtTime(st.Ctim), fmtTime(w.t0))
+		return changed("changed at %s, after the tree was checked at %s", fmtTime(st.Ctim), fmtTime(w.t0))
 	}
 	if !w.full {
 		return nil
@@ -267,20 +278,20 @@ func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error 
 	typ := st.Mode & unix.S_IFMT
 	switch {
 	case typ != n.Type():
-		return fmt.Errorf("type %o, the image's is %o", typ, n.Type())
+		return changed("type %o, the image's is %o", typ, n.Type())
 	case typ != unix.S_IFLNK && st.Mode&0o7777 != n.Mode&0o7777:
-		return fmt.Errorf("mode %o, the image's is %o", st.Mode&0o7777, n.Mode&0o7777)
+		return changed("mode %o, the image's is %o", st.Mode&0o7777, n.Mode&0o7777)
 	case st.Uid != n.UID || st.Gid != n.GID:
-		return fmt.Errorf("owner %d:%d, the image's is %d:%d", st.Uid, st.Gid, n.UID, n.GID)
+		return changed("owner %d:%d, the image's is %d:%d", st.Uid, st.Gid, n.UID, n.GID)
 	case typ == unix.S_IFREG && st.Size != n.Size:
-		return fmt.Errorf("size %d, the image's is %d", st.Size, n.Size)
+		return changed("size %d, the image's is %d", st.Size, n.Size)
 	case (typ == unix.S_IFCHR || typ == unix.S_IFBLK) && st.Rdev != n.Rdev:
-		return fmt.Errorf("device %#x, the image's is %#x", st.Rdev, n.Rdev)
+		return changed("device %#x, the image's is %#x", st.Rdev, n.Rdev)
 	}
 	if typ != unix.S_IFDIR {
 		if seen, ok := w.ino[ino]; ok {
 			if seen != st.Ino {
-				return errors.New("not the same file as its other names")
+				return changed("not the same file as its other names")
 			}
 			return nil // checked under its first name
 		}
@@ -289,7 +300,7 @@ func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error 
 	if typ == unix.S_IFLNK {
 		buf := make([]byte, len(n.Target)+1)
 		if k, err := unix.Readlinkat(dirfd, name, buf); err != nil || string(buf[:k]) != n.Target {
-			return fmt.Errorf("link target is not the image's (%v)", err)
+			return changed("link target is not the image's (%v)", err)
 		}
 	}
 	xattrs, err := readXattrs(dirfd, name)
@@ -299,7 +310,7 @@ func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error 
 	stub := xattrs[xattrMetacopy] != nil
 	if stub {
 		if typ != unix.S_IFREG || string(xattrs[xattrRedirect]) != w.x.Path(c) {
-			return errors.New("a metacopy stub that redirects elsewhere")
+			return changed("a metacopy stub that redirects elsewhere")
 		}
 	}
 	if err := sameXattrs(xattrs, n.Xattrs); err != nil {
@@ -328,7 +339,7 @@ func sameXattrs(got map[string][]byte, want []index.Xattr) error {
 			continue
 		}
 		if v, ok := got[a.Name]; !ok || !bytes.Equal(v, a.Value) {
-			return fmt.Errorf("xattr %s is not the image's", a.Name)
+			return changed("xattr %s is not the image's", a.Name)
 		}
 		n++
 	}
@@ -338,7 +349,7 @@ func sameXattrs(got map[string][]byte, want []index.Xattr) error {
 		}
 	}
 	if n != 0 {
-		return errors.New("xattrs the image does not have")
+		return changed("xattrs the image does not have")
 	}
 	return nil
 }
@@ -408,7 +419,7 @@ func (w *walker) data(dirfd int, name string, ino uint32, n *index.Inode) error 
 			return err
 		}
 		if !bytes.Equal(w.buf[:k], w.want[:k]) {
-			return fmt.Errorf("bytes from %d are not the image's", off)
+			return changed("bytes from %d are not the image's", off)
 		}
 		off += int64(k)
 	}

@@ -7,10 +7,12 @@
 //	XXXX/<sha256>.cacnk    chunks, in casync's layout (store/local), kept by store.Cache
 //	.mkbootfs-cache.lock   the chunks' fetch locks (store.Cache)
 //	trees/NAME/            boot trees: plain files and overlayfs metacopy stubs
-//	trees/NAME.lock        a tree's in-use lock; its mtime is the tree's last use
+//	trees/NAME.lock        a tree's in-use lock; its mtime is the tree's last use,
+//	                       its xattr the tree's seal (package boottree)
 //	trees/NAME.info        what a tree holds and came from, for du
 //	trees/NAME.failed      why tree NAME could not be made (bootinit)
 //	trees/.tmp-*           trees being made; trees/.trash-* trees being removed
+//	trees/.aside-*         trees that failed their check, kept a day to be looked at
 //	profiles/NAME          learned profiles (plain text)
 //
 // Many processes share it; none of them ever sees half a chunk or half a
@@ -35,12 +37,19 @@ const (
 	// directory: a tree is made under such a name, synced, then renamed.
 	TempPrefix  = ".tmp-"
 	trashPrefix = ".trash-"
+	asidePrefix = ".aside-"
 )
 
 // TreeDir returns where boot tree name is, or goes, in the cache at
 // cacheDir.
 func TreeDir(cacheDir, name string) string {
 	return filepath.Join(cacheDir, treesDir, name)
+}
+
+// TreeLock returns tree name's lock file in the cache at cacheDir (see
+// UseTree), which carries the tree's seal: it lives as long as the name.
+func TreeLock(cacheDir, name string) string {
+	return TreeDir(cacheDir, name) + lockSuffix
 }
 
 // ProfilePath returns where learned profile name is, or goes, in the cache

@@ -156,7 +156,8 @@ const failedWait = 24 * time.Hour
 
 // sweep keeps the trees directory and the profiles: it removes trees and
 // profiles unused for maxAge, trees whose removal a killed process left
-// (.trash-*), temporary trees older than staleTemp, stale failure notes
+// (.trash-*), temporary trees older than staleTemp, trees set aside a day
+// ago, stale failure notes
 // and lock files of trees long gone; and it counts what is left into the
 // account. One process of the node sweeps at a time.
 func sweep(ctx context.Context, dir string, acct *account, maxAge time.Duration) error {
@@ -179,7 +180,8 @@ func sweep(ctx context.Context, dir string, acct *account, maxAge time.Duration)
 		p := filepath.Join(dir, treesDir, t.Name)
 		switch {
 		case strings.HasPrefix(t.Name, trashPrefix),
-			strings.HasPrefix(t.Name, TempPrefix) && now.Sub(t.LastUse) > staleTemp:
+			strings.HasPrefix(t.Name, TempPrefix) && now.Sub(t.LastUse) > staleTemp,
+			strings.HasPrefix(t.Name, asidePrefix) && now.Sub(t.LastUse) > failedWait:
 			os.RemoveAll(p)
 			continue
 		case t.Temp:

@@ -117,6 +117,23 @@ func removeTree(cacheDir, name string) (ok bool, err error) {
 	return true, nil
 }
 
+// SetAside moves tree name of the cache at cacheDir out of every start's
+// way, whole, to be looked at: a tree that failed its check. Starts that
+// have it stacked keep it; the sweep removes it a day later.
+func SetAside(cacheDir, name string) error {
+	if !validName(name) {
+		return errors.New("tree " + name + ": not a tree name")
+	}
+	var rnd [6]byte
+	rand.Read(rnd[:])
+	aside := filepath.Join(cacheDir, treesDir, asidePrefix+name+"-"+hex.EncodeToString(rnd[:]))
+	if err := os.Rename(TreeDir(cacheDir, name), aside); err != nil {
+		return fmt.Errorf("setting tree %s aside: %w", name, err)
+	}
+	os.Remove(TreeDir(cacheDir, name) + infoSuffix)
+	return nil
+}
+
 // touch sets the mtime (and atime) of the file open at fd to now:
 // utimensat(fd, NULL, NULL, 0), futimens. Not through /proc/self/fd, as
 // unix.Futimes goes: bootinit has no /proc once it has moved the app's root.
