@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/boottree"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
 	"github.com/mkbootfs/mkbootfs/nodecache"
@@ -178,11 +179,19 @@ func (b *boot) run(args []string) (int, error) {
 	// The boot tree lives in the node cache, and a recording must see
 	// every read. It is held in use for the container's life, so that no
 	// eviction removes it; one being removed now is done without.
+	var treeChecked chan bool
 	if _, ok := st.(*store.Cache); ok && rec == nil && tree != "" {
-		if release, ok := nodecache.UseTree(bootconfig.CacheDir, filepath.Base(tree)); ok {
+		name := filepath.Base(tree)
+		if release, ok := nodecache.UseTree(bootconfig.CacheDir, name); ok {
 			defer release()
 			b.tree, b.source = tree, cfg.Source
-			b.treeInUse = !heldOff(tree) && checkTree(b.log, x, bootconfig.CacheDir, filepath.Base(tree))
+			if !heldOff(tree) && isDir(tree) && boottree.Sealed(name, nodecache.TreeLock(bootconfig.CacheDir, name)) {
+				// Checked while the image is mounted (a stat of every
+				// entry: tens of ms); taken as good until then.
+				b.treeInUse = true
+				treeChecked = make(chan bool, 1)
+				go func() { treeChecked <- checkTree(b.log, x, bootconfig.CacheDir, name) }()
+			}
 		}
 	}
 	// The profile's chunks are fetched from the start, while bootinit
@@ -205,6 +214,9 @@ func (b *boot) run(args []string) (int, error) {
 	b.log.Printf("mounted %s (%d entries) at %s from %s", cfg.Source, len(x.Entries), bootconfig.LowerDir, st)
 	if err := checkStore(x, st, storeURLs(cfg)); err != nil {
 		return 0, err
+	}
+	if treeChecked != nil && !<-treeChecked {
+		b.treeInUse = false // nor was the profile prefetched: this start reads lazily
 	}
 	// Warming starts as soon as the image is mounted, on the spare core,
 	// while the launcher switches root and starts the app. Not while
