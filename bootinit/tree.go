@@ -2,7 +2,6 @@ package bootinit
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -106,26 +105,12 @@ func checkTree(log *log.Logger, x *index.Index, cacheDir, name string) bool {
 // only on time and disk the container leaves idle, and so that a
 // container's exit, which kills it, never waits for it.
 func (b *boot) startTreeMaker() (stop func()) {
-	var prof bytes.Buffer
-	b.profile.WriteTo(&prof)
-	r, w, err := os.Pipe()
-	if err != nil {
-		return func() {}
-	}
-	defer r.Close()
 	// In a mount namespace of its own, where it mounts the /proc that
 	// bootinit's root lacks.
-	proc, err := os.StartProcess(bootconfig.Bootinit, []string{treeMakerName, filepath.Base(b.tree), b.source},
-		&os.ProcAttr{Env: os.Environ(), Files: []*os.File{r, os.Stdout, os.Stderr}, Sys: &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}})
-	if err != nil {
-		w.Close()
-		b.log.Printf("making the boot tree: %v", err)
+	proc := b.startWithProfile([]string{treeMakerName, filepath.Base(b.tree), b.source}, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS})
+	if proc == nil {
 		return func() {}
 	}
-	go func() {
-		w.Write(prof.Bytes())
-		w.Close()
-	}()
 	b.log.Printf("making the boot tree %s in the background (pid %d)", b.tree, proc.Pid)
 	// bootinit reaps it with every other child.
 	return func() { proc.Kill() }

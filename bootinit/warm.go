@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -46,27 +47,38 @@ const warmPiece = 128 << 10
 // startWarmer starts the warmer on the profile's files and returns what
 // stops it. Failures are left to the app's own reads.
 func (b *boot) startWarmer() (stop func()) {
+	proc := b.startWithProfile([]string{warmerName}, nil)
+	if proc == nil {
+		return func() {}
+	}
+	b.srv.NoReadaheadFor(proc.Pid)
+	// bootinit reaps it with every other child.
+	return func() { proc.Kill() }
+}
+
+// startWithProfile starts bootinit in another mode (argv[0]), the
+// profile on its stdin; nil, and a line in the log, if it cannot.
+func (b *boot) startWithProfile(argv []string, sys *syscall.SysProcAttr) *os.Process {
 	var prof bytes.Buffer
 	b.profile.WriteTo(&prof)
 	r, w, err := os.Pipe()
 	if err != nil {
-		return func() {}
+		b.log.Printf("starting %s: %v", argv[0], err)
+		return nil
 	}
 	defer r.Close()
-	proc, err := os.StartProcess(bootconfig.Bootinit, []string{warmerName},
-		&os.ProcAttr{Env: os.Environ(), Files: []*os.File{r, os.Stdout, os.Stderr}})
+	proc, err := os.StartProcess(bootconfig.Bootinit, argv,
+		&os.ProcAttr{Env: os.Environ(), Files: []*os.File{r, os.Stdout, os.Stderr}, Sys: sys})
 	if err != nil {
 		w.Close()
-		b.log.Printf("warming the page cache: %v", err)
-		return func() {}
+		b.log.Printf("starting %s: %v", argv[0], err)
+		return nil
 	}
-	b.srv.NoReadaheadFor(proc.Pid)
 	go func() {
 		w.Write(prof.Bytes())
 		w.Close()
 	}()
-	// bootinit reaps it with every other child.
-	return func() { proc.Kill() }
+	return proc
 }
 
 // runWarm runs in the warmer: the profile comes on standard input.
