@@ -239,7 +239,9 @@ echo shared > /dev/shm/f && cat /dev/shm/f; ls /dev/pts; readlink /proc/self/exe
 func TestExecAndStop(t *testing.T) {
 	_, boot, storeDir := converted(t)
 	name := "mkbootfs-e2e-exec"
-	start(t, name, append(bootFlags(storeDir), boot, "sleep", "600")...)
+	// docker exec during the boot finds the boot layer: wait for the app.
+	start(t, name, append(bootFlags(storeDir), boot, "sh", "-c", "echo ready && exec sleep 600")...)
+	waitForLog(t, name, "ready")
 	r := docker(t, "exec", name, "cat", "/etc/debian_version")
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "12.") {
 		t.Fatalf("docker exec sees %q (exit %d, %s): not the converted image's files", r.stdout, r.code, r.stderr)
