@@ -36,6 +36,10 @@ func TestPrivilegesLikeTheOriginal(t *testing.T) {
 		{"--cap-drop ALL", []string{"--cap-drop", "ALL"}, dropAllFlags},
 		{"--cap-drop ALL, nobody", []string{"--cap-drop", "ALL", "-u", "nobody"}, dropAllFlags},
 		{"--cap-drop NET_RAW", []string{"--cap-drop", "NET_RAW"}, nil},
+		// Every capability and the host's devices, /dev/fuse among them:
+		// bootinit takes none away.
+		{"--privileged", []string{"--privileged"}, nil},
+		{"--privileged, nobody", []string{"--privileged", "-u", "nobody"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base := append([]string{"run", "--rm"}, tc.flags...)
