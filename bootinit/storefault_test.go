@@ -1,0 +1,116 @@
+package bootinit_test
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mkbootfs/mkbootfs/internal/testserver"
+	"github.com/mkbootfs/mkbootfs/store/httpstore"
+	"github.com/mkbootfs/mkbootfs/store/local"
+)
+
+// envServe makes the test binary a store server of its own process: "ADDR
+// DIR DELAY" serves the directory store DIR over HTTP at ADDR, each answer
+// after DELAY, as `mkbootfs serve --http` does. A process, so that a test
+// can stop (SIGSTOP) or kill it.
+const envServe = "MKBOOTFS_TEST_SERVE_STORE"
+
+func init() {
+	v := os.Getenv(envServe)
+	if v == "" {
+		return
+	}
+	var addr, dir string
+	var delay time.Duration
+	if _, err := fmt.Sscan(v, &addr, &dir, &delay); err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q: %v\n", envServe, v, err)
+		os.Exit(2)
+	}
+	s, err := local.Open(dir, false)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	h := httpstore.NewHandler(s, httpstore.HandlerOptions{})
+	err = http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay)
+		h.ServeHTTP(w, r)
+	}))
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(2)
+}
+
+// serveProcess serves the store in dir at addr from a process of its own,
+// each answer after delay, until the test ends or it is killed.
+func serveProcess(t *testing.T, addr, dir string, delay time.Duration) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s", envServe, addr, dir, delay))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return cmd
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the store server on %s never listened", addr)
+		}
+	}
+}
+
+// running reports whether the container runs.
+func running(t *testing.T, name string) bool {
+	t.Helper()
+	return docker(t, "inspect", "-f", "{{.State.Running}}", name).stdout == "true\n"
+}
+
+// TestStoppedStore stops the store's process (SIGSTOP) while the app reads
+// through the lazy mount: docker stop ends the container with the app's
+// SIGTERM (143) before its 10 s timeout and SIGKILL (137); bootinit
+// cancels the fetches the stopped store never answers rather than wait for
+// their 30 s timeout.
+func TestStoppedStore(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	addr := testserver.FreePort(t)
+	srv := serveProcess(t, addr, storeDir, 50*time.Millisecond)
+	name := "mkbootfs-e2e-stopped-store"
+	start(t, name, "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://"+addr,
+		boot, "sh", "-c", "echo reading; exec cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* >/dev/null")
+	w := watch(t, name)
+	waitForLog(t, name, "reading\n")
+	if err := srv.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if !running(t, name) {
+		w.stopWatching()
+		r := docker(t, "logs", name)
+		t.Fatalf("the read ended before the store was stopped: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+	began := time.Now()
+	if r := docker(t, "stop", name); r.code != 0 {
+		t.Fatalf("docker stop: %s", r.stderr)
+	}
+	took := time.Since(began)
+	w.waitExit(t, exitBound)
+	if r := docker(t, "inspect", "-f", "{{.State.ExitCode}}", name); r.stdout != "143\n" {
+		t.Errorf("exit code %q after docker stop (took %v), want 143: the app's SIGTERM, not docker's SIGKILL at 10 s (137); stderr: %s",
+			strings.TrimSpace(r.stdout), took.Round(time.Millisecond), docker(t, "logs", name).stderr)
+	}
+	t.Logf("docker stop with the store stopped mid-read: %v", took.Round(time.Millisecond))
+}
