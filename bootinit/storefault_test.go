@@ -114,3 +114,58 @@ func TestStoppedStore(t *testing.T) {
 	}
 	t.Logf("docker stop with the store stopped mid-read: %v", took.Round(time.Millisecond))
 }
+
+// TestContainerRidesThroughStoreRestart kills the store's process during a
+// full read of /usr by the app and starts it again 8 s later: the app
+// reads every file, each with the original's md5, and exits 0.
+func TestContainerRidesThroughStoreRestart(t *testing.T) {
+	orig, boot, storeDir := converted(t)
+	const check = "cd /usr && find . -type f -print0 | sort -z | xargs -0 md5sum"
+	want := docker(t, "run", "--rm", orig, "sh", "-c", check)
+	if want.code != 0 {
+		t.Fatalf("the original: exit %d, %s", want.code, want.stderr)
+	}
+	addr := testserver.FreePort(t)
+	// Slowed down, so that the read spans the 8 s the store is down.
+	const delay = 5 * time.Millisecond
+	srv := serveProcess(t, addr, storeDir, delay)
+	name := "mkbootfs-e2e-store-restart"
+	start(t, name, "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://"+addr,
+		boot, "sh", "-c", "echo reading >&2; "+check)
+	for i := 0; !strings.Contains(docker(t, "logs", name).stderr, "reading\n"); i++ {
+		if i == 600 {
+			t.Fatal("the app never started reading")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	srv.Process.Kill()
+	srv.Wait()
+	time.Sleep(8 * time.Second)
+	if !running(t, name) {
+		t.Fatalf("the read of /usr ended before the store came back: nothing rode through; stderr: %s", docker(t, "logs", name).stderr)
+	}
+	serveProcess(t, addr, storeDir, delay)
+	began := time.Now()
+	code := strings.TrimSpace(docker(t, "wait", name).stdout)
+	r := docker(t, "logs", name)
+	if code != "0" || r.stdout != want.stdout {
+		t.Fatalf("exit %s (want 0); %d of %d md5sum lines as the original's; stderr:\n%s", code, sameLines(r.stdout, want.stdout), strings.Count(want.stdout, "\n"), r.stderr)
+	}
+	t.Logf("%d files of /usr read right; the read went on %v after the store came back", strings.Count(want.stdout, "\n"), time.Since(began).Round(time.Millisecond))
+}
+
+// sameLines counts the lines of got that want holds.
+func sameLines(got, want string) int {
+	w := map[string]bool{}
+	for _, l := range strings.Split(want, "\n") {
+		w[l] = true
+	}
+	n := 0
+	for _, l := range strings.Split(got, "\n") {
+		if l != "" && w[l] {
+			n++
+		}
+	}
+	return n
+}
