@@ -501,7 +501,7 @@ func TestWritableLayerOnAVolume(t *testing.T) {
 }
 
 func TestClearFailures(t *testing.T) {
-	_, boot, _ := converted(t)
+	_, boot, storeDir := converted(t)
 	for _, tc := range []struct {
 		name  string
 		args  []string
@@ -513,6 +513,10 @@ func TestClearFailures(t *testing.T) {
 		{"no CAP_SYS_ADMIN", []string{"run", "--rm", "--device", "/dev/fuse", boot, "true"}, []string{"operation not permitted", "--cap-add SYS_ADMIN", "apparmor=unconfined"}},
 		{"no store mounted", []string{"run", "--rm", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", boot, "true"}, []string{"/.bootfs/store"}},
 		{"loopback store", []string{"run", "--rm", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://127.0.0.1:1/store", boot, "true"}, []string{"127.0.0.1", "--network host"}},
+		// bootinit needs more than CAP_SYS_ADMIN once docker gives nothing
+		// else; the line names all it needs, which the app then loses.
+		{"--cap-drop ALL, SYS_ADMIN alone", []string{"run", "--rm", "--cap-drop", "ALL", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-v", storeDir + ":/.bootfs/store:ro", boot, "true"},
+			[]string{"--cap-drop ALL", "--cap-add SYS_ADMIN --cap-add DAC_OVERRIDE --cap-add SYS_CHROOT --cap-add SETPCAP", "the app gets none of them"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := docker(t, tc.args...)
