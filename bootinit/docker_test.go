@@ -51,9 +51,10 @@ func TestMain(m *testing.M) {
 }
 
 // suidImage is the Debian image with a setuid-root cat, which shows the
-// capabilities a setuid program gets (suidcat /proc/self/status).
+// capabilities a setuid program gets (suidcat /proc/self/status), and a
+// null device outside /dev, which the lazy mount must honour (dev).
 const suidImage = `FROM %s
-RUN cp /bin/cat /usr/local/bin/suidcat && chmod 4755 /usr/local/bin/suidcat
+RUN cp /bin/cat /usr/local/bin/suidcat && chmod 4755 /usr/local/bin/suidcat && mknod -m 666 /opt/null c 1 3
 `
 
 func converted(t *testing.T) (orig, boot, storeDir string) {

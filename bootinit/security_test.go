@@ -8,10 +8,12 @@ import (
 )
 
 // capsAndDevices prints what the app may do: its capabilities in every
-// set, a setuid-root program's, and the devices it is given.
+// set, a setuid-root program's, the devices it is given, and whether the
+// image's own device node opens.
 const capsAndDevices = `grep -e ^Cap -e ^NoNewPrivs /proc/self/status
 echo setuid:; suidcat /proc/self/status | grep -e ^CapPrm -e ^CapEff
-ls /dev`
+ls /dev
+echo x > /opt/null && echo "the image's device node opens"`
 
 // dropAllFlags are what a boot image needs besides SYS_ADMIN with
 // --cap-drop ALL.
