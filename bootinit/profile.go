@@ -99,7 +99,7 @@ func newRecording(x *index.Index) (*recording, error) {
 	if err != nil {
 		return nil, &exitError{exitBoot, fmt.Errorf("%s=%s: %w (mount a directory there: -v DIR:%s)", bootconfig.EnvProfile, path, err, filepath.Dir(path))}
 	}
-	return &recording{Recorder: profile.NewRecorder(x), path: path, dir: dir}, nil
+	return &recording{Recorder: profile.NewRecorder(x, profile.Limits{}), path: path, dir: dir}, nil
 }
 
 func (r *recording) save() error {
