@@ -89,6 +89,7 @@ func ServeMount(dir string, status *os.File) error {
 }
 
 func serveMount(dir string, status *os.File) error {
+	started := time.Now()
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(lazyfs.MemoryLimit)
 	}
@@ -120,7 +121,7 @@ func serveMount(dir string, status *os.File) error {
 		return err
 	}
 	defer m.close()
-	logger.Printf("mounted %s (%d entries) at %s from %s", cfg.Image, len(b.Index.Entries), m.srv.Dir(), m.st)
+	logger.Printf("mounted %s (%d entries) at %s from %s in %v", cfg.Image, len(b.Index.Entries), m.srv.Dir(), m.st, time.Since(started).Round(time.Millisecond))
 	stats, err := serveStats(filepath.Join(state, statsSocket), m)
 	if err != nil {
 		m.srv.Unmount()
@@ -160,11 +161,11 @@ func readLayer(path, image string) (*bootimage.Boot, error) {
 // imageMount is a boot image's tree mounted lazily, through the node
 // cache, its profile prefetched.
 type imageMount struct {
-	srv      *lazyfs.Server
-	st       store.Store
-	stores   []*countingStore
-	cancel   context.CancelFunc
-	prefetch sync.WaitGroup
+	srv     *lazyfs.Server
+	st      store.Store
+	stores  []*countingStore
+	cancel  context.CancelFunc
+	fetches sync.WaitGroup // the check and the prefetch
 }
 
 // mountImage mounts the tree of b at point: its chunks read from the
@@ -194,40 +195,47 @@ func mountImage(b *bootimage.Boot, point string, cfg mountConfig, logger *log.Lo
 		return nil, fmt.Errorf("node cache: %w", err)
 	}
 	m.st = cache
-	if err := checkStores(b.Index, cache); err != nil {
-		cache.Close()
-		return nil, fmt.Errorf("%s: the chunk stores %s cannot serve it: %w", cfg.Image, strings.Join(b.Stores, ", "), err)
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	// The check and the profile's chunks are fetched while the tree is
+	// mounted: a start waits for the link's round trips once, not in turn.
+	checked := make(chan error, 1)
+	m.fetches.Go(func() { checked <- checkStores(ctx, b.Index, cache) })
+	if chunks := profileChunks(b, logger, cfg.Image); len(chunks) > 0 {
+		m.fetches.Go(func() { prefetch(ctx, b.Index, cache, chunks, logger) })
 	}
 	f := lazyfs.New(b.Index, cache, lazyfs.Options{Log: logger, ReadaheadWithinFiles: true})
 	// nosuid,nodev, as every host mount of an image: the container's
 	// overlay over it honours the image's setuid bits and device nodes.
 	m.srv, err = lazyfs.Mount(point, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs", MaxReadAhead: profile.ReadAround, DirectOnly: true})
-	if err != nil {
-		cache.Close()
-		return nil, err
+	if err == nil {
+		if err = <-checked; err != nil {
+			m.srv.Unmount()
+			err = fmt.Errorf("%s: the chunk stores %s cannot serve it: %w", cfg.Image, strings.Join(b.Stores, ", "), err)
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
-	if chunks := profileChunks(b, logger, cfg.Image); len(chunks) > 0 {
-		m.prefetch.Go(func() { prefetch(ctx, b.Index, cache, chunks, logger) })
+	if err != nil {
+		m.close()
+		return nil, err
 	}
 	return m, nil
 }
 
-// close stops the prefetch and closes the stores, once unmounted.
+// close stops the check and the prefetch and closes the stores, once
+// unmounted.
 func (m *imageMount) close() {
 	m.cancel()
-	m.prefetch.Wait()
+	m.fetches.Wait()
 	m.st.Close()
 }
 
 // checkStores fetches the image's first chunk: stores that are down, or
 // do not hold the image, fail the mount rather than the app's reads.
-func checkStores(x *index.Index, st store.Store) error {
+func checkStores(ctx context.Context, x *index.Index, st store.Store) error {
 	if len(x.Chunks) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeCheck)
+	ctx, cancel := context.WithTimeout(ctx, storeCheck)
 	defer cancel()
 	_, err := store.Load(ctx, st, store.ID(x.Chunks[0].ID))
 	return err

@@ -228,9 +228,6 @@ func (s *Snapshotter) prepareBoot(ctx context.Context, key, parent, target, imag
 	if err := s.registry.fetchLayer(ctx, image, layer, filepath.Join(tmp, layerFile)); err != nil {
 		return fmt.Errorf("mkbootfs: fetching the boot image's own layer: %w", err)
 	}
-	if _, err := readLayer(filepath.Join(tmp, layerFile), image); err != nil {
-		s.log.Printf("%v: containers of it cannot be created", err)
-	}
 	if _, err := s.Snapshotter.Prepare(ctx, key, parent, opts...); err != nil {
 		return err
 	}

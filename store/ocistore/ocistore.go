@@ -359,6 +359,14 @@ func (s *Store) client(ctx context.Context, stale int) (*authState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("credentials for %s: %w", s.repo.RegistryStr(), err)
 	}
+	// With no credentials, reads go out without go-containerregistry's
+	// ping (a round trip, two on a plain HTTP registry): a registry open
+	// to all answers them, one that wants a token says 401, and the next
+	// generation authenticates.
+	if gen == 1 && auth == authn.Anonymous && !s.opt.Push {
+		s.auth = &authState{client: &http.Client{Transport: storetransport.FreshBodies(s.base)}, gen: gen}
+		return s.auth, nil
+	}
 	scopes := []string{s.repo.Scope(transport.PullScope)}
 	if s.opt.Push {
 		scopes = []string{s.repo.Scope(transport.PushScope)}

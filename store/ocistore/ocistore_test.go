@@ -477,3 +477,39 @@ func TestLost(t *testing.T) {
 		}
 	})
 }
+
+// TestNoPing: a read with no credentials to give sends no ping first:
+// its first chunk costs two requests, the chunk table and the chunk.
+func TestNoPing(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	var paths []string
+	addr := inProcess(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			paths = append(paths, r.Method+" "+r.URL.Path)
+			mu.Unlock()
+			h.ServeHTTP(w, r)
+		})
+	})
+	w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true})
+	defer w.Close()
+	ids := put(t, w, 1)
+	cm, err := w.PushChunkManifest(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := open(t, w.Pinned(cm.Table.Digest), ocistore.Options{AuthFile: filepath.Join(t.TempDir(), "none.json")})
+	defer r.Close()
+	mu.Lock()
+	paths = nil
+	mu.Unlock()
+	if _, err := store.Load(ctx, r, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(paths) != 2 || strings.HasSuffix(paths[0], "/v2/") {
+		t.Errorf("requests %q; want the chunk table's and the chunk's", paths)
+	}
+}
