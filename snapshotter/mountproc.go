@@ -68,6 +68,7 @@ type mountConfig struct {
 	Image     string `json:"image"`                // the boot image, for messages
 	Cache     string `json:"cache"`                // the node cache directory
 	CacheSize int64  `json:"cache_size,omitempty"` // its bound; 0: nodecache's default
+	HostsDir  string `json:"hosts_dir,omitempty"`  // containerd's hosts configuration, for oci:// stores
 }
 
 // ServeMount is the mount process of the boot snapshot at dir
@@ -178,6 +179,7 @@ func mountImage(b *bootimage.Boot, point string, cfg mountConfig, logger *log.Lo
 	m := &imageMount{}
 	remote, err := location.OpenList(context.Background(), b.Stores, location.Options{
 		Timeout: 30 * time.Second, Parallelism: prefetchWorkers,
+		RegistryHost: chunkRegistries(cfg.HostsDir, prefetchWorkers),
 		Wrap: func(loc string, s store.Store) store.Store {
 			c := &countingStore{Store: s, url: loc}
 			m.stores = append(m.stores, c)
