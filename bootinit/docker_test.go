@@ -593,44 +593,48 @@ func serveCounting(t *testing.T, storeDir string) (*countingHandler, string) {
 	return ch, ln.Addr().String()
 }
 
-// TestSharedCacheFetchesEachChunkOnce starts ten containers at once on
-// one empty cache volume, each with 64 MiB of memory: each reads right,
-// and together they fetch each chunk once.
+// TestSharedCacheFetchesEachChunkOnce starts ten, then twenty containers
+// at once on one empty cache volume, each with 64 MiB of memory: each
+// reads right, and together they fetch each chunk once.
 func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
 	_, boot, storeDir := converted(t)
-	ch, addr := serveCounting(t, storeDir)
-	vol := "mkbootfs-e2e-cache"
-	docker(t, "volume", "rm", "-f", vol)
-	defer docker(t, "volume", "rm", "-f", vol)
+	for _, n := range []int{10, 20} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			ch, addr := serveCounting(t, storeDir)
+			vol := "mkbootfs-e2e-cache"
+			docker(t, "volume", "rm", "-f", vol)
+			defer docker(t, "volume", "rm", "-f", vol)
 
-	var wg sync.WaitGroup
-	results := make([]result, 10)
-	for i := range results {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "--memory", "64m",
-				"-e", "MKBOOTFS_STORE=http://"+addr, "-v", vol+":/.bootfs/cache",
-				boot, "sh", "-c", "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | md5sum")
-		}()
+			var wg sync.WaitGroup
+			results := make([]result, n)
+			for i := range results {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					results[i] = docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "--memory", "64m",
+						"-e", "MKBOOTFS_STORE=http://"+addr, "-v", vol+":/.bootfs/cache",
+						boot, "sh", "-c", "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | md5sum")
+				}()
+			}
+			wg.Wait()
+			for i, r := range results {
+				if r.code != 0 || r.stdout != results[0].stdout {
+					t.Fatalf("container %d: exit %d, %q (first: %q), stderr %s", i, r.code, r.stdout, results[0].stdout, r.stderr)
+				}
+			}
+			ch.mu.Lock()
+			defer ch.mu.Unlock()
+			if len(ch.gets) == 0 {
+				t.Fatal("no chunk was fetched from the HTTP store")
+			}
+			for p, n := range ch.gets {
+				if n > 1 {
+					t.Errorf("%s fetched %d times by containers sharing one cache", p, n)
+				}
+			}
+			t.Logf("%d chunks fetched once each by %d containers sharing a cache volume", len(ch.gets), len(results))
+		})
 	}
-	wg.Wait()
-	for i, r := range results {
-		if r.code != 0 || r.stdout != results[0].stdout {
-			t.Fatalf("container %d: exit %d, %q (first: %q), stderr %s", i, r.code, r.stdout, results[0].stdout, r.stderr)
-		}
-	}
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if len(ch.gets) == 0 {
-		t.Fatal("no chunk was fetched from the HTTP store")
-	}
-	for p, n := range ch.gets {
-		if n > 1 {
-			t.Errorf("%s fetched %d times by containers sharing one cache", p, n)
-		}
-	}
-	t.Logf("%d chunks fetched once each by %d containers sharing a cache volume", len(ch.gets), len(results))
 }
 
 func TestPrefetchAll(t *testing.T) {
