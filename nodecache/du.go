@@ -48,9 +48,10 @@ type Tree struct {
 
 // Profile is a learned profile in the cache.
 type Profile struct {
-	Name     string    `json:"name"`
-	Bytes    int64     `json:"bytes"`
-	Modified time.Time `json:"modified"`
+	Name    string    `json:"name"`
+	Source  string    `json:"source,omitempty"` // the image it was learned from, when known
+	Bytes   int64     `json:"bytes"`
+	LastUse time.Time `json:"last_use"` // learned, or read by a start
 }
 
 // ErrNotCache is wrapped by the error for a directory that holds files
@@ -161,7 +162,7 @@ func (u *Usage) treesAndProfiles(dir string) error {
 		return fmt.Errorf("cache %s: profiles: %w", dir, err)
 	}
 	for _, p := range ps {
-		u.Profiles = append(u.Profiles, Profile{Name: p.name, Bytes: p.bytes, Modified: p.mtime})
+		u.Profiles = append(u.Profiles, Profile{Name: p.name, Source: profileSource(p.path), Bytes: p.bytes, LastUse: p.mtime})
 		u.Total += p.bytes
 	}
 	u.Temp.Files += temp.Files
