@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -44,8 +45,10 @@ func TestMain(m *testing.M) {
 	if origImg != "" {
 		exec.Command("docker", "rmi", "-f", origImg).Run()
 	}
-	if profiledImg != "" {
-		exec.Command("docker", "rmi", "-f", profiledImg).Run()
+	for _, img := range []string{profiledImg, staticImg, staticOrig} {
+		if img != "" {
+			exec.Command("docker", "rmi", "-f", img).Run()
+		}
 	}
 	os.Exit(code)
 }
@@ -591,6 +594,29 @@ func serveCounting(t *testing.T, storeDir string) (*countingHandler, string) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return ch, ln.Addr().String()
+}
+
+// httpStore are the docker run flags of a boot image whose chunks come
+// from the HTTP store at addr on loopback (serveCounting's), through the
+// node cache.
+func httpStore(addr string) []string {
+	return []string{"--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://" + addr}
+}
+
+// runCounting runs cmd in img with more docker run options, the image's
+// chunks served over HTTP from storeDir, and returns the chunks it fetched.
+func runCounting(t *testing.T, storeDir, img string, opts []string, cmd ...string) (result, map[string]int) {
+	t.Helper()
+	ch, addr := serveCounting(t, storeDir)
+	args := append(append(append([]string{"run", "--rm"}, httpStore(addr)...), opts...), img)
+	r := docker(t, append(args, cmd...)...)
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	gets := map[string]int{}
+	for p, n := range ch.gets {
+		gets[strings.TrimSuffix(path.Base(p), ".cacnk")] = n
+	}
+	return r, gets
 }
 
 // TestSharedCacheFetchesEachChunkOnce starts ten, then twenty containers

@@ -18,10 +18,28 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
-// startPrefetch starts the background fetches MKBOOTFS_PREFETCH asks for;
-// the channel closes when they are done. A profile the image holds but that
+// imageProfile returns the profile the image holds, nil if none. One that
 // does not parse costs its prefetch, with a line on stderr, not the boot.
-func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store) (<-chan struct{}, error) {
+func imageProfile() *profile.Profile {
+	raw, err := os.ReadFile(bootconfig.Profile)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
+		}
+		return nil
+	}
+	p, err := profile.Parse(bytes.NewReader(raw), bootconfig.Profile)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
+		return nil
+	}
+	return p
+}
+
+// startPrefetch starts the background fetches MKBOOTFS_PREFETCH asks for,
+// of p's chunks (p: the profile the start boots with, nil if none); the
+// channel closes when they are done.
+func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store, p *profile.Profile) (<-chan struct{}, error) {
 	done := make(chan struct{})
 	mode := os.Getenv(bootconfig.EnvPrefetch)
 	switch mode {
@@ -34,17 +52,10 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	}
 	all := mode == "all"
 	var chunks []int
-	if b.treeInUse {
-		// The tree holds the profile's files: nothing of it to fetch.
-	} else if raw, err := os.ReadFile(bootconfig.Profile); err == nil {
-		if p, err := profile.Parse(bytes.NewReader(raw), bootconfig.Profile); err != nil {
-			fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
-		} else {
-			b.profile = regularFiles(p, x)
-			chunks = b.profile.Chunks(x)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
+	// Over a tree, which holds the profile's files, nothing of it to fetch.
+	if p != nil && !b.treeInUse {
+		b.profile = regularFiles(p, x)
+		chunks = b.profile.Chunks(x)
 	}
 	// A store on this node (no cache over it) is as fast to read later.
 	cache, ok := st.(*store.Cache)
