@@ -304,13 +304,22 @@ func TestInterruptedBoot(t *testing.T) {
 // container, which exits.
 func TestOOMKilledBoot(t *testing.T) {
 	_, boot, storeDir := converted(t)
+	killed := 0
 	for _, mem := range []string{"8m", "16m"} {
 		name := "mkbootfs-e2e-oom-" + mem
 		start(t, name, append(bootFlags(storeDir), "--memory", mem, "--memory-swap", mem, boot, "sh", "-c", "cat /usr/lib/x86_64-linux-gnu/*.so* | md5sum")...)
 		w := watch(t, name)
 		w.waitExit(t, 2*time.Minute)
 		r := docker(t, "inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}}", name)
+		if strings.HasSuffix(strings.TrimSpace(r.stdout), " true") {
+			killed++
+		}
 		t.Logf("--memory %s: exit code and OOM-killed: %s", mem, strings.TrimSpace(r.stdout))
+	}
+	// Else the test shows nothing of the OOM killer: a smaller --memory is
+	// needed.
+	if killed == 0 {
+		t.Error("the OOM killer ended no container")
 	}
 }
 
