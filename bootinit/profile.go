@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/imagemount"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -54,7 +55,7 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	var chunks []int
 	// Over a tree, which holds the profile's files, nothing of it to fetch.
 	if p != nil && !b.treeInUse {
-		b.profile = regularFiles(p, x)
+		b.profile = imagemount.RegularFiles(p, x)
 		chunks = b.profile.Chunks(x)
 	}
 	// A store on this node (no cache over it) is as fast to read later.
@@ -75,19 +76,6 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 		close(done)
 	})
 	return done, nil
-}
-
-// regularFiles is p less the paths that are not regular files in x: a
-// profile passed to convert by hand may name anything, and bootinit opens
-// what it names.
-func regularFiles(p *profile.Profile, x *index.Index) *profile.Profile {
-	out := &profile.Profile{}
-	for _, f := range p.Files {
-		if e, err := x.Resolve(f.Path); err == nil && x.Inodes[x.Entries[e].Inode].IsRegular() {
-			out.Files = append(out.Files, f)
-		}
-	}
-	return out
 }
 
 // recording is a boot access profile being recorded for MKBOOTFS_PROFILE.

@@ -74,7 +74,7 @@ func isDir(p string) bool {
 }
 
 // treeFiles are the entries of the profile's files (regular files, as
-// regularFiles left them), which a tree holds with their data.
+// imagemount.RegularFiles left them), which a tree holds with their data.
 func (b *boot) treeFiles(x *index.Index) []uint32 {
 	var entries []uint32
 	for _, f := range b.profile.Files {
