@@ -102,7 +102,7 @@ func Main(args []string) int {
 type boot struct {
 	log     *log.Logger
 	srv     *lazyfs.Server
-	profile *profile.Profile // the image's, unless prefetch is off
+	profile *profile.Profile // the image's or the node's learned one, unless prefetch is off
 
 	tree      string // where the image's boot tree is or goes; "": none
 	source    string // the image converted, which a tree made is noted with
@@ -172,6 +172,10 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	prof, learning, err := b.learn(cfg, x, st, imageProfile(), rec != nil)
+	if err != nil {
+		return 0, err
+	}
 	tree, err := treePath(cfg)
 	if err != nil {
 		return 0, err
@@ -198,13 +202,15 @@ func (b *boot) run(args []string) (int, error) {
 	// mounts and switches root, before the app asks for them.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	prefetched, err := b.startPrefetch(ctx, x, st)
+	prefetched, err := b.startPrefetch(ctx, x, st, prof)
 	if err != nil {
 		return 0, err
 	}
 	opts := lazyfs.Options{Log: log.New(os.Stderr, "bootinit: ", 0), ReadaheadWithinFiles: true}
 	if rec != nil {
 		opts.OnRead = rec.Read
+	} else if learning != nil {
+		opts.OnRead = learning.rec.Read
 	}
 	f := lazyfs.New(x, st, opts)
 	b.srv, err = lazyfs.MountDevice(bootconfig.LowerDir, f, lazyfs.MountOptions{AllowOther: true, SUID: true, Dev: true, FsName: "mkbootfs", MaxReadAhead: profile.ReadAround})
@@ -220,10 +226,11 @@ func (b *boot) run(args []string) (int, error) {
 	}
 	// Warming starts as soon as the image is mounted, on the spare core,
 	// while the launcher switches root and starts the app. Not while
-	// recording: the profile would record its own reads; nor over a boot
-	// tree, which holds the profile's files.
+	// recording or learning: the profile would take the warmer's reads
+	// for the app's, and miss the app's own; nor over a boot tree, which
+	// holds the profile's files.
 	stopWarming := func() {}
-	if b.profile != nil && rec == nil && !b.treeInUse {
+	if b.profile != nil && rec == nil && learning == nil && !b.treeInUse {
 		stopWarming = b.startWarmer()
 	}
 	l := launch{Argv: argv, Dir: dir, ID: app, Foreground: isTerminal(0), Privileges: privs}
@@ -231,6 +238,9 @@ func (b *boot) run(args []string) (int, error) {
 		l.Tree = b.tree
 	}
 	code, err := b.runApp(lc, l, fw)
+	if learning != nil {
+		learning.stop()
+	}
 	cancel()
 	stopWarming()
 	<-prefetched

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -44,16 +45,19 @@ func TestMain(m *testing.M) {
 	if origImg != "" {
 		exec.Command("docker", "rmi", "-f", origImg).Run()
 	}
-	if profiledImg != "" {
-		exec.Command("docker", "rmi", "-f", profiledImg).Run()
+	for _, img := range []string{profiledImg, staticImg, staticOrig} {
+		if img != "" {
+			exec.Command("docker", "rmi", "-f", img).Run()
+		}
 	}
 	os.Exit(code)
 }
 
 // suidImage is the Debian image with a setuid-root cat, which shows the
-// capabilities a setuid program gets (suidcat /proc/self/status).
+// capabilities a setuid program gets (suidcat /proc/self/status), and a
+// null device outside /dev, which the lazy mount must honour (dev).
 const suidImage = `FROM %s
-RUN cp /bin/cat /usr/local/bin/suidcat && chmod 4755 /usr/local/bin/suidcat
+RUN cp /bin/cat /usr/local/bin/suidcat && chmod 4755 /usr/local/bin/suidcat && mknod -m 666 /opt/null c 1 3
 `
 
 func converted(t *testing.T) (orig, boot, storeDir string) {
@@ -224,6 +228,9 @@ echo shared > /dev/shm/f && cat /dev/shm/f; ls /dev/pts; readlink /proc/self/exe
 		// Stores are tried in order: one down or not mounted is passed over.
 		{"unreachable first store", []string{"-e", "MKBOOTFS_STORE=http://127.0.0.1:1/store,/.bootfs/store"}, readAll},
 		{"missing first store", []string{"-e", "MKBOOTFS_STORE=/.bootfs/none,/.bootfs/store"}, readAll},
+		// A cache volume far smaller than what the app reads: full, it
+		// keeps no more, and every read is still served.
+		{"20 MB tmpfs cache", []string{"--mount", "type=tmpfs,destination=/.bootfs/cache,tmpfs-size=20m"}, readAll},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base := append(runFlags(storeDir), tc.flags...)
@@ -500,7 +507,7 @@ func TestWritableLayerOnAVolume(t *testing.T) {
 }
 
 func TestClearFailures(t *testing.T) {
-	_, boot, _ := converted(t)
+	_, boot, storeDir := converted(t)
 	for _, tc := range []struct {
 		name  string
 		args  []string
@@ -512,6 +519,10 @@ func TestClearFailures(t *testing.T) {
 		{"no CAP_SYS_ADMIN", []string{"run", "--rm", "--device", "/dev/fuse", boot, "true"}, []string{"operation not permitted", "--cap-add SYS_ADMIN", "apparmor=unconfined"}},
 		{"no store mounted", []string{"run", "--rm", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", boot, "true"}, []string{"/.bootfs/store"}},
 		{"loopback store", []string{"run", "--rm", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://127.0.0.1:1/store", boot, "true"}, []string{"127.0.0.1", "--network host"}},
+		// bootinit needs more than CAP_SYS_ADMIN once docker gives nothing
+		// else; the line names all it needs, which the app then loses.
+		{"--cap-drop ALL, SYS_ADMIN alone", []string{"run", "--rm", "--cap-drop", "ALL", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-v", storeDir + ":/.bootfs/store:ro", boot, "true"},
+			[]string{"--cap-drop ALL", "--cap-add SYS_ADMIN --cap-add DAC_OVERRIDE --cap-add SYS_CHROOT --cap-add SETPCAP", "the app gets none of them"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := docker(t, tc.args...)
@@ -587,41 +598,71 @@ func serveCounting(t *testing.T, storeDir string) (*countingHandler, string) {
 	return ch, ln.Addr().String()
 }
 
-func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
-	_, boot, storeDir := converted(t)
-	ch, addr := serveCounting(t, storeDir)
-	vol := "mkbootfs-e2e-cache"
-	docker(t, "volume", "rm", "-f", vol)
-	defer docker(t, "volume", "rm", "-f", vol)
+// httpStore are the docker run flags of a boot image whose chunks come
+// from the HTTP store at addr on loopback (serveCounting's), through the
+// node cache.
+func httpStore(addr string) []string {
+	return []string{"--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://" + addr}
+}
 
-	var wg sync.WaitGroup
-	results := make([]result, 3)
-	for i := range results {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
-				"-e", "MKBOOTFS_STORE=http://"+addr, "-v", vol+":/.bootfs/cache",
-				boot, "sh", "-c", "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | md5sum")
-		}()
-	}
-	wg.Wait()
-	for i, r := range results {
-		if r.code != 0 || r.stdout != results[0].stdout {
-			t.Fatalf("container %d: exit %d, %q (first: %q), stderr %s", i, r.code, r.stdout, results[0].stdout, r.stderr)
-		}
-	}
+// runCounting runs cmd in img with more docker run options, the image's
+// chunks served over HTTP from storeDir, and returns the chunks it fetched.
+func runCounting(t *testing.T, storeDir, img string, opts []string, cmd ...string) (result, map[string]int) {
+	t.Helper()
+	ch, addr := serveCounting(t, storeDir)
+	args := append(append(append([]string{"run", "--rm"}, httpStore(addr)...), opts...), img)
+	r := docker(t, append(args, cmd...)...)
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	if len(ch.gets) == 0 {
-		t.Fatal("no chunk was fetched from the HTTP store")
-	}
+	gets := map[string]int{}
 	for p, n := range ch.gets {
-		if n > 1 {
-			t.Errorf("%s fetched %d times by containers sharing one cache", p, n)
-		}
+		gets[strings.TrimSuffix(path.Base(p), ".cacnk")] = n
 	}
-	t.Logf("%d chunks fetched once each by 3 containers sharing a cache volume", len(ch.gets))
+	return r, gets
+}
+
+// TestSharedCacheFetchesEachChunkOnce starts ten, then twenty containers
+// at once on one empty cache volume, each with 64 MiB of memory: each
+// reads right, and together they fetch each chunk once.
+func TestSharedCacheFetchesEachChunkOnce(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	for _, n := range []int{10, 20} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			ch, addr := serveCounting(t, storeDir)
+			vol := "mkbootfs-e2e-cache"
+			docker(t, "volume", "rm", "-f", vol)
+			defer docker(t, "volume", "rm", "-f", vol)
+
+			var wg sync.WaitGroup
+			results := make([]result, n)
+			for i := range results {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					results[i] = docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "--memory", "64m",
+						"-e", "MKBOOTFS_STORE=http://"+addr, "-v", vol+":/.bootfs/cache",
+						boot, "sh", "-c", "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | md5sum")
+				}()
+			}
+			wg.Wait()
+			for i, r := range results {
+				if r.code != 0 || r.stdout != results[0].stdout {
+					t.Fatalf("container %d: exit %d, %q (first: %q), stderr %s", i, r.code, r.stdout, results[0].stdout, r.stderr)
+				}
+			}
+			ch.mu.Lock()
+			defer ch.mu.Unlock()
+			if len(ch.gets) == 0 {
+				t.Fatal("no chunk was fetched from the HTTP store")
+			}
+			for p, n := range ch.gets {
+				if n > 1 {
+					t.Errorf("%s fetched %d times by containers sharing one cache", p, n)
+				}
+			}
+			t.Logf("%d chunks fetched once each by %d containers sharing a cache volume", len(ch.gets), len(results))
+		})
+	}
 }
 
 func TestPrefetchAll(t *testing.T) {

@@ -69,17 +69,30 @@ func appPrivileges() (privileges, error) {
 	if err != nil {
 		return privileges{}, err
 	}
-	p := privileges{Drop: capsToDrop(status, keep)}
-	if appArmorUnconfined() {
-		p.AppArmor = os.Getenv(bootconfig.EnvAppArmor)
-		if p.AppArmor == "" {
-			p.AppArmor = defaultAppArmor
-		}
-		if p.AppArmor == "unconfined" {
-			p.AppArmor = ""
-		}
+	enabled, _ := os.ReadFile("/sys/module/apparmor/parameters/enabled")
+	label, _ := os.ReadFile("/proc/self/attr/current")
+	return privileges{Drop: capsToDrop(status, keep), AppArmor: appArmorProfile(enabled, label, os.Getenv(bootconfig.EnvAppArmor))}, nil
+}
+
+// appArmorProfile returns privileges.AppArmor: where AppArmor is on
+// (enabled is /sys/module/apparmor/parameters/enabled) and bootinit runs
+// unconfined (label is /proc/self/attr/current), as docker runs a boot
+// image on such a host told --security-opt apparmor=unconfined so that
+// bootinit may mount, the profile named by env (MKBOOTFS_APPARMOR_PROFILE),
+// docker-default unless it names one, none if it says unconfined.
+// Elsewhere none: bootinit already runs under the profile docker gave the
+// container, which the app inherits.
+func appArmorProfile(enabled, label []byte, env string) string {
+	if !bytes.HasPrefix(enabled, []byte("Y")) || strings.TrimSpace(string(label)) != "unconfined" {
+		return ""
 	}
-	return p, nil
+	switch env {
+	case "":
+		return defaultAppArmor
+	case "unconfined":
+		return ""
+	}
+	return env
 }
 
 // capsToDrop returns privileges.Drop for a process whose
@@ -126,18 +139,6 @@ func statusCaps(status []byte) (seccomp int, bounding uint64) {
 // has.
 func isPrivileged(seccomp int, bounding uint64) bool {
 	return seccomp == 0 && bounding&privilegedCaps == privilegedCaps
-}
-
-// appArmorUnconfined reports whether AppArmor is on and bootinit runs
-// unconfined: as docker runs a boot image on such a host, told
-// --security-opt apparmor=unconfined so that bootinit may mount.
-func appArmorUnconfined() bool {
-	enabled, err := os.ReadFile("/sys/module/apparmor/parameters/enabled")
-	if err != nil || !bytes.HasPrefix(enabled, []byte("Y")) {
-		return false
-	}
-	label, err := os.ReadFile("/proc/self/attr/current")
-	return err == nil && strings.TrimSpace(string(label)) == "unconfined"
 }
 
 // dropPrivileges gives this thread the app's identity and privileges: the
@@ -218,11 +219,14 @@ func dropCapabilities(mask uint64) error {
 	return nil
 }
 
-// appArmorOnExec makes the exec that follows enter AppArmor profile name.
+// appArmorOnExec makes the exec that follows, on this thread, enter
+// AppArmor profile name. The attribute is the thread's: the kernel refuses
+// (EACCES) a write to another task's, which /proc/self/attr is for any
+// thread but the main one; runc writes /proc/thread-self's too.
 func appArmorOnExec(name string) error {
-	attr := "/proc/self/attr/apparmor/exec"
+	attr := "/proc/thread-self/attr/apparmor/exec"
 	if _, err := os.Stat(attr); err != nil {
-		attr = "/proc/self/attr/exec" // before Linux 5.8
+		attr = "/proc/thread-self/attr/exec" // before Linux 5.8
 	}
 	if err := os.WriteFile(attr, []byte("exec "+name), 0); err != nil {
 		return fmt.Errorf("running the app under the AppArmor profile %s (%s=PROFILE picks another): %w", name, bootconfig.EnvAppArmor, err)

@@ -2,6 +2,9 @@ package bootinit
 
 import (
 	"fmt"
+	"os"
+	"runtime"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -38,5 +41,45 @@ func TestCapsToDrop(t *testing.T) {
 				t.Errorf("capsToDrop = %#x, want %#x", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestAppArmorProfile(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		enabled, label string
+		env, want      string
+	}{
+		{"no AppArmor", "", "", "", ""},
+		{"AppArmor off", "N\n", "unconfined\n", "", ""},
+		{"confined by docker", "Y\n", "docker-default (enforce)\n", "", ""},
+		{"confined, a profile named", "Y\n", "docker-default (enforce)\n", "my-profile", ""},
+		{"apparmor=unconfined", "Y\n", "unconfined\n", "", defaultAppArmor},
+		{"apparmor=unconfined, a profile named", "Y\n", "unconfined\n", "my-profile", "my-profile"},
+		{"apparmor=unconfined, the app too", "Y\n", "unconfined\n", "unconfined", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := appArmorProfile([]byte(tc.enabled), []byte(tc.label), tc.env); got != tc.want {
+				t.Errorf("appArmorProfile = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestAppArmorOnExecRefused: on a host without AppArmor, where no boot
+// asks for a profile, asking fails with an error naming the profile and
+// what picks another, rather than run the app unconfined.
+func TestAppArmorOnExecRefused(t *testing.T) {
+	if b, _ := os.ReadFile("/sys/module/apparmor/parameters/enabled"); len(b) > 0 && b[0] == 'Y' {
+		t.Skip("AppArmor is on: the write would set this thread's profile on exec")
+	}
+	errs := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		errs <- appArmorOnExec("docker-default")
+	}()
+	err := <-errs
+	if err == nil || !strings.Contains(err.Error(), "AppArmor profile docker-default") || !strings.Contains(err.Error(), "MKBOOTFS_APPARMOR_PROFILE") {
+		t.Errorf("appArmorOnExec without AppArmor: %v", err)
 	}
 }

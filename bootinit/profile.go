@@ -13,15 +13,34 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/imagemount"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
-// startPrefetch starts the background fetches MKBOOTFS_PREFETCH asks for;
-// the channel closes when they are done. A profile the image holds but that
+// imageProfile returns the profile the image holds, nil if none. One that
 // does not parse costs its prefetch, with a line on stderr, not the boot.
-func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store) (<-chan struct{}, error) {
+func imageProfile() *profile.Profile {
+	raw, err := os.ReadFile(bootconfig.Profile)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
+		}
+		return nil
+	}
+	p, err := profile.Parse(bytes.NewReader(raw), bootconfig.Profile)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
+		return nil
+	}
+	return p
+}
+
+// startPrefetch starts the background fetches MKBOOTFS_PREFETCH asks for,
+// of p's chunks (p: the profile the start boots with, nil if none); the
+// channel closes when they are done.
+func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store, p *profile.Profile) (<-chan struct{}, error) {
 	done := make(chan struct{})
 	mode := os.Getenv(bootconfig.EnvPrefetch)
 	switch mode {
@@ -34,17 +53,10 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	}
 	all := mode == "all"
 	var chunks []int
-	if b.treeInUse {
-		// The tree holds the profile's files: nothing of it to fetch.
-	} else if raw, err := os.ReadFile(bootconfig.Profile); err == nil {
-		if p, err := profile.Parse(bytes.NewReader(raw), bootconfig.Profile); err != nil {
-			fmt.Fprintf(os.Stderr, "bootinit: %v; booting without prefetch\n", err)
-		} else {
-			b.profile = regularFiles(p, x)
-			chunks = b.profile.Chunks(x)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintf(os.Stderr, "bootinit: reading the profile: %v; booting without prefetch\n", err)
+	// Over a tree, which holds the profile's files, nothing of it to fetch.
+	if p != nil && !b.treeInUse {
+		b.profile = imagemount.RegularFiles(p, x)
+		chunks = b.profile.Chunks(x)
 	}
 	// A store on this node (no cache over it) is as fast to read later.
 	cache, ok := st.(*store.Cache)
@@ -67,19 +79,6 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	return done, nil
 }
 
-// regularFiles is p less the paths that are not regular files in x: a
-// profile passed to convert by hand may name anything, and bootinit opens
-// what it names.
-func regularFiles(p *profile.Profile, x *index.Index) *profile.Profile {
-	out := &profile.Profile{}
-	for _, f := range p.Files {
-		if e, err := x.Resolve(f.Path); err == nil && x.Inodes[x.Entries[e].Inode].IsRegular() {
-			out.Files = append(out.Files, f)
-		}
-	}
-	return out
-}
-
 // recording is a boot access profile being recorded for MKBOOTFS_PROFILE.
 // Its directory is opened before the root is switched, and the file is
 // written when the app exits: to a temp file, synced, then renamed, so
@@ -100,7 +99,7 @@ func newRecording(x *index.Index) (*recording, error) {
 	if err != nil {
 		return nil, &exitError{exitBoot, fmt.Errorf("%s=%s: %w (mount a directory there: -v DIR:%s)", bootconfig.EnvProfile, path, err, filepath.Dir(path))}
 	}
-	return &recording{Recorder: profile.NewRecorder(x), path: path, dir: dir}, nil
+	return &recording{Recorder: profile.NewRecorder(x, profile.Limits{}), path: path, dir: dir}, nil
 }
 
 func (r *recording) save() error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -45,29 +44,37 @@ func profiledImage(t *testing.T) (img string, prof *profile.Profile, res *conver
 }
 
 func convertProfiled(boot, storeDir, target string) (*profile.Profile, *converter.Result, error) {
-	ctx := context.Background()
-	prof, err := profile.Record(ctx, profile.RecordOptions{Image: boot, Args: []string{"apt-get", "--version"}, StoreDir: storeDir, Timeout: 2 * time.Minute})
+	prof, err := profile.Record(context.Background(), profile.RecordOptions{Image: boot, Args: []string{"apt-get", "--version"}, StoreDir: storeDir, Timeout: 2 * time.Minute})
 	if err != nil {
 		return nil, nil, err
 	}
+	res, err := convertAgain(storeDir, target, converter.Options{Source: "docker-daemon:" + origImg, Profile: prof})
+	return prof, res, err
+}
+
+// convertAgain converts as opts say into the store at storeDir, which
+// convertImage made, and loads the boot image into the daemon as target.
+func convertAgain(storeDir, target string, opts converter.Options) (*converter.Result, error) {
+	ctx := context.Background()
 	s, err := local.Open(storeDir, false)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	res, err := converter.Convert(ctx, converter.Options{Source: "docker-daemon:" + origImg, Store: s, Profile: prof})
+	opts.Store = s
+	res, err := converter.Convert(ctx, opts)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// convertImage built bootinit beside the store.
 	bin, err := os.ReadFile(filepath.Join(filepath.Dir(storeDir), "bootinit"))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	img, err := converter.BootImage(ctx, res, bin, s, []string{storeDir})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return prof, res, converter.WriteImage(ctx, img, "docker-daemon:"+target)
+	return res, converter.WriteImage(ctx, img, "docker-daemon:"+target)
 }
 
 // TestProfile boots the Debian image converted with a profile of
@@ -98,18 +105,7 @@ func TestProfile(t *testing.T) {
 	// run runs cmd in the profiled image with more docker run options, and
 	// returns the chunks it fetched from the store.
 	run := func(opts []string, cmd ...string) (result, map[string]int) {
-		ch, addr := serveCounting(t, storeDir)
-		args := []string{"run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
-			"-e", "MKBOOTFS_STORE=http://" + addr, "-e", "MKBOOTFS_DEBUG=1"}
-		args = append(append(args, opts...), profiled)
-		r := docker(t, append(args, cmd...)...)
-		ch.mu.Lock()
-		defer ch.mu.Unlock()
-		gets := map[string]int{}
-		for p, n := range ch.gets {
-			gets[strings.TrimSuffix(path.Base(p), ".cacnk")] = n
-		}
-		return r, gets
+		return runCounting(t, storeDir, profiled, append([]string{"-e", "MKBOOTFS_DEBUG=1"}, opts...), cmd...)
 	}
 
 	t.Run("prefetch", func(t *testing.T) {
@@ -302,6 +298,7 @@ func TestProfile(t *testing.T) {
 		for env, want := range map[string]string{
 			"MKBOOTFS_PREFETCH=some":                "MKBOOTFS_PREFETCH=\"some\": want profile (the default), all or none",
 			"MKBOOTFS_TREE=no":                      "MKBOOTFS_TREE=\"no\": want on (the default) or off",
+			"MKBOOTFS_LEARN=11m":                    "MKBOOTFS_LEARN=\"11m\": want on (the default: record the first 20s of a start), off, or how long",
 			"MKBOOTFS_PROFILE=/no/such/dir/profile": "MKBOOTFS_PROFILE=/no/such/dir/profile: open /no/such/dir: no such file or directory (mount a directory there",
 		} {
 			r, _ := run([]string{"-e", env}, "true")

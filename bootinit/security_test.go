@@ -8,10 +8,12 @@ import (
 )
 
 // capsAndDevices prints what the app may do: its capabilities in every
-// set, a setuid-root program's, and the devices it is given.
+// set, a setuid-root program's, the devices it is given, and whether the
+// image's own device node opens.
 const capsAndDevices = `grep -e ^Cap -e ^NoNewPrivs /proc/self/status
 echo setuid:; suidcat /proc/self/status | grep -e ^CapPrm -e ^CapEff
-ls /dev`
+ls /dev
+echo x > /opt/null && echo "the image's device node opens"`
 
 // dropAllFlags are what a boot image needs besides SYS_ADMIN with
 // --cap-drop ALL.
@@ -36,6 +38,10 @@ func TestPrivilegesLikeTheOriginal(t *testing.T) {
 		{"--cap-drop ALL", []string{"--cap-drop", "ALL"}, dropAllFlags},
 		{"--cap-drop ALL, nobody", []string{"--cap-drop", "ALL", "-u", "nobody"}, dropAllFlags},
 		{"--cap-drop NET_RAW", []string{"--cap-drop", "NET_RAW"}, nil},
+		// Every capability and the host's devices, /dev/fuse among them:
+		// bootinit takes none away.
+		{"--privileged", []string{"--privileged"}, nil},
+		{"--privileged, nobody", []string{"--privileged", "-u", "nobody"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base := append([]string{"run", "--rm"}, tc.flags...)

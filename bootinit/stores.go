@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
+	"github.com/mkbootfs/mkbootfs/imagemount"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -43,42 +45,32 @@ func openStores(cfg *bootconfig.Config) (store.Store, error) {
 	if len(urls) == 0 {
 		return nil, fmt.Errorf("no chunk store: the boot config records none; set -e %s=URL", bootconfig.EnvStore)
 	}
-	remote, err := location.OpenList(context.Background(), urls, location.Options{Timeout: 30 * time.Second, Parallelism: 8, RegistryAuth: bootconfig.AuthFile})
-	if err != nil {
-		return nil, fmt.Errorf("%w%s", err, localHint(urls, err))
+	opt := imagemount.Options{
+		Cache:  bootconfig.CacheDir,
+		Log:    func(s string) { fmt.Fprintln(os.Stderr, "bootinit:", s) },
+		Stores: location.Options{RegistryAuth: bootconfig.AuthFile},
 	}
-	allLocal := true
-	for _, u := range urls {
-		allLocal = allLocal && isLocal(u)
+	if !slices.ContainsFunc(urls, func(u string) bool { return !isLocal(u) }) {
+		opt.Cache = "" // already on this node: a cache would only copy it
 	}
-	if allLocal {
-		return remote, nil // already on this node: a cache would only copy it
-	}
-	opt := nodecache.Options{Log: func(s string) { fmt.Fprintln(os.Stderr, "bootinit:", s) }}
-	if v := os.Getenv(bootconfig.EnvCacheSize); v != "" {
-		if opt.MaxSize, err = nodecache.ParseSize(v, bootconfig.CacheDir); err != nil || opt.MaxSize < 1<<20 {
-			remote.Close()
+	if v := os.Getenv(bootconfig.EnvCacheSize); v != "" && opt.Cache != "" {
+		var err error
+		if opt.CacheSize, err = nodecache.ParseSize(v, bootconfig.CacheDir); err != nil || opt.CacheSize < 1<<20 {
 			return nil, &exitError{exitBoot, fmt.Errorf("%s=%q: want a size of 1M or more, such as 30M, 2G or 10%% (of the cache volume's filesystem)", bootconfig.EnvCacheSize, v)}
 		}
 	}
-	c, err := nodecache.Open(bootconfig.CacheDir, remote, opt)
+	st, err := imagemount.Open(context.Background(), urls, opt)
 	if err != nil {
-		remote.Close()
-		return nil, fmt.Errorf("chunk cache: %w", err)
+		return nil, fmt.Errorf("%w%s", err, localHint(urls, err))
 	}
-	return c, nil
+	return st, nil
 }
 
 // checkStore fails the boot early, with a clear message, when the first
 // chunk cannot be had: a wrong or unreachable store otherwise shows up as
 // I/O errors in the app.
 func checkStore(x *index.Index, st store.Store, urls []string) error {
-	if len(x.Chunks) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	_, err := store.Load(ctx, st, store.ID(x.Chunks[0].ID))
+	err := imagemount.Check(context.Background(), x, st, 2*time.Minute)
 	if err == nil {
 		return nil
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/boottree"
 	"github.com/mkbootfs/mkbootfs/extract"
+	"github.com/mkbootfs/mkbootfs/imagemount"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/profile"
@@ -183,7 +184,7 @@ func mountProc() error {
 // profileEntries are the entries of the profile's regular files.
 func profileEntries(p *profile.Profile, x *index.Index) []uint32 {
 	var entries []uint32
-	for _, f := range regularFiles(p, x).Files {
+	for _, f := range imagemount.RegularFiles(p, x).Files {
 		if e, err := x.Resolve(f.Path); err == nil {
 			entries = append(entries, e)
 		}

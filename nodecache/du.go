@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -49,9 +48,10 @@ type Tree struct {
 
 // Profile is a learned profile in the cache.
 type Profile struct {
-	Name     string    `json:"name"`
-	Bytes    int64     `json:"bytes"`
-	Modified time.Time `json:"modified"`
+	Name    string    `json:"name"`
+	Source  string    `json:"source,omitempty"` // the image it was learned from, when known
+	Bytes   int64     `json:"bytes"`
+	LastUse time.Time `json:"last_use"` // learned, or read by a start
 }
 
 // ErrNotCache is wrapped by the error for a directory that holds files
@@ -157,19 +157,17 @@ func (u *Usage) treesAndProfiles(dir string) error {
 		u.Trees = append(u.Trees, Tree{Name: t.Name, Source: t.Source, Bytes: t.Bytes, Files: t.Files, LastUse: t.LastUse, InUse: use})
 	}
 	slices.SortFunc(u.Trees, func(a, b Tree) int { return b.LastUse.Compare(a.LastUse) })
-	ents, err := os.ReadDir(filepath.Join(dir, profilesDir))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	ps, temp, _, err := listProfiles(dir, false, time.Time{})
+	if err != nil {
 		return fmt.Errorf("cache %s: profiles: %w", dir, err)
 	}
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil || !fi.Mode().IsRegular() {
-			continue
-		}
-		p := Profile{Name: e.Name(), Bytes: diskBytes(fi.Size()), Modified: fi.ModTime()}
-		u.Profiles = append(u.Profiles, p)
-		u.Total += p.Bytes
+	for _, p := range ps {
+		u.Profiles = append(u.Profiles, Profile{Name: p.name, Source: profileSource(p.path), Bytes: p.bytes, LastUse: p.mtime})
+		u.Total += p.bytes
 	}
+	u.Temp.Files += temp.Files
+	u.Temp.Bytes += temp.Bytes
+	u.Total += temp.Bytes
 	return nil
 }
 

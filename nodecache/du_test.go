@@ -17,7 +17,7 @@ import (
 // aCache makes a cache at dir with 64 chunks (last used one a minute
 // apart, two days ago), three trees ("old" and "used" three days ago,
 // "used" held in use until the test ends, "new" now), a profile, a
-// foreign file and a stale temporary chunk.
+// foreign file, a stale temporary chunk and a stale temporary profile.
 func aCache(t *testing.T, dir string) {
 	t.Helper()
 	ids := cached(t, dir, 64)
@@ -44,6 +44,11 @@ func aCache(t *testing.T, dir string) {
 	tmp := l.Path(ids[1]) + ".0123456789abcdef.tmp"
 	os.WriteFile(tmp, []byte("half"), 0o644)
 	os.Chtimes(tmp, old, old)
+	// A learned profile a killed start left half written (atomicfile's
+	// temporary name).
+	ptmp := ProfilePath(dir, ".img.tmp123456")
+	os.WriteFile(ptmp, []byte("mkbootfs prof"), 0o644)
+	os.Chtimes(ptmp, old, old)
 }
 
 func TestDu(t *testing.T) {
@@ -54,7 +59,7 @@ func TestDu(t *testing.T) {
 		t.Fatal(err)
 	}
 	if u.Chunks.Files != 64 || u.Chunks.Bytes < 64*chunkSize || len(u.Trees) != 3 || len(u.Profiles) != 1 ||
-		u.Foreign.Files != 1 || u.Temp.Files != 1 {
+		u.Foreign.Files != 1 || u.Temp.Files != 2 || u.Profiles[0].Name != "img" {
 		t.Fatalf("du: %+v", u)
 	}
 	byName := map[string]Tree{}
@@ -67,8 +72,9 @@ func TestDu(t *testing.T) {
 	if u.Trees[0].Name != "new" {
 		t.Errorf("trees not most recently used first: %+v", u.Trees)
 	}
-	// Du changes nothing: the stale temporary chunk is still there.
-	if u2, _ := Du(context.Background(), dir); u2.Temp.Files != 1 {
+	// Du changes nothing: the stale temporary chunk and profile are still
+	// there.
+	if u2, _ := Du(context.Background(), dir); u2.Temp.Files != 2 {
 		t.Error("du removed a temporary file")
 	}
 }
@@ -126,7 +132,7 @@ func TestPrune(t *testing.T) {
 	if names["old"] || !names["used"] || !names["new"] || len(p.InUse) != 1 || p.InUse[0] != "used" {
 		t.Errorf("trees left: %v, kept in use: %v", names, p.InUse)
 	}
-	if after.Chunks.Files > 40 || after.Chunks.Files < 24 || after.Foreign.Files != 1 || after.Temp.Files != 0 || p.StaleTemps != 1 {
+	if after.Chunks.Files > 40 || after.Chunks.Files < 24 || after.Foreign.Files != 1 || after.Temp.Files != 0 || p.StaleTemps != 2 {
 		t.Errorf("after: %+v; pruned %+v", after, p)
 	}
 	r := readAccount(t, dir)

@@ -95,6 +95,10 @@ func TestSweep(t *testing.T) {
 	os.WriteFile(ProfilePath(dir, "p-old"), []byte("mkbootfs profile 1\n"), 0o644)
 	os.Chtimes(ProfilePath(dir, "p-old"), old, old)
 	os.WriteFile(ProfilePath(dir, "p-new"), []byte("mkbootfs profile 1\n"), 0o644)
+	for _, tmp := range []string{".p-killed.tmp1", ".p-writing.tmp2"} {
+		os.WriteFile(ProfilePath(dir, tmp), []byte("mkbootfs prof"), 0o644)
+	}
+	os.Chtimes(ProfilePath(dir, ".p-killed.tmp1"), old, old)
 	a, _ := openAccount(dir)
 	defer a.Close()
 	if err := sweep(context.Background(), dir, a, DefaultMaxAge); err != nil {
@@ -109,8 +113,8 @@ func TestSweep(t *testing.T) {
 	if strings.Join(left, " ") != want {
 		t.Errorf("trees/ holds %q, want %q", strings.Join(left, " "), want)
 	}
-	if _, err := os.Stat(ProfilePath(dir, "p-old")); err == nil {
-		t.Error("a profile unused for 10 days is still there")
+	if ents, _ := os.ReadDir(ProfilePath(dir, "")); len(ents) != 2 || ents[0].Name() != ".p-writing.tmp2" || ents[1].Name() != "p-new" {
+		t.Errorf("profiles/ holds %v, want .p-writing.tmp2 (being written) and p-new: not p-old, unused for 10 days, nor the temporary file a killed start left", ents)
 	}
 	r, _ := a.read()
 	if r.TreeCount != 2 || r.ProfileCount != 1 || r.Trees < 2<<16 || r.SweptAt == 0 {

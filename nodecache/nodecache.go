@@ -13,7 +13,8 @@
 //	trees/NAME.failed      why tree NAME could not be made (bootinit)
 //	trees/.tmp-*           trees being made; trees/.trash-* trees being removed
 //	trees/.aside-*         trees that failed their check, kept a day to be looked at
-//	profiles/NAME          learned profiles (plain text)
+//	profiles/NAME          learned profiles (plain text; package profile)
+//	profiles/.NAME.tmp*    learned profiles being written, then renamed
 //
 // Many processes share it; none of them ever sees half a chunk or half a
 // tree, and a tree a running container has stacked is never removed.

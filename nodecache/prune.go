@@ -88,8 +88,8 @@ func Prune(ctx context.Context, dir string, opt PruneOptions) (*Pruned, error) {
 			live = append(live, t)
 		}
 	}
-	profiles, profileBytes := p.pruneProfiles(dir, now, opt.MaxAge)
-	p.Before += profileBytes
+	profiles, profileCount, profilesBefore := p.pruneProfiles(dir, now, opt.MaxAge)
+	p.Before += profilesBefore
 
 	prefixes, err := chunkPrefixes(dir)
 	if err != nil {
@@ -99,7 +99,7 @@ func Prune(ctx context.Context, dir string, opt PruneOptions) (*Pruned, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.StaleTemps = w.staleTemps
+	p.StaleTemps += w.staleTemps
 	p.Foreign = Count{Files: w.foreign, Bytes: w.foreignBytes}
 	p.Before += w.bytes
 	total := w.bytes + profiles
@@ -172,7 +172,7 @@ func Prune(ctx context.Context, dir string, opt PruneOptions) (*Pruned, error) {
 				r.Shards[s] = shardRec{Bytes: shardBytes[s], Files: shardFiles[s], CountedAt: now.Unix(), Cutoff: r.Shards[s].Cutoff}
 			}
 			r.Trees, r.TreeCount = treeBytes, treeCount
-			r.Profiles, r.ProfileCount = profiles, int64(len(profilesLeft(dir)))
+			r.Profiles, r.ProfileCount = profiles, profileCount
 			r.SweptAt, r.RecountAt = now.Unix(), now.Unix()
 		})
 	}
@@ -201,29 +201,17 @@ func (p *Pruned) removeTree(dir string, t treeInfo) bool {
 	return false
 }
 
-// pruneProfiles removes the profiles unused for maxAge (none when 0) and
-// returns the bytes of those left, and of all before.
-func (p *Pruned) pruneProfiles(dir string, now time.Time, maxAge time.Duration) (left, before int64) {
-	pdir := filepath.Join(dir, profilesDir)
-	ents, _ := os.ReadDir(pdir)
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil || !fi.Mode().IsRegular() {
-			continue
-		}
-		b := diskBytes(fi.Size())
-		before += b
-		if maxAge > 0 && now.Sub(fi.ModTime()) > maxAge && os.Remove(filepath.Join(pdir, e.Name())) == nil {
-			p.Profiles = append(p.Profiles, e.Name())
-			p.ProfileBytes += b
-			continue
-		}
-		left += b
+// pruneProfiles removes the profiles unused for maxAge (none when 0), and
+// the temporary ones killed starts left; it returns the bytes and count of
+// those left, and the bytes of all before.
+func (p *Pruned) pruneProfiles(dir string, now time.Time, maxAge time.Duration) (left, count, before int64) {
+	ps, temp, stale, _ := listProfiles(dir, true, now)
+	p.StaleTemps += stale
+	removed, kept := removeProfiles(dir, ps, now, maxAge)
+	for _, r := range removed {
+		p.Profiles = append(p.Profiles, r.name)
 	}
-	return left, before
-}
-
-func profilesLeft(dir string) []string {
-	names, _ := readDirNames(filepath.Join(dir, profilesDir))
-	return names
+	p.ProfileBytes = profileBytes(removed)
+	left = profileBytes(kept) + temp.Bytes
+	return left, int64(len(kept)), left + p.ProfileBytes
 }

@@ -235,26 +235,10 @@ func boolInt(b bool) time.Duration {
 	return 0
 }
 
-// sweepProfiles removes the profiles unused for maxAge and counts the
-// others.
+// sweepProfiles removes the profiles unused for maxAge and the temporary
+// ones killed starts left, and counts the others.
 func sweepProfiles(dir string, now time.Time, maxAge time.Duration) (bytes, count int64) {
-	pdir := filepath.Join(dir, profilesDir)
-	ents, err := os.ReadDir(pdir)
-	if err != nil {
-		return 0, 0
-	}
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil || !fi.Mode().IsRegular() {
-			continue
-		}
-		if now.Sub(fi.ModTime()) > maxAge && validName(e.Name()) {
-			if os.Remove(filepath.Join(pdir, e.Name())) == nil {
-				continue
-			}
-		}
-		bytes += diskBytes(fi.Size())
-		count++
-	}
-	return bytes, count
+	ps, _, _, _ := listProfiles(dir, true, now)
+	_, left := removeProfiles(dir, ps, now, maxAge)
+	return profileBytes(left), int64(len(left))
 }

@@ -22,6 +22,7 @@ package profile
 import (
 	"bufio"
 	"cmp"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -94,17 +95,38 @@ func (p *Profile) WriteTo(w io.Writer) (int64, error) {
 
 // Parse reads a profile in the text format. name names it in errors.
 func Parse(r io.Reader, name string) (*Profile, error) {
+	return Limits{}.Parse(r, name)
+}
+
+// maxLine bounds a line of a profile: a path with a few thousand ranges.
+const maxLine = 16 << 20
+
+// Parse reads a profile in the text format, and fails on one past l, having
+// read at most l.Size+1 bytes of r. name names it in errors.
+func (l Limits) Parse(r io.Reader, name string) (*Profile, error) {
+	lineMax := maxLine
+	if l.Size > 0 {
+		r = io.LimitReader(r, l.Size+1)
+		lineMax = int(min(l.Size+1, maxLine))
+	}
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	sc.Buffer(make([]byte, min(64<<10, lineMax)), lineMax)
 	p := &Profile{}
 	seen := map[string]bool{}
-	line := 0
+	line, ranges := 0, 0
+	var size, bytes int64
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("profile %s, line %d: %s (record a profile with MKBOOTFS_PROFILE, or `mkbootfs convert --profile`)", name, line, fmt.Sprintf(format, a...))
 	}
 	for sc.Scan() {
 		line++
 		text := sc.Text()
+		size += int64(len(text)) + 1
+		// The newline a last line may lack is counted: a profile written
+		// by WriteTo has it.
+		if over := l.exceeded(len(p.Files), ranges, bytes, size); over != "" {
+			return nil, bad("%s", over)
+		}
 		if line == 1 {
 			if text != header && text != header+staticMark {
 				return nil, bad("starts with %q, not %q", trim(text), header)
@@ -128,18 +150,28 @@ func Parse(r io.Reader, name string) (*Profile, error) {
 		seen[path] = true
 		f := File{Path: path}
 		for _, field := range strings.Fields(rest) {
-			off, l, ok := strings.Cut(field, "+")
+			off, length, ok := strings.Cut(field, "+")
 			o, err1 := strconv.ParseInt(off, 10, 64)
-			n, err2 := strconv.ParseInt(l, 10, 64)
+			n, err2 := strconv.ParseInt(length, 10, 64)
 			if !ok || err1 != nil || err2 != nil || o < 0 || n <= 0 || o > (1<<62)-n {
 				return nil, bad("range %q is not OFFSET+LENGTH", trim(field))
 			}
 			f.Ranges = append(f.Ranges, Range{o, n})
 		}
+		ranges += len(f.Ranges)
 		f.Ranges = merge(f.Ranges)
+		for _, r := range f.Ranges {
+			bytes = min(bytes+r.Len, 1<<61) // a range is at most 2^62: saturates, never overflows
+		}
 		p.Files = append(p.Files, f)
+		if over := l.exceeded(len(p.Files), ranges, bytes, size); over != "" {
+			return nil, bad("%s", over)
+		}
 	}
-	if err := sc.Err(); err != nil {
+	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+		line++
+		return nil, bad("longer than %d bytes", lineMax-1)
+	} else if err != nil {
 		return nil, fmt.Errorf("profile %s: %w", name, err)
 	}
 	if line == 0 {
@@ -253,38 +285,78 @@ func (p *Profile) Chunks(x *index.Index) []int {
 // Recorder builds a profile from the reads of a mount: lazyfs calls Read
 // for each read it serves.
 type Recorder struct {
-	x *index.Index
+	x      *index.Index
+	limits Limits
 
 	mu      sync.Mutex
+	stopped bool
 	order   []uint32           // inodes, in first-read order
-	entries map[uint32]uint32  // inode → the entry it was first read through
+	paths   map[uint32]string  // inode → the path it was first read through
 	ranges  map[uint32][]Range // inode → its reads, unmerged
+	// nranges, bytes and size count what the profile holds, and its text
+	// at most (each range counted at its widest, rangeText).
+	nranges     int
+	bytes, size int64
 }
 
-// NewRecorder returns a recorder of reads of x's files.
-func NewRecorder(x *index.Index) *Recorder {
-	return &Recorder{x: x, entries: map[uint32]uint32{}, ranges: map[uint32][]Range{}}
+// rangeText is the most text one range takes: " OFFSET+LENGTH".
+const rangeText = len(" 9223372036854775807+9223372036854775807")
+
+// NewRecorder returns a recorder of reads of x's files, within l.
+func NewRecorder(x *index.Index, l Limits) *Recorder {
+	return &Recorder{x: x, limits: l, paths: map[uint32]string{}, ranges: map[uint32][]Range{}, size: int64(len(header)) + 1}
 }
 
-// Read records a read of n bytes at off of inode ino, through entry.
+// Read records a read of n bytes at off of inode ino, through entry. A read
+// that would take the profile past the recorder's limits stops it: what it
+// keeps is the start's first reads, whole.
 func (r *Recorder) Read(ino, entry uint32, off int64, n int) {
 	if n <= 0 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.entries[ino]; !ok {
-		r.entries[ino] = entry
-		r.order = append(r.order, ino)
+	if r.stopped {
+		return
+	}
+	files, size := len(r.order), r.size
+	path, known := r.paths[ino]
+	if !known {
+		path = r.x.Path(entry)
+		files++
+		size += int64(len(strconv.Quote(path))) + 1
 	}
 	rs := r.ranges[ino]
 	// Sequential reads extend the last range rather than grow the list.
-	if k := len(rs) - 1; k >= 0 && rs[k].Off+rs[k].Len == off {
+	k := len(rs) - 1
+	extends := k >= 0 && rs[k].Off+rs[k].Len == off
+	ranges := r.nranges
+	if !extends {
+		ranges++
+		size += int64(rangeText)
+	}
+	if r.limits.exceeded(files, ranges, r.bytes+int64(n), size) != "" {
+		r.stopped = true
+		return
+	}
+	if !known {
+		r.paths[ino] = path
+		r.order = append(r.order, ino)
+	}
+	if extends {
 		rs[k].Len += int64(n)
 	} else {
 		rs = append(rs, Range{off, int64(n)})
 	}
 	r.ranges[ino] = rs
+	r.nranges, r.bytes, r.size = ranges, r.bytes+int64(n), size
+}
+
+// Stop ends the recording: later reads are not recorded.
+func (r *Recorder) Stop() {
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
 }
 
 // Profile returns what has been recorded so far.
@@ -294,7 +366,7 @@ func (r *Recorder) Profile() *Profile {
 	p := &Profile{}
 	for _, ino := range r.order {
 		p.Files = append(p.Files, File{
-			Path:   r.x.Path(r.entries[ino]),
+			Path:   r.paths[ino],
 			Ranges: merge(slices.Clone(r.ranges[ino])),
 		})
 	}

@@ -100,7 +100,7 @@ func TestParseRejects(t *testing.T) {
 
 func TestRecorder(t *testing.T) {
 	x := testIndex(t)
-	r := NewRecorder(x)
+	r := NewRecorder(x, Limits{})
 	b, _ := x.Resolve("dir/b")
 	a, _ := x.Resolve("a")
 	ino := func(e uint32) uint32 { return x.Entries[e].Inode }

@@ -19,13 +19,11 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/mkbootfs/mkbootfs/bootimage"
+	"github.com/mkbootfs/mkbootfs/imagemount"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
-	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/location"
@@ -58,9 +56,6 @@ const (
 	// storeCheck bounds the fetch of the image's first chunk, which fails
 	// a mount whose stores cannot serve it before a container reads it.
 	storeCheck = 20 * time.Second
-	// prefetchWorkers fetch the profile's chunks at once: what a start is
-	// about to read, so many at once hide the link's latency.
-	prefetchWorkers = 8
 )
 
 // mountConfig is what a mount process is told, in mkbootfs/mount.json.
@@ -68,6 +63,7 @@ type mountConfig struct {
 	Image     string `json:"image"`                // the boot image, for messages
 	Cache     string `json:"cache"`                // the node cache directory
 	CacheSize int64  `json:"cache_size,omitempty"` // its bound; 0: nodecache's default
+	HostsDir  string `json:"hosts_dir,omitempty"`  // containerd's hosts configuration, for oci:// stores
 }
 
 // ServeMount is the mount process of the boot snapshot at dir
@@ -89,6 +85,7 @@ func ServeMount(dir string, status *os.File) error {
 }
 
 func serveMount(dir string, status *os.File) error {
+	started := time.Now()
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(lazyfs.MemoryLimit)
 	}
@@ -120,7 +117,7 @@ func serveMount(dir string, status *os.File) error {
 		return err
 	}
 	defer m.close()
-	logger.Printf("mounted %s (%d entries) at %s from %s", cfg.Image, len(b.Index.Entries), m.srv.Dir(), m.st)
+	logger.Printf("mounted %s (%d entries) at %s from %s in %v", cfg.Image, len(b.Index.Entries), m.srv.Dir(), m.st, time.Since(started).Round(time.Millisecond))
 	stats, err := serveStats(filepath.Join(state, statsSocket), m)
 	if err != nil {
 		m.srv.Unmount()
@@ -160,11 +157,11 @@ func readLayer(path, image string) (*bootimage.Boot, error) {
 // imageMount is a boot image's tree mounted lazily, through the node
 // cache, its profile prefetched.
 type imageMount struct {
-	srv      *lazyfs.Server
-	st       store.Store
-	stores   []*countingStore
-	cancel   context.CancelFunc
-	prefetch sync.WaitGroup
+	srv     *lazyfs.Server
+	st      store.Store
+	stores  []*countingStore
+	cancel  context.CancelFunc
+	fetches sync.WaitGroup // the check and the prefetch
 }
 
 // mountImage mounts the tree of b at point: its chunks read from the
@@ -175,62 +172,56 @@ func mountImage(b *bootimage.Boot, point string, cfg mountConfig, logger *log.Lo
 		return nil, fmt.Errorf("%s: the boot image records no chunk store", cfg.Image)
 	}
 	m := &imageMount{}
-	remote, err := location.OpenList(context.Background(), b.Stores, location.Options{
-		Timeout: 30 * time.Second, Parallelism: prefetchWorkers,
-		Wrap: func(loc string, s store.Store) store.Store {
-			c := &countingStore{Store: s, url: loc}
-			m.stores = append(m.stores, c)
-			return c
+	// Bounded, and shared by every mount of the node (and by bootinit's
+	// containers, should they mount the same directory).
+	st, err := imagemount.Open(context.Background(), b.Stores, imagemount.Options{
+		Cache: cfg.Cache, CacheSize: cfg.CacheSize, Log: func(s string) { logger.Print(s) },
+		Stores: location.Options{
+			RegistryHost: chunkRegistries(cfg.HostsDir, imagemount.ProfileWorkers),
+			Wrap: func(loc string, s store.Store) store.Store {
+				c := &countingStore{Store: s, url: loc}
+				m.stores = append(m.stores, c)
+				return c
+			},
 		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: its chunk stores: %w", cfg.Image, err)
 	}
-	// Bounded, and shared by every mount of the node (and by bootinit's
-	// containers, should they mount the same directory).
-	cache, err := nodecache.Open(cfg.Cache, remote, nodecache.Options{MaxSize: cfg.CacheSize, Log: func(s string) { logger.Print(s) }})
-	if err != nil {
-		remote.Close()
-		return nil, fmt.Errorf("node cache: %w", err)
-	}
+	cache := st.(*store.Cache)
 	m.st = cache
-	if err := checkStores(b.Index, cache); err != nil {
-		cache.Close()
-		return nil, fmt.Errorf("%s: the chunk stores %s cannot serve it: %w", cfg.Image, strings.Join(b.Stores, ", "), err)
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	// The check and the profile's chunks are fetched while the tree is
+	// mounted: a start waits for the link's round trips once, not in turn.
+	checked := make(chan error, 1)
+	m.fetches.Go(func() { checked <- imagemount.Check(ctx, b.Index, cache, storeCheck) })
+	if chunks := profileChunks(b, logger, cfg.Image); len(chunks) > 0 {
+		m.fetches.Go(func() { prefetch(ctx, b.Index, cache, chunks, logger) })
 	}
 	f := lazyfs.New(b.Index, cache, lazyfs.Options{Log: logger, ReadaheadWithinFiles: true})
 	// nosuid,nodev, as every host mount of an image: the container's
 	// overlay over it honours the image's setuid bits and device nodes.
 	m.srv, err = lazyfs.Mount(point, f, lazyfs.MountOptions{AllowOther: true, FsName: "mkbootfs", MaxReadAhead: profile.ReadAround, DirectOnly: true})
-	if err != nil {
-		cache.Close()
-		return nil, err
+	if err == nil {
+		if err = <-checked; err != nil {
+			m.srv.Unmount()
+			err = fmt.Errorf("%s: the chunk stores %s cannot serve it: %w", cfg.Image, strings.Join(b.Stores, ", "), err)
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
-	if chunks := profileChunks(b, logger, cfg.Image); len(chunks) > 0 {
-		m.prefetch.Go(func() { prefetch(ctx, b.Index, cache, chunks, logger) })
+	if err != nil {
+		m.close()
+		return nil, err
 	}
 	return m, nil
 }
 
-// close stops the prefetch and closes the stores, once unmounted.
+// close stops the check and the prefetch and closes the stores, once
+// unmounted.
 func (m *imageMount) close() {
 	m.cancel()
-	m.prefetch.Wait()
+	m.fetches.Wait()
 	m.st.Close()
-}
-
-// checkStores fetches the image's first chunk: stores that are down, or
-// do not hold the image, fail the mount rather than the app's reads.
-func checkStores(x *index.Index, st store.Store) error {
-	if len(x.Chunks) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeCheck)
-	defer cancel()
-	_, err := store.Load(ctx, st, store.ID(x.Chunks[0].ID))
-	return err
 }
 
 // profileChunks returns the chunks of the image's profile, in the order
@@ -244,26 +235,16 @@ func profileChunks(b *bootimage.Boot, logger *log.Logger, image string) []int {
 		logger.Printf("%v; no prefetch", err)
 		return nil
 	}
-	return p.Chunks(b.Index)
+	return imagemount.RegularFiles(p, b.Index).Chunks(b.Index)
 }
 
-// prefetch fetches the chunks into the cache, prefetchWorkers at once,
-// in order; failures are left to the reads that need them.
+// prefetch fetches the chunks into the cache, in order; failures are
+// left to the reads that need them.
 func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, chunks []int, logger *log.Logger) {
 	start := time.Now()
-	var g errgroup.Group
-	g.SetLimit(prefetchWorkers)
-	seen := map[[32]byte]bool{}
-	for _, i := range chunks {
-		id := x.Chunks[i].ID
-		if seen[id] || ctx.Err() != nil {
-			continue
-		}
-		seen[id] = true
-		g.Go(func() error { return cache.Fetch(ctx, store.ID(id)) })
-	}
-	err := g.Wait()
-	logger.Printf("prefetched the profile's %d chunks in %v (%v)", len(seen), time.Since(start).Round(time.Millisecond), err)
+	ids := imagemount.IDs(x, chunks, map[store.ID]bool{})
+	fetched, failed := imagemount.Fetch(ctx, cache, ids, imagemount.ProfileWorkers)
+	logger.Printf("prefetched the profile's %d chunks in %v (%d fetched, %d failed)", len(ids), time.Since(start).Round(time.Millisecond), fetched, failed)
 }
 
 // countingStore counts what one store of a mount fetched, for metrics.

@@ -44,6 +44,7 @@ type mounts struct {
 	cmd       []string // the mount process's command; the snapshot's directory is appended
 	cache     string   // the node cache
 	cacheSize int64    // its bound; 0: nodecache's default
+	hostsDir  string   // containerd's hosts configuration; "": none
 	log       *log.Logger
 
 	mu sync.Mutex
@@ -154,7 +155,7 @@ func (ms *mounts) start(ctx context.Context, lm *lazyMount) error {
 	if _, err := lazyfs.RecoverStale(lm.point()); err != nil {
 		return err
 	}
-	cfg, err := json.Marshal(mountConfig{Image: lm.image, Cache: ms.cache, CacheSize: ms.cacheSize})
+	cfg, err := json.Marshal(mountConfig{Image: lm.image, Cache: ms.cache, CacheSize: ms.cacheSize, HostsDir: ms.hostsDir})
 	if err != nil {
 		return err
 	}

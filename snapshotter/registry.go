@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
+	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -25,6 +27,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/mkbootfs/mkbootfs/bootimage"
+	"github.com/mkbootfs/mkbootfs/store/ocistore"
 )
 
 // Bounds on what is read from a registry.
@@ -54,13 +57,58 @@ type ownLayer struct {
 // config_path, one HOST/hosts.toml each; "" for none) and credentials
 // from docker's config (DOCKER_CONFIG, else ~/.docker/config.json).
 func newRegistry(hostsDir string) *registry {
+	return &registry{
+		resolver: docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(context.Background(), hostOptions(hostsDir))}),
+		images:   map[digest.Digest]ownLayer{},
+	}
+}
+
+// hostOptions is containerd's hosts configuration at hostsDir ("" for
+// none), with docker's credentials.
+func hostOptions(hostsDir string) config.HostOptions {
 	opts := config.HostOptions{Credentials: dockerCredentials}
 	if hostsDir != "" {
 		opts.HostDir = config.HostDirFromRoot(hostsDir)
 	}
-	return &registry{
-		resolver: docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(context.Background(), opts)}),
-		images:   map[digest.Digest]ownLayer{},
+	return opts
+}
+
+// chunkRegistries returns how a mount's oci:// chunk stores reach their
+// registry: as containerd's hosts configuration at hostsDir says (its
+// scheme, TLS settings and header: a login, say) of a registry it names,
+// with parallelism connections kept alive; else by the registry's name
+// alone, as a chunk store does anywhere.
+func chunkRegistries(hostsDir string, parallelism int) func(string) (ocistore.Host, error) {
+	return func(registry string) (ocistore.Host, error) {
+		if hostsDir == "" {
+			return ocistore.Host{}, nil
+		}
+		dir, err := config.HostDirFromRoot(hostsDir)(registry)
+		if errdefs.IsNotFound(err) || err == nil && dir == "" {
+			return ocistore.Host{}, nil
+		}
+		if err != nil {
+			return ocistore.Host{}, fmt.Errorf("containerd's hosts configuration of %s: %w", registry, err)
+		}
+		opts := hostOptions(hostsDir)
+		opts.UpdateClient = func(c *http.Client) error {
+			if tr, ok := c.Transport.(*http.Transport); ok {
+				tr.MaxIdleConnsPerHost = parallelism
+				tr.DisableCompression = true // chunks are zstd already
+			}
+			return nil
+		}
+		hosts, err := config.ConfigureHosts(context.Background(), opts)(registry)
+		if err != nil {
+			return ocistore.Host{}, fmt.Errorf("containerd's hosts configuration of %s: %w", registry, err)
+		}
+		// The registry's own entry: a mirror does not hold its chunks.
+		for _, h := range hosts {
+			if h.Host == registry && h.Path == "/v2" && h.Capabilities.Has(docker.HostCapabilityPull) {
+				return ocistore.Host{Scheme: h.Scheme, Transport: h.Client.Transport, Header: h.Header}, nil
+			}
+		}
+		return ocistore.Host{}, nil
 	}
 }
 

@@ -53,8 +53,9 @@ type Options struct {
 	// ("20G", "10%"); empty: nodecache's default for its filesystem.
 	CacheSize string
 	// HostsDir is containerd's registry hosts configuration (its
-	// config_path: HOST/hosts.toml), for mirrors, plain HTTP and TLS;
-	// empty: none.
+	// config_path: HOST/hosts.toml), for mirrors, plain HTTP, TLS and
+	// headers, of the boot images and of their chunk stores in a
+	// registry; empty: none.
 	HostsDir string
 	// MountCommand runs a mount process (ServeMount) when the snapshot's
 	// directory is appended: `mkbootfs snapshotter mount`.
@@ -119,7 +120,7 @@ func New(opts Options) (*Snapshotter, error) {
 	s := &Snapshotter{
 		Snapshotter: ov, ms: ms, root: root, log: opts.Log,
 		registry: newRegistry(opts.HostsDir),
-		mounts:   &mounts{cmd: opts.MountCommand, cache: opts.Cache, cacheSize: cacheSize, log: opts.Log, m: map[string]*lazyMount{}},
+		mounts:   &mounts{cmd: opts.MountCommand, cache: opts.Cache, cacheSize: cacheSize, hostsDir: opts.HostsDir, log: opts.Log, m: map[string]*lazyMount{}},
 	}
 	if err := s.takeBack(); err != nil {
 		ov.Close()
@@ -227,9 +228,6 @@ func (s *Snapshotter) prepareBoot(ctx context.Context, key, parent, target, imag
 	defer os.RemoveAll(tmp)
 	if err := s.registry.fetchLayer(ctx, image, layer, filepath.Join(tmp, layerFile)); err != nil {
 		return fmt.Errorf("mkbootfs: fetching the boot image's own layer: %w", err)
-	}
-	if _, err := readLayer(filepath.Join(tmp, layerFile), image); err != nil {
-		s.log.Printf("%v: containers of it cannot be created", err)
 	}
 	if _, err := s.Snapshotter.Prepare(ctx, key, parent, opts...); err != nil {
 		return err

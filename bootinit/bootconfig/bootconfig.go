@@ -66,6 +66,11 @@ const (
 	// boot tree: every read of the image then goes through the lazy mount,
 	// verified.
 	EnvTree = "MKBOOTFS_TREE"
+	// EnvLearn set to "off" makes bootinit neither learn nor use a
+	// profile learned on the node, for an image converted without a
+	// recorded one; a duration (60s, up to 10m) is how long a start
+	// records, 20s by default (see bootinit's learn.go).
+	EnvLearn = "MKBOOTFS_LEARN"
 	// EnvCacheSize bounds the node cache at CacheDir (chunks, boot trees
 	// and profiles): 30M, 2G, 10% of its filesystem; past it the least
 	// recently used are removed. Default: nodecache.DefaultMaxSize.

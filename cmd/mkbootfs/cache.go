@@ -167,7 +167,7 @@ func printUsage(w io.Writer, u *nodecache.Usage) {
 		fmt.Fprintln(w, "\nlearned profiles:")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, p := range u.Profiles {
-			fmt.Fprintf(tw, "  %s\t%s\twritten %s\n", p.Name, nodecache.FormatSize(p.Bytes), ago(p.Modified))
+			fmt.Fprintf(tw, "  %s\t%s\tlast used %s\t%s\n", p.Name, nodecache.FormatSize(p.Bytes), ago(p.LastUse), p.Source)
 		}
 		tw.Flush()
 	}

@@ -2,6 +2,7 @@ package local_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -169,6 +170,43 @@ func TestGCRefuses(t *testing.T) {
 			t.Errorf("a dry run of a read-only store: %+v, %v; want 2 to remove", got, err)
 		}
 	})
+}
+
+// GC of a full store removes what no index names and keeps the rest:
+// collecting frees space, it needs none.
+func TestGCFullDisk(t *testing.T) {
+	ctx := context.Background()
+	dir := mount(t, "tmpfs", "tmpfs", 0, "size=256k")
+	s := open(t, dir)
+	var ids []store.ID
+	for k := range 1000 {
+		data := chunk(uint64(k), 16<<10)
+		id := store.Sum(data)
+		if err := s.PutNoSync(ctx, id, store.Encode(data)); err != nil {
+			if !errors.Is(err, unix.ENOSPC) {
+				t.Fatalf("filling the store: %v", err)
+			}
+			break
+		}
+		age(t, s.Path(id), 2*time.Hour)
+		ids = append(ids, id)
+	}
+	if len(ids) < 4 || len(ids) == 1000 {
+		t.Fatalf("%d chunks of 16 KiB filled a 256 KiB store", len(ids))
+	}
+	keep := ids[:len(ids)/2]
+	got, err := s.GC(ctx, []local.Root{{Name: "x.idx", Chunks: keep}}, local.GCOptions{KeepNewer: time.Hour})
+	if err != nil || got.Removed != len(ids)-len(keep) {
+		t.Fatalf("GC of a full store: %+v, %v; want %d removed", got, err, len(ids)-len(keep))
+	}
+	for _, id := range keep {
+		if _, err := store.Load(ctx, s, id); err != nil {
+			t.Errorf("kept chunk %s: %v", id.Short(), err)
+		}
+	}
+	if left := walk(t, s); len(left) != len(keep) {
+		t.Errorf("the store holds %d chunks, want the %d kept", len(left), len(keep))
+	}
 }
 
 // BenchmarkHasKeep times Has, the stat a conversion made for each chunk

@@ -36,6 +36,9 @@ type Options struct {
 	// RegistryAuth is a docker config file whose credentials an oci://
 	// store tries before docker's usual places; see ocistore.Options.
 	RegistryAuth string
+	// RegistryHost, when set, says how an oci:// store reaches its
+	// registry (by its host[:port]); see ocistore.Host.
+	RegistryHost func(registry string) (ocistore.Host, error)
 	// Retry bounds the retries of OpenList.
 	Retry store.RetryOptions
 	// Wrap, when set, wraps each store OpenList opens, under its failover
@@ -70,9 +73,16 @@ func Open(ctx context.Context, loc string, opt Options) (store.Store, error) {
 		})
 	case "oci":
 		// Create means the store will be written: ask for push access.
-		return ocistore.Open(loc, ocistore.Options{
-			Timeout: opt.Timeout, Parallelism: opt.Parallelism, AuthFile: opt.RegistryAuth, Push: opt.Create,
-		})
+		o := ocistore.Options{Timeout: opt.Timeout, Parallelism: opt.Parallelism, AuthFile: opt.RegistryAuth, Push: opt.Create}
+		if opt.RegistryHost != nil {
+			registry, _, _ := strings.Cut(loc[len(scheme)+len("://"):], "/")
+			h, err := opt.RegistryHost(registry)
+			if err != nil {
+				return nil, fmt.Errorf("store %s: %w", loc, err)
+			}
+			o.Host = h
+		}
+		return ocistore.Open(loc, o)
 	}
 	return nil, fmt.Errorf("store %s: unknown scheme %q; want %s", loc, scheme, Schemes)
 }

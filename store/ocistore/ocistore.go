@@ -33,6 +33,7 @@ package ocistore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -97,6 +98,24 @@ type Options struct {
 	// PartChunks bounds the chunks of one chunk manifest (default
 	// PartChunks); a longer list is split into parts.
 	PartChunks int
+	// Host is how the registry is reached, when something other than
+	// its name says (containerd's hosts configuration, say).
+	Host Host
+}
+
+// Host is how a registry is reached; zero fields take the store's
+// defaults.
+type Host struct {
+	// Scheme is "http" or "https"; "": go-containerregistry's choice by
+	// the name (HTTP for loopback and private addresses, else HTTPS).
+	Scheme string
+	// Transport carries the requests to the registry (with its TLS
+	// settings: CAs, client certificates, no verification); it should
+	// keep Options.Parallelism connections alive. nil: the store's own.
+	Transport http.RoundTripper
+	// Header is sent with every request to the registry that lacks the
+	// field (a token the credentials got comes first): a login, say.
+	Header http.Header
 }
 
 // Store is a chunk store in a registry repository.
@@ -105,7 +124,8 @@ type Store struct {
 	pin     string // digest of the pinned chunk table, or ""
 	name    string // the URL, for messages
 	opt     Options
-	base    *http.Transport
+	scheme  string
+	base    http.RoundTripper
 	timeout time.Duration
 
 	authMu sync.Mutex // held while authenticating
@@ -139,7 +159,12 @@ func Open(rawURL string, opt Options) (*Store, error) {
 	// The host is the registry, even one docker would take for a Docker
 	// Hub user (no dot, no port).
 	host, path, _ := strings.Cut(ref, "/")
-	reg, err := name.NewRegistry(host, name.StrictValidation)
+	nameOpts := []name.Option{name.StrictValidation}
+	if opt.Host.Scheme == "http" {
+		// Lets go-containerregistry's ping fall back to HTTP.
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(host, nameOpts...)
 	if err == nil {
 		_, err = name.NewRepository("registry.invalid/"+path, name.StrictValidation)
 	}
@@ -161,12 +186,19 @@ func Open(rawURL string, opt Options) (*Store, error) {
 	if opt.PartChunks <= 0 {
 		opt.PartChunks = PartChunks
 	}
-	base := storetransport.New(opt.Timeout, opt.Parallelism, nil)
+	var base http.RoundTripper = storetransport.New(opt.Timeout, opt.Parallelism, nil)
+	if opt.Host.Transport != nil {
+		base = opt.Host.Transport
+	}
+	if len(opt.Host.Header) > 0 {
+		base = withHeader{rt: base, host: reg.RegistryStr(), header: opt.Host.Header}
+	}
 	return &Store{
 		repo:    repo,
 		pin:     pin,
 		name:    rawURL,
 		opt:     opt,
+		scheme:  cmp.Or(opt.Host.Scheme, reg.Scheme()),
 		base:    base,
 		timeout: opt.Timeout,
 		loadSem: make(chan struct{}, 1),
@@ -192,8 +224,36 @@ func (s *Store) Blob(ctx context.Context, id store.ID) (v1.Descriptor, bool, err
 // Close waits for staged uploads to end and drops idle connections.
 func (s *Store) Close() error {
 	s.Abort()
-	s.base.CloseIdleConnections()
+	if c, ok := s.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 	return nil
+}
+
+// withHeader adds header to the requests to host that lack its fields.
+type withHeader struct {
+	rt     http.RoundTripper
+	host   string
+	header http.Header
+}
+
+func (w withHeader) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Host != w.host {
+		return w.rt.RoundTrip(req) // a token server's, say
+	}
+	r := req.Clone(req.Context())
+	for k, v := range w.header {
+		if r.Header.Get(k) == "" {
+			r.Header[http.CanonicalHeaderKey(k)] = v
+		}
+	}
+	return w.rt.RoundTrip(r)
+}
+
+func (w withHeader) CloseIdleConnections() {
+	if c, ok := w.rt.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
 
 // Get implements store.Store: one GET of the chunk's blob, checked
@@ -339,7 +399,7 @@ func (s *Store) fail(ctx context.Context, id store.ID, err error) error {
 
 // url returns the URL of path under the repository's /v2/ API.
 func (s *Store) url(path string) string {
-	return s.repo.Scheme() + "://" + s.repo.RegistryStr() + "/v2/" + s.repo.RepositoryStr() + path
+	return s.scheme + "://" + s.repo.RegistryStr() + "/v2/" + s.repo.RepositoryStr() + path
 }
 
 // client returns the authenticated client, authenticating first if no
@@ -358,6 +418,14 @@ func (s *Store) client(ctx context.Context, stale int) (*authState, error) {
 	auth, err := authn.Resolve(ctx, s.keychain(), s.repo)
 	if err != nil {
 		return nil, fmt.Errorf("credentials for %s: %w", s.repo.RegistryStr(), err)
+	}
+	// With no credentials, reads go out without go-containerregistry's
+	// ping (a round trip, two on a plain HTTP registry): a registry open
+	// to all answers them, one that wants a token says 401, and the next
+	// generation authenticates.
+	if gen == 1 && auth == authn.Anonymous && !s.opt.Push {
+		s.auth = &authState{client: &http.Client{Transport: storetransport.FreshBodies(s.base)}, gen: gen}
+		return s.auth, nil
 	}
 	scopes := []string{s.repo.Scope(transport.PullScope)}
 	if s.opt.Push {

@@ -477,3 +477,78 @@ func TestLost(t *testing.T) {
 		}
 	})
 }
+
+// TestHost reaches a registry as containerd's hosts configuration would
+// say: HTTPS with a CA of its own on a loopback address (which
+// go-containerregistry takes for HTTP), and a login as a header, as
+// go-containerregistry's keychain knows none.
+func TestHost(t *testing.T) {
+	ctx := context.Background()
+	g := &gate{next: registry.New(registry.Logger(log.New(io.Discard, "", 0))), user: "u", pass: "secret"}
+	srv := httptest.NewTLSServer(g)
+	t.Cleanup(srv.Close)
+	addr := strings.TrimPrefix(srv.URL, "https://")
+	login := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("u:secret"))}}
+	host := ocistore.Host{Scheme: "https", Transport: srv.Client().Transport, Header: login}
+	w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true, Host: host})
+	defer w.Close()
+	ids := put(t, w, 1, 2)
+	cm, err := w.PushChunkManifest(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		host ocistore.Host
+		want string // in the error; "": reads
+	}{
+		{"hosts configuration", host, ""},
+		{"no header", ocistore.Host{Scheme: "https", Transport: srv.Client().Transport}, "401 Unauthorized"},
+		{"no CA", ocistore.Host{Scheme: "https", Header: login}, "certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := open(t, w.Pinned(cm.Table.Digest), ocistore.Options{Host: tc.host})
+			defer r.Close()
+			_, err := store.Load(ctx, r, ids[1])
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("Load: %v; want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestNoPing: a read with no credentials to give sends no ping first:
+// its first chunk costs two requests, the chunk table and the chunk.
+func TestNoPing(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	var paths []string
+	addr := inProcess(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			paths = append(paths, r.Method+" "+r.URL.Path)
+			mu.Unlock()
+			h.ServeHTTP(w, r)
+		})
+	})
+	w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true})
+	defer w.Close()
+	ids := put(t, w, 1)
+	cm, err := w.PushChunkManifest(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := open(t, w.Pinned(cm.Table.Digest), ocistore.Options{AuthFile: filepath.Join(t.TempDir(), "none.json")})
+	defer r.Close()
+	mu.Lock()
+	paths = nil
+	mu.Unlock()
+	if _, err := store.Load(ctx, r, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(paths) != 2 || strings.HasSuffix(paths[0], "/v2/") {
+		t.Errorf("requests %q; want the chunk table's and the chunk's", paths)
+	}
+}
