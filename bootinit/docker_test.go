@@ -168,6 +168,33 @@ func start(t *testing.T, name string, args ...string) {
 	t.Cleanup(func() { docker(t, "rm", "-f", "-v", name) })
 }
 
+// keepUpUntil runs start, a docker run of container name whose app waits,
+// until done, or for 3 minutes, then removes the container; it returns
+// whether done. The boot tree maker runs on idle time alone: on a loaded
+// machine a start must stay up until it has made the tree.
+func keepUpUntil(t *testing.T, name string, start func(), done func() bool) bool {
+	t.Helper()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		start()
+	}()
+	ok := false
+	for deadline := time.Now().Add(3 * time.Minute); !ok && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		ok = done()
+	}
+	exec.Command("docker", "rm", "-f", name).Run()
+	<-finished
+	return ok
+}
+
+// treeMade reports whether the boot tree at dir is in place and sealed
+// (its info file is written last).
+func treeMade(dir string) bool {
+	_, err := os.Stat(dir + ".info")
+	return err == nil && isDir(dir)
+}
+
 // waitForLog waits until the container's output holds want; the app
 // prints it once it is ready for what the test does next.
 func waitForLog(t *testing.T, name, want string) {

@@ -142,11 +142,11 @@ func TestLearn(t *testing.T) {
 		id, _ := hex.DecodeString(name)
 		tree := sha256.Sum256(append(id, text...))
 		treeDir := filepath.Join(dir, "trees", hex.EncodeToString(tree[:]))
-		for i := 0; i < 3 && !isDir(treeDir); i++ {
-			r, _ = runCounting(t, storeDir, boot, cache(vol), "apt-get", "--version")
-		}
-		if !isDir(treeDir) {
-			t.Fatalf("no boot tree %s after 5 starts; trees: %v; last stderr:\n%s", treeDir, treeDirs(filepath.Join(dir, "trees")), r.stderr)
+		ctr := "mkbootfs-test-learn-tree"
+		if !keepUpUntil(t, ctr, func() {
+			r, _ = runCounting(t, storeDir, boot, cache(vol, "--name", ctr), "sh", "-c", "apt-get --version && exec sleep 600")
+		}, func() bool { return treeMade(treeDir) }) {
+			t.Fatalf("no boot tree %s in 3 minutes of a start; trees: %v; its stderr:\n%s", treeDir, treeDirs(filepath.Join(dir, "trees")), r.stderr)
 		}
 		r, gets := runCounting(t, storeDir, boot, cache(vol), "apt-get", "--version")
 		if r.code != 0 || !strings.Contains(r.stderr, treeDir[len(dir):]) || len(gets) > 0 {

@@ -216,18 +216,14 @@ func TestProfile(t *testing.T) {
 		}
 		mnt := strings.TrimSpace(docker(t, "volume", "inspect", "-f", "{{.Mountpoint}}", vol).stdout)
 		name := fmt.Sprintf("mkbootfs-test-tree-%d", os.Getpid())
-		second := make(chan map[string]int)
-		go func() {
-			_, gets := run(append(cache, "--name", name), "sh", "-c", "apt-get --version && exec sleep 600")
-			second <- gets
-		}()
-		made := false
-		for deadline := time.Now().Add(3 * time.Minute); !made && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-			infos, _ := filepath.Glob(filepath.Join(mnt, "trees", "*.info"))
-			made = len(infos) > 0
-		}
-		exec.Command("docker", "rm", "-f", name).Run()
-		if gets := <-second; len(gets) > 0 {
+		var gets map[string]int
+		made := keepUpUntil(t, name, func() {
+			_, gets = run(append(cache, "--name", name), "sh", "-c", "apt-get --version && exec sleep 600")
+		}, func() bool {
+			dirs := treeDirs(filepath.Join(mnt, "trees"))
+			return len(dirs) == 1 && treeMade(filepath.Join(mnt, "trees", dirs[0].Name()))
+		})
+		if len(gets) > 0 {
 			t.Errorf("the second start fetched %d chunks, want none: the profile's are in the cache, and the tree is made of the cache alone", len(gets))
 		}
 		if !made {
