@@ -219,7 +219,8 @@ func TestKilledDuringCopyUp(t *testing.T) {
 	ch.delay.Store(int64(time.Second))
 	name := "mkbootfs-e2e-killed-copyup"
 	vol := fmt.Sprintf("mkbootfs-e2e-killed-copyup-%d", os.Getpid())
-	defer docker(t, "volume", "rm", "-f", vol)
+	// A cleanup, not a defer: it runs after start's removes the container.
+	t.Cleanup(func() { docker(t, "volume", "rm", "-f", vol) })
 	start(t, name, "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
 		"-e", "MKBOOTFS_STORE=http://"+addr, "-v", vol+":/usr/share/doc", boot, "true")
 	w := watch(t, name)
@@ -252,7 +253,9 @@ func TestKillSweep(t *testing.T) {
 			ch, addr := serveCounting(t, storeDir)
 			ch.delay.Store(int64(5 * time.Millisecond))
 			vol := fmt.Sprintf("mkbootfs-e2e-sweep-%s-%d", img.name, os.Getpid())
-			defer docker(t, "volume", "rm", "-f", vol)
+			// A cleanup, not a defer: it runs after those of start remove
+			// the containers that use the volume.
+			t.Cleanup(func() { docker(t, "volume", "rm", "-f", vol) })
 			flags := []string{"--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
 				"-e", "MKBOOTFS_STORE=http://" + addr, "-v", vol + ":/.bootfs/cache"}
 			killAt := func(after time.Duration) {
