@@ -170,13 +170,14 @@ func (l *learner) finish() {
 		if len(p.Files) == 0 {
 			return // the app never started: nothing learned
 		}
+		start := time.Now()
 		var text bytes.Buffer
 		p.WriteTo(&text)
 		if err := nodecache.SaveProfile(l.cache, l.name, l.source, text.Bytes()); err != nil {
 			fmt.Fprintf(os.Stderr, "bootinit: keeping the learned profile: %v\n", err)
 			return
 		}
-		l.log.Printf("learned the boot access profile (%d files, %d bytes read) into %s", len(p.Files), p.Bytes(), nodecache.ProfilePath(l.cache, l.name))
+		l.log.Printf("learned the boot access profile (%d files, %d bytes read) into %s in %v", len(p.Files), p.Bytes(), nodecache.ProfilePath(l.cache, l.name), time.Since(start).Round(time.Microsecond))
 	})
 }
 

@@ -219,7 +219,8 @@ func TestKilledDuringCopyUp(t *testing.T) {
 	ch.delay.Store(int64(time.Second))
 	name := "mkbootfs-e2e-killed-copyup"
 	vol := fmt.Sprintf("mkbootfs-e2e-killed-copyup-%d", os.Getpid())
-	defer docker(t, "volume", "rm", "-f", vol)
+	// A cleanup, not a defer: it runs after start's removes the container.
+	t.Cleanup(func() { docker(t, "volume", "rm", "-f", vol) })
 	start(t, name, "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
 		"-e", "MKBOOTFS_STORE=http://"+addr, "-v", vol+":/usr/share/doc", boot, "true")
 	w := watch(t, name)
@@ -235,8 +236,10 @@ func TestKilledDuringCopyUp(t *testing.T) {
 	w.waitExit(t, exitBound)
 }
 
-// TestKillSweep kills containers at 0.1 s steps through their first and
-// second start, unprofiled and profiled, from a store slowed down: each
+// TestKillSweep kills containers through their first start and a start
+// after a whole one, unprofiled and profiled, from a store slowed down:
+// every 0.1 s through the boot's first second, then every 0.5 s to the end
+// of a whole start (the app's run, the profiled image's tree making). Each
 // ends within exitBound with its FUSE connections, and the next start on
 // the same cache volume runs right.
 func TestKillSweep(t *testing.T) {
@@ -250,7 +253,9 @@ func TestKillSweep(t *testing.T) {
 			ch, addr := serveCounting(t, storeDir)
 			ch.delay.Store(int64(5 * time.Millisecond))
 			vol := fmt.Sprintf("mkbootfs-e2e-sweep-%s-%d", img.name, os.Getpid())
-			defer docker(t, "volume", "rm", "-f", vol)
+			// A cleanup, not a defer: it runs after those of start remove
+			// the containers that use the volume.
+			t.Cleanup(func() { docker(t, "volume", "rm", "-f", vol) })
 			flags := []string{"--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
 				"-e", "MKBOOTFS_STORE=http://" + addr, "-v", vol + ":/.bootfs/cache"}
 			killAt := func(after time.Duration) {
@@ -261,15 +266,33 @@ func TestKillSweep(t *testing.T) {
 				docker(t, "kill", name)
 				w.waitExit(t, exitBound)
 			}
-			for after := 100 * time.Millisecond; after <= 900*time.Millisecond; after += 100 * time.Millisecond {
+			// How long a whole first and second start take here, from docker
+			// run to exit: how much of them the sweep covers.
+			docker(t, "volume", "rm", "-f", vol)
+			var took []time.Duration
+			for range 2 {
+				began := time.Now()
+				docker(t, append(append([]string{"run", "--rm"}, flags...), img.ref, "sh", "-c", check)...)
+				took = append(took, time.Since(began).Round(10*time.Millisecond))
+			}
+			var points []time.Duration
+			for after := 100 * time.Millisecond; after <= max(took[0], took[1]); {
+				points = append(points, after)
+				if after < time.Second {
+					after += 100 * time.Millisecond
+				} else {
+					after += 500 * time.Millisecond
+				}
+			}
+			t.Logf("a whole first start took %v, a second %v: %d kill points", took[0], took[1], len(points))
+			for _, after := range points {
 				docker(t, "volume", "rm", "-f", vol)
 				killAt(after) // a first start
-				for range 2 { // the second start runs whole, then one is killed
-					if r := docker(t, append(append([]string{"run", "--rm"}, flags...), img.ref, "sh", "-c", check)...); r.stdout != want.stdout || r.code != 0 {
-						t.Fatalf("after a start killed at %v: exit %d, stdout %q, want %q; stderr: %s", after, r.code, r.stdout, want.stdout, r.stderr)
-					}
-					killAt(after)
+				// The second start runs whole, then a later one is killed.
+				if r := docker(t, append(append([]string{"run", "--rm"}, flags...), img.ref, "sh", "-c", check)...); r.stdout != want.stdout || r.code != 0 {
+					t.Fatalf("after a start killed at %v: exit %d, stdout %q, want %q; stderr: %s", after, r.code, r.stdout, want.stdout, r.stderr)
 				}
+				killAt(after)
 			}
 		})
 	}
