@@ -236,6 +236,9 @@ func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name
 		}
 		defer unlock()
 		if err := extract.Metadata(ctx, x, s, tmp, wholeInCache(ctx, x, s, entries)); err != nil {
+			if !passing(err) {
+				os.RemoveAll(tmp) // the volume is full, or refuses what a tree needs: no start goes on with it
+			}
 			return err
 		}
 		if err := syncDir(tmp, true); err != nil {

@@ -253,3 +253,25 @@ func TestFailureHoldsOff(t *testing.T) {
 		t.Errorf("after %v, the next start tries again", err)
 	}
 }
+
+// TestFullVolume: a tree the volume has no room for leaves a note of why
+// and nothing half made, neither in place nor to go on with.
+func TestFullVolume(t *testing.T) {
+	x, s, entries := treeSource(t)
+	cache := t.TempDir()
+	// Room for the trees directory and a few entries, not a whole tree.
+	if err := unix.Mount("tmpfs", cache, "tmpfs", 0, "nr_inodes=8"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(cache, unix.MNT_DETACH)
+	dir := nodecache.TreeDir(cache, treeName)
+	err := makeTree(context.Background(), x, s, cache, treeName, "src", entries)
+	if err == nil {
+		t.Fatal("a tree was made on a full volume")
+	}
+	noteFailure(dir, err)
+	if !heldOff(dir) {
+		t.Errorf("after %v, the next start tries again", err)
+	}
+	assertEntries(t, filepath.Join(cache, "trees"), treeName+".failed")
+}
