@@ -50,6 +50,9 @@ func BenchmarkCheck(b *testing.B) {
 	b.Run("lstat-walk", func(b *testing.B) {
 		for b.Loop() {
 			filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
 				_, err = os.Lstat(p)
 				return err
 			})
