@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -169,16 +171,79 @@ func TestCacheBound(t *testing.T) {
 	t.Logf("the volume's peak %s under a bound of %s; left %d chunks, %s", nodecache.FormatSize(peak.Load()), boundSizeEnv, n, nodecache.FormatSize(u.Total))
 }
 
-// A bad MKBOOTFS_CACHE_SIZE stops the boot with one line saying what to
-// give.
-func TestCacheSizeEnv(t *testing.T) {
+// A bad MKBOOTFS_CACHE_SIZE or MKBOOTFS_CACHE_MAX_AGE stops the boot with
+// one line saying what to give.
+func TestBadCacheEnv(t *testing.T) {
 	_, boot, _ := converted(t)
-	for _, v := range []string{"lots", "10K", "-1G"} {
+	for _, tc := range []struct{ env, value, want string }{
+		{"MKBOOTFS_CACHE_SIZE", "lots", `MKBOOTFS_CACHE_SIZE="lots": want a size of 1M or more`},
+		{"MKBOOTFS_CACHE_SIZE", "10K", `MKBOOTFS_CACHE_SIZE="10K": want a size of 1M or more`},
+		{"MKBOOTFS_CACHE_SIZE", "-1G", `MKBOOTFS_CACHE_SIZE="-1G": want a size of 1M or more`},
+		{"MKBOOTFS_CACHE_MAX_AGE", "7d", `MKBOOTFS_CACHE_MAX_AGE: max age "7d": want a duration above 0`},
+		{"MKBOOTFS_CACHE_MAX_AGE", "0", `MKBOOTFS_CACHE_MAX_AGE: max age "0": want a duration above 0`},
+	} {
 		r := docker(t, "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
-			"-e", "MKBOOTFS_STORE=http://127.0.0.1:1/", "-e", "MKBOOTFS_CACHE_SIZE="+v, boot, "true")
-		want := fmt.Sprintf("MKBOOTFS_CACHE_SIZE=%q: want a size of 1M or more", v)
-		if r.code != 125 || !strings.Contains(r.stderr, want) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
-			t.Errorf("MKBOOTFS_CACHE_SIZE=%s: exit %d, stderr %q; want 125 and one line with %q", v, r.code, r.stderr, want)
+			"-e", "MKBOOTFS_STORE=http://127.0.0.1:1/", "-e", tc.env+"="+tc.value, boot, "true")
+		if r.code != 125 || !strings.Contains(r.stderr, tc.want) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+			t.Errorf("%s=%s: exit %d, stderr %q; want 125 and one line with %q", tc.env, tc.value, r.code, r.stderr, tc.want)
 		}
+	}
+}
+
+// MKBOOTFS_CACHE_MAX_AGE is how long the node cache keeps the boot trees
+// and learned profiles no start used. Another image's tree and profile
+// last used 3 hours ago, and a profile used 30 minutes ago: a start with
+// MKBOOTFS_CACHE_MAX_AGE=1h removes the first two, keeps the third. The
+// volume is new, so the start's evictor sweeps within its first second (a
+// node sweeps at most every ten minutes).
+func TestCacheMaxAgeEnv(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	_, addr := serveCounting(t, storeDir)
+	vol, dir := learnVolume(t, "max-age")
+	const old, young = "other-image", "recent-image"
+	tree := nodecache.TreeDir(dir, old)
+	if err := os.MkdirAll(filepath.Join(tree, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "etc", "os-release"), []byte("ID=other\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodecache.TreeMade(dir, old, "other:1"); err != nil {
+		t.Fatal(err)
+	}
+	for name, age := range map[string]time.Duration{old: 3 * time.Hour, young: 30 * time.Minute} {
+		if err := nodecache.SaveProfile(dir, name, name+":1", []byte("mkbootfs profile 1\n\"/etc/os-release\" 0+10\n")); err != nil {
+			t.Fatal(err)
+		}
+		touchAgo(t, nodecache.ProfilePath(dir, name), age)
+	}
+	// A tree's last use is its lock file's mtime.
+	if err := os.WriteFile(nodecache.TreeLock(dir, old), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	touchAgo(t, nodecache.TreeLock(dir, old), 3*time.Hour)
+
+	name := fmt.Sprintf("mkbootfs-test-max-age-%d", os.Getpid())
+	start(t, name, append(httpStore(addr), "-e", "MKBOOTFS_CACHE_MAX_AGE=1h", "-e", "MKBOOTFS_LEARN=off", "-v", vol+":/.bootfs/cache", boot, "sleep", "600")...)
+	gone := func(p string) bool { _, err := os.Lstat(p); return errors.Is(err, fs.ErrNotExist) }
+	deadline := time.Now().Add(time.Minute)
+	for !gone(tree) || !gone(nodecache.ProfilePath(dir, old)) {
+		if time.Now().After(deadline) {
+			u, _ := nodecache.Du(context.Background(), dir)
+			t.Fatalf("a minute into a start with MKBOOTFS_CACHE_MAX_AGE=1h, the tree and profile unused for 3 hours are still there: %+v; logs:\n%s", u, docker(t, "logs", name).stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if gone(nodecache.ProfilePath(dir, young)) {
+		t.Error("the profile used 30 minutes ago was removed under MKBOOTFS_CACHE_MAX_AGE=1h")
+	}
+}
+
+// touchAgo sets the mtime of the file at p to age ago.
+func touchAgo(t *testing.T, p string, age time.Duration) {
+	t.Helper()
+	then := time.Now().Add(-age)
+	if err := os.Chtimes(p, then, then); err != nil {
+		t.Fatal(err)
 	}
 }

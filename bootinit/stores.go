@@ -59,6 +59,12 @@ func openStores(cfg *bootconfig.Config) (store.Store, error) {
 			return nil, &exitError{exitBoot, fmt.Errorf("%s=%q: want a size of 1M or more, such as 30M, 2G or 10%% (of the cache volume's filesystem)", bootconfig.EnvCacheSize, v)}
 		}
 	}
+	if v := os.Getenv(bootconfig.EnvCacheMaxAge); v != "" && opt.Cache != "" {
+		var err error
+		if opt.CacheMaxAge, err = nodecache.ParseMaxAge(v); err != nil {
+			return nil, &exitError{exitBoot, fmt.Errorf("%s: %w", bootconfig.EnvCacheMaxAge, err)}
+		}
+	}
 	st, err := imagemount.Open(context.Background(), urls, opt)
 	if err != nil {
 		return nil, fmt.Errorf("%w%s", err, localHint(urls, err))

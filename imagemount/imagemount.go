@@ -44,6 +44,9 @@ type Options struct {
 	// CacheSize bounds the node cache; 0: nodecache's default for its
 	// filesystem.
 	CacheSize int64
+	// CacheMaxAge is how long the node cache keeps trees and profiles
+	// unused; 0: nodecache.DefaultMaxAge.
+	CacheMaxAge time.Duration
 	// Log receives the node cache's lines worth an operator's attention.
 	Log func(string)
 	// Stores configures the chunk stores (credentials, a wrapper per
@@ -63,7 +66,7 @@ func Open(ctx context.Context, urls []string, opt Options) (store.Store, error) 
 	if err != nil || opt.Cache == "" {
 		return remote, err
 	}
-	c, err := nodecache.Open(opt.Cache, remote, nodecache.Options{MaxSize: opt.CacheSize, Log: opt.Log})
+	c, err := nodecache.Open(opt.Cache, remote, nodecache.Options{MaxSize: opt.CacheSize, MaxAge: opt.CacheMaxAge, Log: opt.Log})
 	if err != nil {
 		remote.Close()
 		return nil, fmt.Errorf("node cache: %w", err)

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -69,6 +70,16 @@ func ParseSize(s, dir string) (int64, error) {
 		return 0, bad
 	}
 	return int64(f * mult), nil
+}
+
+// ParseMaxAge parses how long trees and profiles are kept unused
+// (Options.MaxAge): a Go duration above 0, such as 72h or 90m.
+func ParseMaxAge(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("max age %q: want a duration above 0 in hours, minutes or seconds, such as 72h, 90m or 1h30m (a week is 168h)", s)
+	}
+	return d, nil
 }
 
 // FormatSize writes n bytes for people: 1.5G, 30M, 512K, 100B.

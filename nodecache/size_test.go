@@ -3,6 +3,7 @@ package nodecache
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseSize(t *testing.T) {
@@ -40,6 +41,20 @@ func TestParseSize(t *testing.T) {
 		}
 		if err != nil || got != tc.want {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestParseMaxAge(t *testing.T) {
+	for in, want := range map[string]time.Duration{"72h": 72 * time.Hour, "90m": 90 * time.Minute, " 1h30m ": 90 * time.Minute, "1s": time.Second} {
+		if got, err := ParseMaxAge(in); err != nil || got != want {
+			t.Errorf("ParseMaxAge(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	// No days: Go's durations stop at hours.
+	for _, in := range []string{"", "lots", "7d", "0", "0s", "-1h", "72"} {
+		if got, err := ParseMaxAge(in); err == nil || !strings.Contains(err.Error(), "want a duration above 0") {
+			t.Errorf("ParseMaxAge(%q) = %v, %v; want an error saying what to give", in, got, err)
 		}
 	}
 }

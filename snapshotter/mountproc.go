@@ -60,10 +60,11 @@ const (
 
 // mountConfig is what a mount process is told, in mkbootfs/mount.json.
 type mountConfig struct {
-	Image     string `json:"image"`                // the boot image, for messages
-	Cache     string `json:"cache"`                // the node cache directory
-	CacheSize int64  `json:"cache_size,omitempty"` // its bound; 0: nodecache's default
-	HostsDir  string `json:"hosts_dir,omitempty"`  // containerd's hosts configuration, for oci:// stores
+	Image       string        `json:"image"`                   // the boot image, for messages
+	Cache       string        `json:"cache"`                   // the node cache directory
+	CacheSize   int64         `json:"cache_size,omitempty"`    // its bound; 0: nodecache's default
+	CacheMaxAge time.Duration `json:"cache_max_age,omitempty"` // how long it keeps trees and profiles unused; 0: nodecache's default
+	HostsDir    string        `json:"hosts_dir,omitempty"`     // containerd's hosts configuration, for oci:// stores
 }
 
 // ServeMount is the mount process of the boot snapshot at dir
@@ -175,7 +176,7 @@ func mountImage(b *bootimage.Boot, point string, cfg mountConfig, logger *log.Lo
 	// Bounded, and shared by every mount of the node (and by bootinit's
 	// containers, should they mount the same directory).
 	st, err := imagemount.Open(context.Background(), b.Stores, imagemount.Options{
-		Cache: cfg.Cache, CacheSize: cfg.CacheSize, Log: func(s string) { logger.Print(s) },
+		Cache: cfg.Cache, CacheSize: cfg.CacheSize, CacheMaxAge: cfg.CacheMaxAge, Log: func(s string) { logger.Print(s) },
 		Stores: location.Options{
 			RegistryHost: chunkRegistries(cfg.HostsDir, imagemount.ProfileWorkers),
 			Wrap: func(loc string, s store.Store) store.Store {

@@ -41,11 +41,12 @@ const fuseMagic = 0x65735546
 // daemon finds them, alive, and takes them back, or mounts again those
 // whose process is gone.
 type mounts struct {
-	cmd       []string // the mount process's command; the snapshot's directory is appended
-	cache     string   // the node cache
-	cacheSize int64    // its bound; 0: nodecache's default
-	hostsDir  string   // containerd's hosts configuration; "": none
-	log       *log.Logger
+	cmd         []string      // the mount process's command; the snapshot's directory is appended
+	cache       string        // the node cache
+	cacheSize   int64         // its bound; 0: nodecache's default
+	cacheMaxAge time.Duration // how long it keeps trees and profiles unused; 0: nodecache's default
+	hostsDir    string        // containerd's hosts configuration; "": none
+	log         *log.Logger
 
 	mu sync.Mutex
 	m  map[string]*lazyMount // by snapshot ID
@@ -155,7 +156,7 @@ func (ms *mounts) start(ctx context.Context, lm *lazyMount) error {
 	if _, err := lazyfs.RecoverStale(lm.point()); err != nil {
 		return err
 	}
-	cfg, err := json.Marshal(mountConfig{Image: lm.image, Cache: ms.cache, CacheSize: ms.cacheSize, HostsDir: ms.hostsDir})
+	cfg, err := json.Marshal(mountConfig{Image: lm.image, Cache: ms.cache, CacheSize: ms.cacheSize, CacheMaxAge: ms.cacheMaxAge, HostsDir: ms.hostsDir})
 	if err != nil {
 		return err
 	}

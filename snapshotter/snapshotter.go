@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -52,6 +53,9 @@ type Options struct {
 	// CacheSize bounds the node cache, as nodecache.ParseSize reads it
 	// ("20G", "10%"); empty: nodecache's default for its filesystem.
 	CacheSize string
+	// CacheMaxAge is how long the node cache keeps trees and profiles
+	// unused, as nodecache.ParseMaxAge reads it ("72h"); empty: a week.
+	CacheMaxAge string
 	// HostsDir is containerd's registry hosts configuration (its
 	// config_path: HOST/hosts.toml), for mirrors, plain HTTP, TLS and
 	// headers, of the boot images and of their chunk stores in a
@@ -106,6 +110,12 @@ func New(opts Options) (*Snapshotter, error) {
 			return nil, fmt.Errorf("node cache size: %w", err)
 		}
 	}
+	var cacheMaxAge time.Duration
+	if opts.CacheMaxAge != "" {
+		if cacheMaxAge, err = nodecache.ParseMaxAge(opts.CacheMaxAge); err != nil {
+			return nil, fmt.Errorf("node cache: %w", err)
+		}
+	}
 	ms, err := storage.NewMetaStore(filepath.Join(root, "metadata.db"))
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter metadata in %s: %w", root, err)
@@ -120,7 +130,7 @@ func New(opts Options) (*Snapshotter, error) {
 	s := &Snapshotter{
 		Snapshotter: ov, ms: ms, root: root, log: opts.Log,
 		registry: newRegistry(opts.HostsDir),
-		mounts:   &mounts{cmd: opts.MountCommand, cache: opts.Cache, cacheSize: cacheSize, hostsDir: opts.HostsDir, log: opts.Log, m: map[string]*lazyMount{}},
+		mounts:   &mounts{cmd: opts.MountCommand, cache: opts.Cache, cacheSize: cacheSize, cacheMaxAge: cacheMaxAge, hostsDir: opts.HostsDir, log: opts.Log, m: map[string]*lazyMount{}},
 	}
 	if err := s.takeBack(); err != nil {
 		ov.Close()

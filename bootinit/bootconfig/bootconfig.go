@@ -75,6 +75,10 @@ const (
 	// and profiles): 30M, 2G, 10% of its filesystem; past it the least
 	// recently used are removed. Default: nodecache.DefaultMaxSize.
 	EnvCacheSize = "MKBOOTFS_CACHE_SIZE"
+	// EnvCacheMaxAge is how long the node cache keeps boot trees and
+	// learned profiles no start used: 72h, 90m. Default:
+	// nodecache.DefaultMaxAge, a week.
+	EnvCacheMaxAge = "MKBOOTFS_CACHE_MAX_AGE"
 	// EnvKeepSysAdmin set to 1 leaves to the app the CAP_SYS_ADMIN and
 	// /dev/fuse that bootinit needs; by default the app gets neither, as
 	// the original image run without them.

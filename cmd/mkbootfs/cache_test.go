@@ -91,6 +91,7 @@ func TestCacheUsage(t *testing.T) {
 		{[]string{"cache", "du", "no-such-volume-" + fmt.Sprint(os.Getpid())}, "no such directory, nor a docker volume of that name"},
 		{[]string{"cache", "du", filepath.Join(dir, "nowhere")}, "no such file or directory"},
 		{[]string{"cache", "du"}, "accepts 1 arg"},
+		{[]string{"mount", "--cache", dir, "--cache-max-age", "7d", "x.idx", dir}, `--cache-max-age: max age "7d": want a duration above 0`},
 	})
 	if _, err := os.Stat(filepath.Join(photos, "a.jpg")); err != nil {
 		t.Error("a refused prune lost a file")

@@ -22,6 +22,7 @@ func newMountCmd() *cobra.Command {
 		stores     []string
 		cacheDir   string
 		cacheSize  string
+		maxAgeFlag string
 		stats      bool
 		statsFile  string
 		allowOther bool
@@ -61,6 +62,13 @@ place detaches it first; to clear it by hand, run
 			if os.Getenv("GOMEMLIMIT") == "" {
 				debug.SetMemoryLimit(lazyfs.MemoryLimit)
 			}
+			var maxAge time.Duration
+			if maxAgeFlag != "" {
+				var err error
+				if maxAge, err = nodecache.ParseMaxAge(maxAgeFlag); err != nil {
+					return fmt.Errorf("--cache-max-age: %w", err)
+				}
+			}
 			ctx := cmd.Context()
 			b, err := bootimage.Read(ctx, args[0])
 			if err != nil {
@@ -78,7 +86,7 @@ place detaches it first; to clear it by hand, run
 				return err
 			}
 			if cacheDir != "" {
-				opt := nodecache.Options{Log: func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), "mkbootfs:", s) }}
+				opt := nodecache.Options{MaxAge: maxAge, Log: func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), "mkbootfs:", s) }}
 				if cacheSize != "" {
 					if opt.MaxSize, err = nodecache.ParseSize(cacheSize, cacheDir); err != nil {
 						st.Close()
@@ -141,6 +149,7 @@ place detaches it first; to clear it by hand, run
 	f.StringArrayVar(&stores, "store", nil, "chunk store: "+location.Schemes+" (repeatable, tried in order; default: the stores recorded at convert time)")
 	f.StringVar(&cacheDir, "cache", "", "keep fetched chunks in the cache `DIR`, shared with other mounts")
 	f.StringVar(&cacheSize, "cache-size", "", "bound the cache: `SIZE` as 30M, 2G or 10% of its filesystem (default a tenth of it, at least 1G, at most 20G); the least recently used go first")
+	f.StringVar(&maxAgeFlag, "cache-max-age", "", "remove from the cache the boot trees and learned profiles unused for `DURATION` (72h, 90m; default 168h, a week)")
 	f.BoolVar(&stats, "stats", false, "print what the mount fetched and served when it ends")
 	f.StringVar(&statsFile, "stats-file", "", "keep the stats, as JSON, in `FILE` (rewritten every 2 seconds)")
 	f.BoolVar(&allowOther, "allow-other", os.Geteuid() == 0, "let every user use the mount (default: when run as root)")

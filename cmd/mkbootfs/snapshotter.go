@@ -59,6 +59,7 @@ Run it until SIGINT or SIGTERM.`,
 	f.StringVar(&address, "address", "/run/mkbootfs/snapshotter.sock", "serve containerd on the unix socket `SOCKET`")
 	f.StringVar(&opts.Cache, "cache", "", "the node cache of chunks, `DIR` (default: ROOT/cache)")
 	f.StringVar(&opts.CacheSize, "cache-size", "", "bound the node cache to `SIZE` (20G, 10%; default: a tenth of its filesystem, within 1-20G)")
+	f.StringVar(&opts.CacheMaxAge, "cache-max-age", "", "remove from the node cache the boot trees and learned profiles unused for `DURATION` (72h, 90m; default 168h, a week)")
 	f.StringVar(&opts.HostsDir, "hosts-dir", "", "containerd's registry hosts configuration, `DIR`/HOST/hosts.toml (its config_path), for mirrors, plain HTTP and TLS")
 	f.StringVar(&metrics, "metrics-address", "", "serve metrics (Prometheus text) at http://`ADDR`/metrics, e.g. 127.0.0.1:9810")
 	cmd.AddCommand(newSnapshotterMountCmd())
