@@ -100,12 +100,14 @@ func TestCacheBound(t *testing.T) {
 
 	// The volume's size, sampled while the containers run.
 	var peak atomic.Int64
+	var peakUsage atomic.Pointer[nodecache.Usage]
 	done := make(chan struct{})
 	var sampler sync.WaitGroup
 	sampler.Go(func() {
 		for {
 			if u, err := nodecache.Du(context.Background(), mnt); err == nil && u.Total > peak.Load() {
 				peak.Store(u.Total)
+				peakUsage.Store(u)
 			}
 			select {
 			case <-done:
@@ -149,7 +151,9 @@ func TestCacheBound(t *testing.T) {
 	close(done)
 	sampler.Wait()
 	if p := peak.Load(); p > boundSize+boundSize/16 {
-		t.Errorf("the cache volume held %s, more than a batch past its bound %s", nodecache.FormatSize(p), boundSizeEnv)
+		u := peakUsage.Load()
+		t.Errorf("the cache volume held %s, more than a batch past its bound %s: chunks %s, temporary %s, %d trees, %d profiles, foreign %s", nodecache.FormatSize(p), boundSizeEnv,
+			nodecache.FormatSize(u.Chunks.Bytes), nodecache.FormatSize(u.Temp.Bytes), len(u.Trees), len(u.Profiles), nodecache.FormatSize(u.Foreign.Bytes))
 	} else if p < boundSize/2 {
 		t.Errorf("the cache volume held at most %s: the test never filled it", nodecache.FormatSize(p))
 	}

@@ -143,11 +143,17 @@ func runTreeMaker(logger *log.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	// bootinit checked the size it was given; the default is the volume's.
+	bound, err := nodecache.ParseSize(os.Getenv(bootconfig.EnvCacheSize), bootconfig.CacheDir)
+	if err != nil || bound == 0 {
+		bound = nodecache.DefaultMaxSize(bootconfig.CacheDir)
+	}
 	start := time.Now()
-	err = makeTree(context.Background(), x, s, bootconfig.CacheDir, name, source, profileEntries(p, x))
+	err = makeTree(context.Background(), x, s, bootconfig.CacheDir, name, source, profileEntries(p, x), nodecache.MaxTreeBytes(bound))
 	dir := nodecache.TreeDir(bootconfig.CacheDir, name)
 	switch {
-	case errors.Is(err, errBusy):
+	case errors.Is(err, errBusy), errors.Is(err, errTooBig):
+		logger.Printf("boot tree not made: %v", err)
 		return nil
 	case errors.Is(err, boottree.ErrChanged):
 		fmt.Fprintf(os.Stderr, "bootinit: %v; the tree is set aside\n", err)
@@ -211,13 +217,17 @@ func lowerPriority() {
 // errBusy is makeTree's answer when another start is making the tree.
 var errBusy = errors.New("another start is making the tree")
 
+// errTooBig is makeTree's answer for a tree bigger than maxBytes.
+var errTooBig = errors.New("the tree would take more of the node cache than its bound allows (MKBOOTFS_CACHE_SIZE)")
+
 // makeTree makes, or goes on making, boot tree name in the node cache at
 // cacheDir, and seals it: the regular files of entries whose chunks s holds
 // with their data, the rest as stubs (extract.Metadata), in trees/.tmp-NAME,
 // synced, renamed into place, then checked and sealed (boottree.Seal).
 // A start that finds a tree being made by another (it holds a flock on the
-// tree's directory) leaves it to it: errBusy.
-func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name, source string, entries []uint32) error {
+// tree's directory) leaves it to it: errBusy. A tree that would take more
+// than maxBytes of disk is not made: errTooBig.
+func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name, source string, entries []uint32, maxBytes int64) error {
 	if len(entries) == 0 {
 		return errors.New("the profile holds no file a tree can hold")
 	}
@@ -235,7 +245,12 @@ func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name
 			return err
 		}
 		defer unlock()
-		if err := extract.Metadata(ctx, x, s, tmp, wholeInCache(ctx, x, s, entries)); err != nil {
+		data := wholeInCache(ctx, x, s, entries)
+		if n := treeBytes(x, data); n > maxBytes {
+			os.RemoveAll(tmp)
+			return fmt.Errorf("%w: about %s, at most %s", errTooBig, nodecache.FormatSize(n), nodecache.FormatSize(maxBytes))
+		}
+		if err := extract.Metadata(ctx, x, s, tmp, data); err != nil {
 			if !passing(err) {
 				os.RemoveAll(tmp) // the volume is full, or refuses what a tree needs: no start goes on with it
 			}
@@ -266,6 +281,17 @@ func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name
 		return err
 	}
 	return nodecache.TreeMade(cacheDir, name, source)
+}
+
+// treeBytes estimates the disk a tree takes whose files of entries hold
+// their data: a block for each inode (a stub's xattrs often take one of
+// their own), and the data's blocks.
+func treeBytes(x *index.Index, data []uint32) int64 {
+	n := int64(len(x.Inodes)) * 4096
+	for _, e := range data {
+		n += (x.Inodes[x.Entries[e].Inode].Size + 4095) &^ 4095
+	}
+	return n
 }
 
 // wholeInCache returns the entries whose files' chunks s holds all: a tree

@@ -55,14 +55,14 @@ func TestMakeTree(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
-			if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil && !errors.Is(err, errBusy) {
+			if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 1<<30); err != nil && !errors.Is(err, errBusy) {
 				t.Error(err)
 			}
 		})
 	}
 	wg.Wait()
 	for !isDir(nodecache.TreeDir(cache, treeName)) {
-		if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil && !errors.Is(err, errBusy) {
+		if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 1<<30); err != nil && !errors.Is(err, errBusy) {
 			t.Fatal(err)
 		}
 	}
@@ -95,7 +95,7 @@ func TestTreeFromTheCacheAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	cache := t.TempDir()
-	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil {
+	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 1<<30); err != nil {
 		t.Fatal(err)
 	}
 	var st unix.Stat_t
@@ -113,7 +113,7 @@ func TestTreeResumes(t *testing.T) {
 		cache := t.TempDir()
 		ctx, cancel := context.WithCancel(context.Background())
 		cut := &cancelAfter{Store: s, n: n, cancel: cancel}
-		err := makeTree(ctx, x, cut, cache, treeName, "src", entries)
+		err := makeTree(ctx, x, cut, cache, treeName, "src", entries, 1<<30)
 		cancel()
 		if err == nil {
 			break // the tree needs fewer reads
@@ -121,7 +121,7 @@ func TestTreeResumes(t *testing.T) {
 		if isDir(nodecache.TreeDir(cache, treeName)) && checkTree(log.New(io.Discard, "", 0), x, cache, treeName) {
 			t.Fatalf("cut after %d reads (%v), the tree is in place", n, err)
 		}
-		if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil {
+		if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 1<<30); err != nil {
 			t.Fatalf("going on after %d reads: %v", n, err)
 		}
 		if !checkTree(log.New(io.Discard, "", 0), x, cache, treeName) {
@@ -154,7 +154,7 @@ func (c *cancelAfter) Get(ctx context.Context, id store.ID) ([]byte, error) {
 func TestTamperedTreeIsSetAside(t *testing.T) {
 	x, s, entries := treeSource(t)
 	cache := t.TempDir()
-	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil {
+	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 1<<30); err != nil {
 		t.Fatal(err)
 	}
 	dir := nodecache.TreeDir(cache, treeName)
@@ -171,7 +171,7 @@ func TestTamperedTreeIsSetAside(t *testing.T) {
 	if len(aside) != 1 {
 		t.Errorf("the tampered tree is not set aside whole: %q", aside)
 	}
-	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries); err != nil {
+	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 1<<30); err != nil {
 		t.Fatal(err)
 	}
 	if !checkTree(log.New(io.Discard, "", 0), x, cache, treeName) {
@@ -233,7 +233,7 @@ func TestFailureHoldsOff(t *testing.T) {
 	x, s, entries := treeSource(t)
 	cache := t.TempDir()
 	dir := nodecache.TreeDir(cache, treeName)
-	err := makeTree(canceled(), x, s, cache, treeName, "src", entries)
+	err := makeTree(canceled(), x, s, cache, treeName, "src", entries, 1<<30)
 	noteFailure(dir, err)
 	if err == nil || heldOff(dir) {
 		t.Errorf("a cancelled tree (%v) holds off the next", err)
@@ -244,7 +244,7 @@ func TestFailureHoldsOff(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(notDir, "trees"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err = makeTree(context.Background(), x, s, notDir, treeName, "src", entries)
+	err = makeTree(context.Background(), x, s, notDir, treeName, "src", entries, 1<<30)
 	if err == nil {
 		t.Fatal("a tree was made under a file")
 	}
@@ -265,7 +265,7 @@ func TestFullVolume(t *testing.T) {
 	}
 	defer unix.Unmount(cache, unix.MNT_DETACH)
 	dir := nodecache.TreeDir(cache, treeName)
-	err := makeTree(context.Background(), x, s, cache, treeName, "src", entries)
+	err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 1<<30)
 	if err == nil {
 		t.Fatal("a tree was made on a full volume")
 	}
@@ -274,4 +274,16 @@ func TestFullVolume(t *testing.T) {
 		t.Errorf("after %v, the next start tries again", err)
 	}
 	assertEntries(t, filepath.Join(cache, "trees"), treeName+".failed")
+}
+
+// TestTreeTooBig: a tree that would take more of the node cache than its
+// bound allows (an eviction batch) is not made, and leaves nothing.
+func TestTreeTooBig(t *testing.T) {
+	x, s, entries := treeSource(t)
+	cache := t.TempDir()
+	err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 8<<10)
+	if !errors.Is(err, errTooBig) {
+		t.Fatalf("a tree of %d bytes at most: %v, want errTooBig", 8<<10, err)
+	}
+	assertEntries(t, filepath.Join(cache, "trees"))
 }

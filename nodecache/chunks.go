@@ -340,7 +340,14 @@ func (d *chunkDir) check(ctx context.Context) error {
 }
 
 // batch is what an eviction frees below the bound: a sixteenth of it.
-func (d *chunkDir) batch() int64 { return d.opt.MaxSize / 16 }
+func (d *chunkDir) batch() int64 { return batch(d.opt.MaxSize) }
+
+func batch(maxSize int64) int64 { return maxSize / 16 }
+
+// MaxTreeBytes is the most disk a boot tree may take in a cache bounded at
+// maxSize: one eviction batch. A tree is counted once made, so a bigger one
+// would take the cache further past its bound than the evictors allow.
+func MaxTreeBytes(maxSize int64) int64 { return batch(maxSize) }
 
 // flush adds what this process wrote to the account.
 func (d *chunkDir) flush() (record, error) {
