@@ -333,8 +333,11 @@ func TestOOMKilledBoot(t *testing.T) {
 		start(t, name, append(bootFlags(storeDir), "--memory", mem, "--memory-swap", mem, boot, "sh", "-c", "cat /usr/lib/x86_64-linux-gnu/*.so* | md5sum")...)
 		w := watch(t, name)
 		w.waitExit(t, 2*time.Minute)
-		r := docker(t, "inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}}", name)
-		if strings.HasSuffix(strings.TrimSpace(r.stdout), " true") {
+		r := docker(t, "inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}} {{.Id}}", name)
+		f := strings.Fields(r.stdout)
+		// docker 20.10 on cgroup v1 often misses the OOM event of a
+		// container whose PID 1 the killer took: the kernel's log says.
+		if len(f) == 3 && (f[1] == "true" || oomKilledIn(t, f[2])) {
 			killed++
 		}
 		t.Logf("--memory %s: exit code and OOM-killed: %s", mem, strings.TrimSpace(r.stdout))
@@ -374,4 +377,15 @@ func TestFUSEConnectionsSeen(t *testing.T) {
 	}
 	docker(t, "kill", name)
 	w.waitExit(t, exitBound)
+}
+
+// oomKilledIn reports whether the kernel's log has the OOM killer killing
+// a process of the container whose ID is id.
+func oomKilledIn(t *testing.T, id string) bool {
+	out, err := exec.Command("dmesg").Output()
+	if err != nil {
+		t.Logf("dmesg: %v", err)
+		return false
+	}
+	return strings.Contains(string(out), "task_memcg=/docker/"+id+",")
 }
