@@ -199,8 +199,10 @@ func profileEntries(p *profile.Profile, x *index.Index) []uint32 {
 }
 
 // lowerPriority puts every thread of the process, and so those it starts
-// later, at the lowest CPU priority (SCHED_IDLE: run only when no other
-// thread of the node wants the core) and the idle I/O class.
+// later, at the lowest CPU priority of its class (nice 19: a sixty-fourth
+// of a normal thread's share of a busy core, all of an idle one) and in the
+// idle I/O class. Not SCHED_IDLE: on a busy node it starved the maker
+// outright, and no start made any progress on its tree.
 func lowerPriority() {
 	tasks, _ := os.ReadDir("/proc/self/task")
 	for _, t := range tasks {
@@ -208,7 +210,7 @@ func lowerPriority() {
 		if _, err := fmt.Sscan(t.Name(), &tid); err != nil {
 			continue
 		}
-		unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0)
+		unix.Setpriority(unix.PRIO_PROCESS, tid, 19)
 		const ioprioWhoProcess, ioprioIdle = 1, 3 << 13
 		unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), ioprioIdle)
 	}

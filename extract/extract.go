@@ -67,9 +67,10 @@ func Extract(ctx context.Context, x *index.Index, s store.Store, dir string, opt
 // container's root.
 //
 // Metadata goes on from what an earlier call, killed or cancelled, left in
-// dir: an entry that is there is kept as it is (a file appears only whole:
-// it is made unnamed, O_TMPFILE, and linked in once complete), and the
-// attributes of directories and of symlinks and devices are set again. What
+// dir: an entry that is there is kept as it is, but a regular file that
+// lacks the image's mtime (set last: one that has it was made whole) is
+// made again, and the attributes of directories, symlinks and devices are
+// set again. What
 // an earlier call made differently (a stub where data was asked for now) is
 // kept: both read the same. A caller that does not trust dir checks it after.
 func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, data []uint32) error {
@@ -195,7 +196,13 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 	case unix.S_IFREG:
 		e.links[ent.Inode] = p
 		if exists {
-			return nil
+			// Its times are set last: one that has the image's was made whole.
+			if there.Size == n.Size && there.Mtim.Nano() == n.Mtime {
+				return nil
+			}
+			if err := unix.Unlinkat(dirfd, name, 0); err != nil {
+				return err
+			}
 		}
 		return e.regular(dirfd, c, ent, n)
 	case unix.S_IFLNK:
@@ -218,17 +225,9 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 	return e.attrs(dirfd, name, n, false)
 }
 
-// regular makes regular file entry c, with its data or as a stub. When
-// resuming, the file is made unnamed (O_TMPFILE) and named once whole, so
-// that a killed extraction leaves no torn file for the next to keep.
+// regular makes regular file entry c, with its data or as a stub.
 func (e *extractor) regular(dirfd int, c uint32, ent *index.Entry, n *index.Inode) error {
-	var fd int
-	var err error
-	if e.opt.resume {
-		fd, err = unix.Openat(dirfd, ".", unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
-	} else {
-		fd, err = unix.Openat(dirfd, ent.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	}
+	fd, err := unix.Openat(dirfd, ent.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -241,14 +240,7 @@ func (e *extractor) regular(dirfd int, c uint32, ent *index.Entry, n *index.Inod
 	if err != nil {
 		return err
 	}
-	if err := e.attrs(fd, "", n, true); err != nil {
-		return err
-	}
-	if !e.opt.resume {
-		return nil
-	}
-	// Through /proc: linkat(AT_EMPTY_PATH) would need CAP_DAC_READ_SEARCH.
-	return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, ent.Name, unix.AT_SYMLINK_FOLLOW)
+	return e.attrs(fd, "", n, true)
 }
 
 // data writes a regular file's bytes; holes stay holes.
