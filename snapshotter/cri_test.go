@@ -78,13 +78,14 @@ type daemon struct {
 	// dockerConfig is its DOCKER_CONFIG: the node's docker config
 	// directory, with no credentials until a test writes some.
 	dockerConfig string
+	flags        []string // more flags of the daemon's
 	proc         *os.Process
 	done         chan struct{}
 }
 
-// startDaemon starts the snapshotter with a new root; when the test ends
-// it is stopped and every mount it made is gone.
-func startDaemon(t *testing.T) *daemon {
+// startDaemon starts the snapshotter with a new root and more flags; when
+// the test ends it is stopped and every mount it made is gone.
+func startDaemon(t *testing.T, flags ...string) *daemon {
 	t.Helper()
 	testenv.FUSE(t)
 	dir, err := os.MkdirTemp("", "mkbootfs-sn-")
@@ -92,7 +93,7 @@ func startDaemon(t *testing.T) *daemon {
 		t.Fatal(err)
 	}
 	d := &daemon{bin: mkbootfs(t), root: filepath.Join(dir, "root"), sock: filepath.Join(dir, "sn.sock"), logFile: filepath.Join(dir, "snapshotter.log"),
-		hosts: filepath.Join(dir, "certs.d"), metrics: deadAddr(t), dockerConfig: filepath.Join(dir, "docker")}
+		hosts: filepath.Join(dir, "certs.d"), metrics: deadAddr(t), dockerConfig: filepath.Join(dir, "docker"), flags: flags}
 	if err := os.Mkdir(d.dockerConfig, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func (d *daemon) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(d.bin, "snapshotter", "--root", d.root, "--address", d.sock, "--hosts-dir", d.hosts, "--metrics-address", d.metrics)
+	cmd := exec.Command(d.bin, append([]string{"snapshotter", "--root", d.root, "--address", d.sock, "--hosts-dir", d.hosts, "--metrics-address", d.metrics}, d.flags...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+d.dockerConfig)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -165,9 +166,11 @@ type node struct {
 	sn *daemon
 }
 
-func startNode(t *testing.T) *node {
+// startNode starts a containerd whose CRI uses a snapshotter started with
+// flags.
+func startNode(t *testing.T, flags ...string) *node {
 	t.Helper()
-	sn := startDaemon(t)
+	sn := startDaemon(t, flags...)
 	return &node{Containerd: testcri.Start(t, testcri.Options{Snapshotter: sn.sock}), sn: sn}
 }
 
