@@ -181,6 +181,12 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 	}
 	switch n.Type() {
 	case unix.S_IFDIR:
+		// Its times are set last, after its contents: one that has the
+		// image's was made whole, and a resumed extraction passes it by.
+		if exists && there.Mtim.Nano() == n.Mtime && there.Mode&0o7777 == n.Mode&0o7777 {
+			e.madeLinks(c, p)
+			return nil
+		}
 		if err := unix.Mkdirat(dirfd, name, 0o700); err != nil && !exists {
 			return err
 		}
@@ -223,6 +229,22 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 	}
 	e.links[ent.Inode] = p
 	return e.attrs(dirfd, name, n, false)
+}
+
+// madeLinks notes, for the hard links still to make, the names that
+// directory entry de, made earlier, gives files of more than one name.
+func (e *extractor) madeLinks(de uint32, path string) {
+	first, count := e.x.Children(de)
+	for c := first; c < first+count; c++ {
+		ent := &e.x.Entries[c]
+		n := &e.x.Inodes[ent.Inode]
+		p := filepath.Join(path, ent.Name)
+		if n.IsDir() {
+			e.madeLinks(c, p)
+		} else if _, ok := e.links[ent.Inode]; !ok && n.Nlink > 1 {
+			e.links[ent.Inode] = p
+		}
+	}
 }
 
 // regular makes regular file entry c, with its data or as a stub.
