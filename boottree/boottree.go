@@ -59,14 +59,32 @@ var ErrUnsealed = errors.New("not sealed")
 // Seal checks the tree at dir against x, reading the data of the files it
 // holds with their bytes from s, and seals it as name on the file at
 // sealFile. A tree that differs from x in any way is not sealed: the error
-// says where. It needs CAP_SYS_ADMIN, for the trusted xattr.
+// says where. It needs CAP_SYS_ADMIN, for the trusted xattrs.
+//
+// A check cut short (its process killed: a short container's exit) is
+// gone on with by the next Seal of the tree, from the entry it had reached
+// and with the T0 it began with, both kept on sealFile as it goes: the
+// entries checked before are stat'ed alone, and any of them changed since
+// T0 fails the check all the same.
 func Seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFile string) error {
-	t0, err := coarseNow(filepath.Dir(dir))
+	f, err := os.OpenFile(sealFile, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
 	}
-	w := &walker{ctx: ctx, x: x, t0: t0, full: true, ino: map[uint32]uint64{}, chunks: chunkReader(ctx, x, s)}
+	defer f.Close()
+	fd := int(f.Fd())
+	t0, done, ok := readProgress(fd, name)
+	if !ok {
+		if t0, err = coarseNow(filepath.Dir(dir)); err != nil {
+			return err
+		}
+	}
+	w := &walker{ctx: ctx, x: x, t0: t0, full: true, ino: map[uint32]uint64{}, chunks: chunkReader(ctx, x, s), skip: done}
+	w.progress = func(n int) { unix.Fsetxattr(fd, progressXattr, sealValue(name, t0, n), 0) }
 	if err := w.tree(dir); err != nil {
+		if !errors.Is(err, context.Canceled) {
+			unix.Fremovexattr(fd, progressXattr) // a check that failed begins again
+		}
 		return err
 	}
 	// Pages written through a mapping before the check are on disk now
@@ -74,20 +92,30 @@ func Seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFil
 	if err := syncfs(dir); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(sealFile, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Fsetxattr(int(f.Fd()), sealXattr, sealValue(name, t0), 0); err != nil {
+	if err := unix.Fsetxattr(fd, sealXattr, sealValue(name, t0, 0), 0); err != nil {
 		return fmt.Errorf("sealing %s: xattr %s: %w", dir, sealXattr, err)
 	}
+	unix.Fremovexattr(fd, progressXattr)
 	return f.Sync()
+}
+
+// progressXattr holds, on the seal file, how far a check cut short got.
+const progressXattr = "trusted.mkbootfs.checking"
+
+// readProgress reads the progress of a check of tree name cut short.
+func readProgress(fd int, name string) (t0 unix.Timespec, done int, ok bool) {
+	buf := make([]byte, 128)
+	n, err := unix.Fgetxattr(fd, progressXattr, buf)
+	if err != nil {
+		return t0, 0, false
+	}
+	return parseSeal(buf[:n], name)
 }
 
 // Unseal removes the seal of the file at sealFile, before a new tree takes
 // the name.
 func Unseal(sealFile string) error {
+	unix.Removexattr(sealFile, progressXattr)
 	err := unix.Removexattr(sealFile, sealXattr)
 	if err == nil || errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOENT) {
 		return nil
@@ -121,21 +149,25 @@ func readSeal(name, sealFile string) (unix.Timespec, bool) {
 	if err != nil {
 		return unix.Timespec{}, false
 	}
-	return parseSeal(buf[:n], name)
+	t0, _, ok := parseSeal(buf[:n], name)
+	return t0, ok
 }
 
-func sealValue(name string, t0 unix.Timespec) []byte {
-	return fmt.Appendf(nil, "1 %s %d %d", name, t0.Sec, t0.Nsec)
+// sealValue is a seal, or with done > 0 a check's progress: the tree's
+// name, T0, and the entries checked.
+func sealValue(name string, t0 unix.Timespec, done int) []byte {
+	return fmt.Appendf(nil, "1 %s %d %d %d", name, t0.Sec, t0.Nsec, done)
 }
 
-func parseSeal(v []byte, name string) (unix.Timespec, bool) {
+func parseSeal(v []byte, name string) (unix.Timespec, int, bool) {
 	f := strings.Fields(string(v))
-	if len(f) != 4 || f[0] != "1" || f[1] != name {
-		return unix.Timespec{}, false
+	if len(f) != 5 || f[0] != "1" || f[1] != name {
+		return unix.Timespec{}, 0, false
 	}
 	sec, err1 := strconv.ParseInt(f[2], 10, 64)
 	nsec, err2 := strconv.ParseInt(f[3], 10, 64)
-	return unix.Timespec{Sec: sec, Nsec: nsec}, err1 == nil && err2 == nil
+	done, err3 := strconv.Atoi(f[4])
+	return unix.Timespec{Sec: sec, Nsec: nsec}, done, err1 == nil && err2 == nil && err3 == nil && done >= 0
 }
 
 // coarseNow returns T0: the ctime the kernel gives a change now, once its
@@ -193,6 +225,14 @@ type walker struct {
 	chunks func(i int) ([]byte, error) // the index's chunks, for file data
 	buf    []byte                      // file data read from the tree
 	want   []byte                      // file data as the index has it
+
+	// A check going on from one cut short: the first skip entries, checked
+	// then, are stat'ed alone; progress records how far it got, now and
+	// then.
+	skip     int
+	progress func(done int)
+	seen     int       // entries walked
+	noted    time.Time // when progress was last recorded
 }
 
 // tree walks the tree at dir from the index's root.
@@ -285,7 +325,20 @@ func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error 
 	if !w.full {
 		return nil
 	}
+	w.seen++
 	ino := w.x.Entries[c].Inode
+	if w.seen <= w.skip {
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			if _, ok := w.ino[ino]; !ok {
+				w.ino[ino] = st.Ino
+			}
+		}
+		return nil
+	}
+	if w.progress != nil && time.Since(w.noted) > 20*time.Millisecond {
+		w.progress(w.seen - 1)
+		w.noted = time.Now()
+	}
 	n := &w.x.Inodes[ino]
 	typ := st.Mode & unix.S_IFMT
 	switch {

@@ -175,3 +175,47 @@ func TestCheckNamesWhatChanged(t *testing.T) {
 		t.Fatalf("check of a tree whose /dir was chmodded: %v, want it named", err)
 	}
 }
+
+// TestSealResumes: a check cut short is gone on with by the next Seal, with
+// the T0 it began with: the tree is sealed in the end, and an entry checked
+// before the cut and changed after it fails the check all the same.
+func TestSealResumes(t *testing.T) {
+	f := newFixture(t)
+	cut := func(dir, seal string) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		if err := boottree.Seal(ctx, f.x, &cancelling{Store: f.s, cancel: cancel}, dir, "tree", seal); !errors.Is(err, context.Canceled) {
+			t.Fatalf("a check cut short: %v", err)
+		}
+	}
+	dir, seal := f.make(t)
+	cut(dir, seal)
+	if err := boottree.Check(f.x, dir, "tree", seal); !errors.Is(err, boottree.ErrUnsealed) {
+		t.Fatalf("a tree whose check was cut short: %v, want ErrUnsealed", err)
+	}
+	if err := boottree.Seal(context.Background(), f.x, f.s, dir, "tree", seal); err != nil {
+		t.Fatalf("going on with the check: %v", err)
+	}
+	if err := boottree.Check(f.x, dir, "tree", seal); err != nil {
+		t.Fatalf("a tree sealed by a check gone on with: %v", err)
+	}
+
+	dir, seal = f.make(t)
+	cut(dir, seal)
+	os.Chmod(filepath.Join(dir, "small"), 0o4755) // after T0, before or after the cut
+	if err := boottree.Seal(context.Background(), f.x, f.s, dir, "tree", seal); !errors.Is(err, boottree.ErrChanged) {
+		t.Fatalf("a check gone on with after a change: %v, want ErrChanged", err)
+	}
+}
+
+// cancelling is a store that cancels its reader's context on its first
+// read: the check stops at its first file with data.
+type cancelling struct {
+	store.Store
+	cancel func()
+}
+
+func (c *cancelling) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	c.cancel()
+	return nil, context.Canceled
+}

@@ -206,6 +206,9 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 			if there.Size == n.Size && there.Mtim.Nano() == n.Mtime {
 				return nil
 			}
+			if done, err := e.goOn(dirfd, ent, n, there.Size); done || err != nil {
+				return err
+			}
 			if err := unix.Unlinkat(dirfd, name, 0); err != nil {
 				return err
 			}
@@ -267,13 +270,19 @@ func (e *extractor) regular(dirfd int, c uint32, ent *index.Entry, n *index.Inod
 
 // data writes a regular file's bytes; holes stay holes.
 func (e *extractor) data(fd int, ino uint32, n *index.Inode) error {
+	return e.dataFrom(fd, ino, n, 0)
+}
+
+// dataFrom writes a regular file's bytes from offset from on: the bytes
+// before it are there, written in order by an extraction cut short.
+func (e *extractor) dataFrom(fd int, ino uint32, n *index.Inode, from int64) error {
 	runs := n.Extents
 	if runs == nil {
 		runs = []index.Extent{{Off: 0, Len: n.Size}}
 	}
 	buf := make([]byte, 1<<20)
 	for _, r := range runs {
-		for off := r.Off; off < r.Off+r.Len; {
+		for off := max(r.Off, min(from, r.Off+r.Len)); off < r.Off+r.Len; {
 			b := buf[:min(int64(len(buf)), r.Off+r.Len-off)]
 			if _, err := e.x.ReadAt(ino, b, off, e.chunks.get); err != nil {
 				return err
@@ -289,17 +298,39 @@ func (e *extractor) data(fd int, ino uint32, n *index.Inode) error {
 
 // metacopy makes fd the metacopy stub of regular file entry c: its size,
 // and where overlayfs finds its data.
+// The xattrs come first: a stub cut short before its size is not taken
+// for a file whose data was being written (see goOn).
 func (e *extractor) metacopy(fd int, c uint32, n *index.Inode) error {
-	if err := unix.Ftruncate(fd, n.Size); err != nil {
-		return err
-	}
 	if err := unix.Fsetxattr(fd, xattrMetacopy, nil, 0); err != nil {
 		return fmt.Errorf("xattr %s: %w", xattrMetacopy, err)
 	}
 	if err := unix.Fsetxattr(fd, xattrRedirect, []byte(e.x.Path(c)), 0); err != nil {
 		return fmt.Errorf("xattr %s: %w", xattrRedirect, err)
 	}
-	return nil
+	return unix.Ftruncate(fd, n.Size)
+}
+
+// goOn finishes regular file ent, there with size bytes, whose data an
+// extraction cut short was writing; false if it is not such a file (a stub
+// cut short) and is to be made again. A big file would otherwise be
+// written again from its start by every resumed extraction, and one cut
+// short each time would never be finished.
+func (e *extractor) goOn(dirfd int, ent *index.Entry, n *index.Inode, size int64) (bool, error) {
+	if e.stub != nil && e.stub[ent.Inode] || size > n.Size {
+		return false, nil
+	}
+	fd, err := unix.Openat(dirfd, ent.Name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, nil
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Fgetxattr(fd, xattrMetacopy, nil); !errors.Is(err, unix.ENODATA) {
+		return false, nil
+	}
+	if err := e.dataFrom(fd, ent.Inode, n, size); err != nil {
+		return true, err
+	}
+	return true, e.attrs(fd, "", n, true)
 }
 
 // attrs sets owner, mode, xattrs and times, in that order: chown clears
