@@ -66,9 +66,14 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	}
 	start := time.Now()
 	// Once the profile's chunks are in the cache, the boot tree can be
-	// made of them.
+	// made of them. One that an earlier start began is gone on with at
+	// once: a short command leaves the maker little time.
+	makeTree := b.tree != "" && b.profile != nil && !heldOff(b.tree)
+	if makeTree && (isDir(b.tree) || isDir(treeTemp(b.tree))) {
+		b.stopTree = b.startTreeMaker()
+	}
 	profiledIn := func() {
-		if b.tree != "" && b.profile != nil && !heldOff(b.tree) {
+		if makeTree && b.stopTree == nil {
 			b.stopTree = b.startTreeMaker()
 		}
 	}

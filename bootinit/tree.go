@@ -238,7 +238,7 @@ func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name
 	removeDeadTemps(trees)
 	lockFile := nodecache.TreeLock(cacheDir, name)
 	if !isDir(dir) {
-		tmp := filepath.Join(trees, nodecache.TempPrefix+name)
+		tmp := treeTemp(dir)
 		if err := os.MkdirAll(tmp, 0o700); err != nil {
 			return err
 		}
@@ -294,6 +294,11 @@ func treeBytes(x *index.Index, data []uint32) int64 {
 		n += (x.Inodes[x.Entries[e].Inode].Size + 4095) &^ 4095
 	}
 	return n
+}
+
+// treeTemp is where the tree at dir is made.
+func treeTemp(dir string) string {
+	return filepath.Join(filepath.Dir(dir), nodecache.TempPrefix+filepath.Base(dir))
 }
 
 // wholeInCache returns the entries whose files' chunks s holds all: a tree
