@@ -26,14 +26,13 @@ import (
 
 // evictor is one eviction pass.
 type evictor struct {
-	ctx      context.Context
-	dir      string
-	acct     *account // nil: no account (a volume too full to make one), no locks
-	target   int64
-	rec      record
-	prefixes []string
-	trees    []treeInfo // unused candidates, least recently used first
-	removed  int64      // bytes
+	ctx     context.Context
+	dir     string
+	acct    *account // nil: no account (a volume too full to make one), no locks
+	target  int64
+	rec     record
+	trees   []treeInfo // unused candidates, least recently used first
+	removed int64      // bytes
 }
 
 // aSixteenth as evict's target frees a sixteenth of every shard: for a
@@ -56,9 +55,6 @@ func evict(ctx context.Context, dir string, acct *account, target int64) (int64,
 		if e.rec.total() <= target {
 			return 0, nil
 		}
-	}
-	if e.prefixes, err = chunkPrefixes(dir); err != nil {
-		return 0, err
 	}
 	trees, _ := listTrees(dir, false)
 	for _, t := range trees {
@@ -159,12 +155,15 @@ func evictShard(ctx context.Context, dir string, acct *account, e *evictor, s in
 	if e == nil {
 		e = &evictor{dir: dir}
 	}
-	prefixes := e.prefixes
-	if prefixes == nil {
-		var err error
-		if prefixes, err = chunkPrefixes(dir); err != nil {
-			return 0, err
-		}
+	// Listed after before was read: a chunk counted in before is in a
+	// directory the walk sees, and one counted since is added back below.
+	// A list made before before missed the directories writers made in
+	// between, whose chunks the walk's count then dropped from the
+	// account: five containers filling a 100M cache at once took it to
+	// 112M.
+	prefixes, err := chunkPrefixes(dir)
+	if err != nil {
+		return 0, err
 	}
 	w, err := walkChunks(ctx, dir, prefixes, func(p string) bool { return shardOf(p) == s }, true)
 	if err != nil {
