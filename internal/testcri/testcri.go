@@ -43,7 +43,7 @@ const (
 	callTimeout  = 3 * time.Minute
 	startTimeout = 30 * time.Second
 	stopTimeout  = 15 * time.Second
-	// reconnectWait bounds how long RunPod waits for containerd to reach
+	// reconnectWait bounds how long RunPod and Run wait for containerd to reach
 	// its proxy snapshotter again.
 	reconnectWait = 30 * time.Second
 )
@@ -276,21 +276,11 @@ func (c *Containerd) RunPod(t testing.TB, name string) *Pod {
 		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2, "pid": 1, "ipc": 0}}},
 	}
 	writeJSON(t, p.config, cfg)
-	// As kubelet does, try again while containerd has no connection to
-	// its proxy snapshotter (one restarted is reached again within its
-	// gRPC backoff).
-	deadline := time.Now().Add(reconnectWait)
-	for {
-		id, err := c.TryCrictl("runp", p.config)
-		if err == nil {
-			p.ID = id
-			break
-		}
-		if !strings.Contains(err.Error(), "code = Unavailable") || time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	id, err := whileUnavailable(func() (string, error) { return c.TryCrictl("runp", p.config) })
+	if err != nil {
+		t.Fatal(err)
 	}
+	p.ID = id
 	t.Cleanup(func() {
 		c.TryCrictl("stopp", p.ID)
 		c.TryCrictl("rmp", "-f", p.ID)
@@ -346,12 +336,27 @@ func (p *Pod) Create(ct Container) (string, error) {
 // Run creates and starts a container; a failure fails the test.
 func (p *Pod) Run(t testing.TB, ct Container) string {
 	t.Helper()
-	id, err := p.Create(ct)
+	id, err := whileUnavailable(func() (string, error) { return p.Create(ct) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.c.Crictl(t, "start", id)
 	return id
+}
+
+// whileUnavailable runs a crictl call again, as kubelet does, while
+// containerd has no connection to its proxy snapshotter: one restarted is
+// reached again within containerd's gRPC backoff, and a call meanwhile
+// fails Unavailable.
+func whileUnavailable(call func() (string, error)) (string, error) {
+	deadline := time.Now().Add(reconnectWait)
+	for {
+		out, err := call()
+		if err == nil || !strings.Contains(err.Error(), "code = Unavailable") || time.Now().After(deadline) {
+			return out, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // State returns a container's state (CONTAINER_RUNNING, CONTAINER_EXITED,
