@@ -169,14 +169,21 @@ func runTreeMaker(logger *log.Logger, args []string) error {
 	return nil
 }
 
-// mountProc mounts /proc, which extract and boottree name files through
-// (/proc/self/fd/N), in the tree maker's own mount namespace.
+// mountProc makes the tree maker's own mount namespace: the image's mounts
+// out of it, and /proc, which extract and boottree name files through
+// (/proc/self/fd/N), in it.
 func mountProc() error {
-	if _, err := os.Stat("/proc/self/fd"); err == nil {
-		return nil
-	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making the mounts private: %w", err)
+	}
+	// The maker never reads the image through them, and a copy of the lazy
+	// mount here would keep its FUSE connection from ending with the
+	// container until this namespace is gone.
+	for _, m := range []string{bootconfig.RootDir, bootconfig.LowerDir} {
+		unix.Unmount(m, unix.MNT_DETACH)
+	}
+	if _, err := os.Stat("/proc/self/fd"); err == nil {
+		return nil
 	}
 	if err := os.MkdirAll("/proc", 0o555); err != nil {
 		return err
