@@ -1,7 +1,6 @@
 package bootinit_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"maps"
@@ -14,33 +13,18 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mkbootfs/mkbootfs/internal/fusectl"
 )
 
 // exitBound is how long a killed container may take to end.
 const exitBound = 5 * time.Second
 
-// fuseConnections returns the FUSE connections (their directories in
-// /sys/fs/fuse/connections) of the mounts in the mount namespace of pid.
-func fuseConnections(pid int) []string {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var conns []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) && strings.HasPrefix(fields[i+1], "fuse") {
-				if _, minor, ok := strings.Cut(fields[2], ":"); ok {
-					conns = append(conns, filepath.Join("/sys/fs/fuse/connections", minor))
-				}
-			}
-		}
-	}
-	return conns
-}
+// leakGrace is how long after its container's end a FUSE connection may
+// take to go: the kernel ends a connection as the last reference to its
+// mounts goes, which the container's end and docker's answer do not
+// order.
+const leakGrace = time.Second
 
 // ownMountIO returns the kernel stack of a thread of pid that waits on a
 // FUSE filesystem other than in reading /dev/fuse, "" if none does. For
@@ -99,7 +83,7 @@ func TestOnFUSEMount(t *testing.T) {
 type watched struct {
 	name  string
 	mu    sync.Mutex
-	conns map[string]bool
+	conns map[string]fusectl.Conn
 	ownIO string // a stack of PID 1 doing I/O on its mount
 	stop  chan struct{}
 	done  chan struct{}
@@ -109,14 +93,19 @@ type watched struct {
 func watch(t *testing.T, name string) *watched {
 	t.Helper()
 	pid, _ := strconv.Atoi(strings.TrimSpace(docker(t, "inspect", "-f", "{{.State.Pid}}", name).stdout))
-	w := &watched{name: name, conns: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	w := &watched{name: name, conns: map[string]fusectl.Conn{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		for {
-			for _, c := range fuseConnections(pid) {
+			for _, name := range fusectl.Mounted(pid) {
 				w.mu.Lock()
-				w.conns[c] = true
+				_, seen := w.conns[name]
 				w.mu.Unlock()
+				if c, ok, _ := fusectl.Lookup(name); ok && !seen {
+					w.mu.Lock()
+					w.conns[name] = c
+					w.mu.Unlock()
+				}
 			}
 			if stack := ownMountIO(pid); stack != "" && w.ownIO == "" {
 				w.mu.Lock()
@@ -150,62 +139,24 @@ func (w *watched) waitExit(t *testing.T, bound time.Duration) {
 	if w.ownIO != "" {
 		t.Errorf("%s: bootinit, which serves the lazy mount, did I/O on it:\n%s", w.name, w.ownIO)
 	}
-	conns := slices.Sorted(maps.Keys(w.conns))
+	conns := slices.Collect(maps.Values(w.conns))
 	if err == nil && ctx.Err() == nil {
-		for _, c := range leaked(t, conns) {
-			t.Errorf("%s ended, but its FUSE connection %s lives on, mounted nowhere", w.name, c)
+		leaks, err := fusectl.Leaked(conns, leakGrace)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range leaks {
+			t.Errorf("%s ended, but its %s lives on, mounted nowhere", w.name, l)
 		}
 		return
 	}
-	if out, err := fusectl(`for c; do [ -e "$c" ] && echo 1 > "$c/abort"; done; true`, conns...); err != nil {
-		t.Errorf("aborting %v: %v: %s", conns, err, out)
+	for _, c := range conns {
+		if err := fusectl.Abort(c); err != nil {
+			t.Errorf("aborting %v: %v", c, err)
+		}
 	}
 	t.Errorf("%s was still running after %v: wedged (its FUSE connections %v are aborted now)", w.name, bound, conns)
 	docker(t, "wait", w.name)
-}
-
-// fusectl runs the sh script, its arguments $1..., with fusectl mounted at
-// /sys/fs/fuse/connections: the host's, or where the host has none there,
-// in a mount namespace of its own, gone with it. fusectl shows every FUSE
-// connection of the kernel either way.
-func fusectl(script string, args ...string) (string, error) {
-	out, err := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c",
-		"mountpoint -q /sys/fs/fuse/connections || mount -t fusectl fusectl /sys/fs/fuse/connections || exit\n" + script, "sh"}, args...)...).CombinedOutput()
-	return string(out), err
-}
-
-// existing returns those of the FUSE connections conns that the kernel
-// still has.
-func existing(t *testing.T, conns []string) []string {
-	t.Helper()
-	out, err := fusectl(`for c; do [ -e "$c" ] && echo "$c"; done; true`, conns...)
-	if err != nil {
-		t.Fatalf("listing FUSE connections: %v: %s", err, out)
-	}
-	return strings.Fields(out)
-}
-
-// leaked returns those of conns that the kernel still has though no
-// process's mount namespace mounts them: held by a process that keeps
-// /dev/fuse open. (A connection number another mount took since is
-// mounted, and so not counted.)
-func leaked(t *testing.T, conns []string) []string {
-	t.Helper()
-	mounted := map[string]bool{}
-	pids, _ := filepath.Glob("/proc/[0-9]*")
-	for _, p := range pids {
-		pid, _ := strconv.Atoi(filepath.Base(p))
-		for _, c := range fuseConnections(pid) {
-			mounted[c] = true
-		}
-	}
-	var out []string
-	for _, c := range existing(t, conns) {
-		if !mounted[c] {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // TestKilledDuringCopyUp kills a container while the boot reads the
@@ -359,21 +310,23 @@ func TestFUSEConnectionsSeen(t *testing.T) {
 	start(t, name, append(bootFlags(storeDir), boot, "sh", "-c", "echo ready; exec sleep 600")...)
 	waitForLog(t, name, "ready\n")
 	w := watch(t, name)
-	var conns []string
+	var conns []fusectl.Conn
 	for i := 0; len(conns) == 0 && i < 500; i++ {
 		time.Sleep(10 * time.Millisecond)
 		w.mu.Lock()
-		conns = slices.Sorted(maps.Keys(w.conns))
+		conns = slices.Collect(maps.Values(w.conns))
 		w.mu.Unlock()
 	}
 	if len(conns) == 0 {
 		t.Fatal("no FUSE connection in the mounts of the container's PID 1")
 	}
-	if got := existing(t, conns); !slices.Equal(got, conns) {
-		t.Errorf("of the running container's FUSE connections %v, fusectl shows %v", conns, got)
+	for _, c := range conns {
+		if alive, err := fusectl.Alive(c); err != nil || !alive {
+			t.Errorf("the running container's %v: fusectl does not show it (%v)", c, err)
+		}
 	}
-	if got := leaked(t, conns); len(got) > 0 {
-		t.Errorf("the running container's mounted FUSE connections %v counted as leaked", got)
+	if leaks, err := fusectl.Leaked(conns, 0); err != nil || len(leaks) > 0 {
+		t.Errorf("the running container's mounted FUSE connections counted as leaked: %v %v", leaks, err)
 	}
 	docker(t, "kill", name)
 	w.waitExit(t, exitBound)

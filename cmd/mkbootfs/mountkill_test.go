@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mkbootfs/mkbootfs/internal/fusectl"
 	"github.com/mkbootfs/mkbootfs/internal/testenv"
 	"github.com/mkbootfs/mkbootfs/internal/testserver"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -28,50 +27,6 @@ import (
 // readerBound is how long a reader of a mount whose server was killed may
 // take to end.
 const readerBound = 10 * time.Second
-
-// fuseConnOf returns the directory in /sys/fs/fuse/connections of the FUSE
-// mount at mnt, "" if there is none.
-func fuseConnOf(mnt string) string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || fields[4] != mnt {
-			continue
-		}
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) && strings.HasPrefix(fields[i+1], "fuse") {
-				if _, minor, ok := strings.Cut(fields[2], ":"); ok {
-					return filepath.Join("/sys/fs/fuse/connections", minor)
-				}
-			}
-		}
-	}
-	return ""
-}
-
-// abortFUSE aborts the FUSE connection conn (a directory in
-// /sys/fs/fuse/connections), which ends every request waiting on it. Where
-// fusectl is not mounted there, it is mounted in a mount namespace of its
-// own, which goes with it.
-func abortFUSE(conn string) error {
-	if conn == "" {
-		return errors.New("no FUSE connection found for the mount")
-	}
-	if err := os.WriteFile(filepath.Join(conn, "abort"), []byte("1"), 0); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	out, err := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
-		`mount -t fusectl fusectl /sys/fs/fuse/connections && echo 1 > "$1/abort"`, "sh", conn).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%v: %s", err, out)
-	}
-	return nil
-}
 
 // procState returns the state letter of process pid (R, S, D, Z...), ""
 // once it is gone.
@@ -116,15 +71,18 @@ func killMount(t *testing.T, m *mountProc, readers []*reader) []error {
 	t.Helper()
 	// A failed check below must not leave the dead mount behind.
 	t.Cleanup(func() { unix.Unmount(m.mnt, unix.MNT_DETACH) })
-	conn := fuseConnOf(m.mnt)
+	conn, ok, err := fusectl.Lookup(fusectl.MountedAt(os.Getpid(), m.mnt))
+	if err != nil || !ok {
+		t.Fatalf("no FUSE connection found for the mount at %s (%v)", m.mnt, err)
+	}
 	abort := func() {
-		if err := abortFUSE(conn); err != nil {
-			t.Errorf("aborting the FUSE connection %q: %v", conn, err)
+		if err := fusectl.Abort(conn); err != nil {
+			t.Errorf("aborting %v: %v", conn, err)
 		}
 	}
 	m.cmd.Process.Kill()
 	if ended, _ := waitBounded(m.done); !ended {
-		t.Errorf("the mount's process (state %s) still runs %v after SIGKILL; aborting its FUSE connection %s", procState(m.cmd.Process.Pid), readerBound, conn)
+		t.Errorf("the mount's process (state %s) still runs %v after SIGKILL; aborting its %v", procState(m.cmd.Process.Pid), readerBound, conn)
 		abort()
 		if ended, _ := waitBounded(m.done); !ended {
 			t.Fatalf("the mount's process (state %s) still runs after its FUSE connection was aborted", procState(m.cmd.Process.Pid))
