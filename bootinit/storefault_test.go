@@ -1,17 +1,23 @@
 package bootinit_test
 
 import (
+	"context"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/internal/testserver"
+	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/httpstore"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
@@ -168,4 +174,132 @@ func sameLines(got, want string) int {
 		}
 	}
 	return n
+}
+
+// TestDamagedChunks serves the image from a store where one chunk of each
+// of three files is damaged: flipped bytes, cut short, or another chunk's
+// bytes under its name. Reading those files fails with EIO, every other
+// file reads right, no wrong byte reaches the app, the cache volume holds
+// only chunks that verify, and a start from the sound store afterwards,
+// on the same volume, reads every file right.
+func TestDamagedChunks(t *testing.T) {
+	orig, boot, storeDir := converted(t)
+	b, err := bootimage.Read(context.Background(), "docker-daemon:"+boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lib = "/usr/lib/x86_64-linux-gnu/"
+	damaged := []struct{ path, how string }{
+		{lib + "libapt-pkg.so.6.0.0", "flipped"},
+		{lib + "libstdc++.so.6.0.30", "cut short"},
+		{lib + "libsystemd.so.0.35.0", "swapped"},
+	}
+	sound := []string{"/usr/bin/apt-get", lib + "libzstd.so.1.5.4", "/usr/bin/dpkg"}
+	dir := t.TempDir()
+	if out, err := exec.Command("cp", "-a", storeDir+"/.", dir).CombinedOutput(); err != nil {
+		t.Fatalf("copying the store: %v: %s", err, out)
+	}
+	s, err := local.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A chunk inside each file, none of whose bytes another file has.
+	inner := func(p string) store.ID {
+		t.Helper()
+		e, err := b.Index.Resolve(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, l, ok := b.Index.ChunkSpan(b.Index.Entries[e].Inode)
+		if !ok || l-f < 2 {
+			t.Fatalf("%s: chunks %d..%d: too few for one of its own", p, f, l)
+		}
+		return store.ID(b.Index.Chunks[(f+l)/2].ID)
+	}
+	var bad []store.ID
+	for _, d := range damaged {
+		id := inner(d.path)
+		bad = append(bad, id)
+		raw, err := os.ReadFile(s.Path(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch d.how {
+		case "flipped":
+			for k := len(raw) / 2; k < len(raw)/2+16; k++ {
+				raw[k] ^= 0xff
+			}
+		case "cut short":
+			raw = raw[:len(raw)/2]
+		case "swapped":
+			raw, err = os.ReadFile(s.Path(inner(sound[1])))
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(s.Path(id), raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vol := fmt.Sprintf("mkbootfs-e2e-damaged-%d", os.Getpid())
+	t.Cleanup(func() { docker(t, "volume", "rm", "-f", vol) })
+	files := append([]string{}, sound...)
+	for _, d := range damaged {
+		files = append(files, d.path, d.path) // a second read fails as the first
+	}
+	script := `for f; do md5sum "$f"; done`
+	want := docker(t, append([]string{"run", "--rm", orig, "sh", "-c", script, "sh"}, files...)...)
+	runFrom := func(dir string) result {
+		_, addr := serveCounting(t, dir)
+		args := append(append([]string{"run", "--rm"}, httpStore(addr)...), "-v", vol+":/.bootfs/cache", boot, "sh", "-c", script, "sh")
+		return docker(t, append(args, files...)...)
+	}
+	got := runFrom(dir)
+	wantLines := strings.Split(strings.TrimSpace(want.stdout), "\n")
+	var gotSound []string
+	for _, l := range strings.Split(strings.TrimSpace(got.stdout), "\n") {
+		if !slices.Contains(wantLines, l) {
+			t.Errorf("a wrong byte reached the app: %q is not the original's", l)
+		}
+		gotSound = append(gotSound, l)
+	}
+	if len(gotSound) != len(sound) {
+		t.Errorf("from the damaged store, md5sum printed %d sums, want %d (the sound files'):\n%s", len(gotSound), len(sound), got.stdout)
+	}
+	for _, d := range damaged {
+		if n := strings.Count(got.stderr, d.path+": Input/output error"); n != 2 {
+			t.Errorf("%s (a chunk %s): %d reads failed with EIO, want 2; stderr:\n%s", d.path, d.how, n, got.stderr)
+		}
+	}
+	// The volume holds what verifies, and none of the damaged chunks.
+	mp := strings.TrimSpace(docker(t, "volume", "inspect", "-f", "{{.Mountpoint}}", vol).stdout)
+	cache, err := local.Open(mp, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err = filepath.WalkDir(mp, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !strings.HasSuffix(p, ".cacnk") {
+			return err
+		}
+		id, err := store.ParseID(strings.TrimSuffix(filepath.Base(p), ".cacnk"))
+		if err != nil {
+			return err
+		}
+		if slices.Contains(bad, id) {
+			t.Errorf("the cache volume holds damaged chunk %s", id.Short())
+		}
+		n++
+		_, err = store.Load(context.Background(), cache, id)
+		return err
+	})
+	if err != nil {
+		t.Errorf("the cache volume: %v", err)
+	}
+	if n == 0 {
+		t.Error("the cache volume holds no chunk")
+	}
+	if again := runFrom(storeDir); again.stdout != want.stdout || again.code != 0 {
+		t.Errorf("from the sound store on the same volume: exit %d, stdout %q, want %q; stderr: %s", again.code, again.stdout, want.stdout, again.stderr)
+	}
 }
