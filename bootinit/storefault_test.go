@@ -303,3 +303,39 @@ func TestDamagedChunks(t *testing.T) {
 		t.Errorf("from the sound store on the same volume: exit %d, stdout %q, want %q; stderr: %s", again.code, again.stdout, want.stdout, again.stderr)
 	}
 }
+
+// TestKillWithStoreDown kills containers whose store went away in the
+// middle of the app's reads, refusing connections (its process killed) or
+// answering nothing (stopped), at points through the retries of the reads
+// that wait on it: each ends within exitBound and leaves no FUSE
+// connection.
+func TestKillWithStoreDown(t *testing.T) {
+	_, boot, storeDir := converted(t)
+	for _, down := range []struct {
+		name string
+		sig  syscall.Signal
+	}{{"refusing", syscall.SIGKILL}, {"hung", syscall.SIGSTOP}} {
+		t.Run(down.name, func(t *testing.T) {
+			t.Parallel()
+			for _, after := range []time.Duration{200 * time.Millisecond, time.Second, 3 * time.Second} {
+				addr := testserver.FreePort(t)
+				srv := serveProcess(t, addr, storeDir, 20*time.Millisecond)
+				name := fmt.Sprintf("mkbootfs-e2e-store-%s-%d", down.name, after.Milliseconds())
+				start(t, name, "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "-e", "MKBOOTFS_STORE=http://"+addr,
+					boot, "sh", "-c", "echo reading; exec cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* >/dev/null")
+				w := watch(t, name)
+				waitForLog(t, name, "reading\n")
+				if err := srv.Process.Signal(down.sig); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(after)
+				if !running(t, name) {
+					w.stopWatching()
+					t.Fatalf("%s ended %v after its store went down, before the kill: %s", name, after, docker(t, "logs", name).stderr)
+				}
+				docker(t, "kill", name)
+				w.waitExit(t, exitBound)
+			}
+		})
+	}
+}
