@@ -85,7 +85,16 @@ type account struct {
 
 // openAccount opens the cache's account, making it if need be.
 func openAccount(dir string) (*account, error) {
-	f, err := os.OpenFile(filepath.Join(dir, accountName), os.O_RDWR|os.O_CREATE, 0o644)
+	return openAccountFile(dir, os.O_RDWR|os.O_CREATE)
+}
+
+// openAccountRO opens an existing account for reading.
+func openAccountRO(dir string) (*account, error) {
+	return openAccountFile(dir, os.O_RDONLY)
+}
+
+func openAccountFile(dir string, flag int) (*account, error) {
+	f, err := os.OpenFile(filepath.Join(dir, accountName), flag, 0o644)
 	if err != nil {
 		return nil, err
 	}

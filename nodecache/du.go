@@ -198,17 +198,3 @@ func locked() map[fileID]bool {
 	}
 	return m
 }
-
-// openAccountRO opens an existing account for reading.
-func openAccountRO(dir string) (*account, error) {
-	f, err := os.Open(filepath.Join(dir, accountName))
-	if err != nil {
-		return nil, err
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &account{f: f, rc: rc}, nil
-}
