@@ -31,9 +31,10 @@
 #   few   that image, `cat /etc/os-release`: a start that reads a few
 #         files of a large image
 # The link: every server on 127.0.0.1 behind a Toxiproxy with a latency
-# toxic on both streams, and an htb class per proxy on lo (a u32 match on
-# the proxy's source port) that limits the download direction to the rate
-# and counts its bytes. Containers run with --network host to reach them.
+# toxic on both streams, and an htb class per proxy (bench/lib.sh's link:
+# on a device of the run's own, to which lo sends the proxy's packets) that
+# limits the download direction to the rate and counts its bytes.
+# Containers run with --network host to reach them.
 # Its own docker-registry (temp storage) holds both images; chunks come
 # from `mkbootfs serve --http` (http) and, in a second converted image,
 # from the registry next to the boot image (oci). bootinit gets a nonce
@@ -74,11 +75,10 @@ PROFILES=${COLDSTART_PROFILES:-profiled,unprofiled}
 RUNS=${RUNS:-3}
 STEADY=${COLDSTART_STEADY:-3}
 CONVERT_FLAGS=${COLDSTART_CONVERT_FLAGS:-}
-TOOLS=${BENCH_TOOLS:-/var/cache/mkbootfs/toxiproxy-v2.12.0}
-TOXIPROXY_VERSION=v2.12.0
-ROOTFS_DIR=/var/cache/mkbootfs/rootfs
+# log, die, need, free_port, wait_http, toxi, manifest_size, the numbers'
+# helpers, TOOLS, ROOTFS_DIR, DEBS.
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 MINBASE=${MKBOOTFS_DEBIAN_ROOTFS:-$ROOTFS_DIR/bookworm-minbase}
-DEBS=/var/cache/mkbootfs/debootstrap-debs
 
 usage() { sed -n '/^# Usage:/,/^# Env/p' "$0" | sed '$d; s/^# //'; }
 while [ $# -gt 0 ]; do
@@ -98,9 +98,6 @@ while [ $# -gt 0 ]; do
 	shift
 done
 
-log() { printf 'coldstart.sh: %s\n' "$*" >&2; }
-die() { printf 'coldstart.sh: FAILED: %s\n' "$*" >&2; exit 1; }
-
 case $MODE in all | coldstart | dedup) ;; *) die "--mode $MODE: want all, coldstart or dedup" ;; esac
 for kind in ${STORES//,/ }; do
 	case $kind in http | oci) ;; *) die "--stores $STORES: want http (mkbootfs serve), oci (the registry), or both: http,oci" ;; esac
@@ -117,20 +114,16 @@ done
 [[ $STEADY =~ ^[1-9][0-9]*$ ]] || die "--steady $STEADY: want a positive number"
 [ "$(id -u)" -eq 0 ] || die "run as root (tc on lo, docker, debootstrap)"
 
-need() { # tool, what to do
-	command -v "$1" >/dev/null || die "$1 missing: $2"
-}
-
 # Everything made here is listed, and removed on exit by cleanup.
 WORK=$(mktemp -d /var/tmp/coldstart-bench.XXXXXX)
 RUN_ID=$(basename "$WORK" | cut -d. -f2 | tr 'A-Z' 'a-z')
-PIDS=() VOLUMES=() TC_MADE=
+PIDS=() VOLUMES=()
 cleanup() {
 	local v p
 	docker ps -aq --filter "name=^coldstart-$RUN_ID-" | xargs -r docker rm -f >/dev/null 2>&1 || true
 	forget_images
 	for v in "${VOLUMES[@]}"; do docker volume rm -f "$v" >/dev/null 2>&1 || true; done
-	[ -n "$TC_MADE" ] && tc qdisc del dev lo root 2>/dev/null
+	link_cleanup
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	rm -rf "$WORK"
@@ -153,43 +146,8 @@ printf '\nbench/coldstart.sh %s\n' "$RUN_ID" >>"$BOOTINIT"
 
 # --- helpers -------------------------------------------------------------
 
-# free_port VAR: set VAR to a TCP port nothing listens on, and that no
-# earlier free_port of this shell handed out (their servers may not be up).
-# It is below the kernel's ephemeral range: there an outgoing connection
-# (a container's fetches, the curl polling it) may take it before the
-# server binds it.
-used_ports=" "
-free_port() {
-	local p lo
-	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
-	for _ in $(seq 200); do
-		p=$((10000 + RANDOM % (lo - 10000)))
-		case $used_ports in *" $p "*) continue ;; esac
-		if ! ss -Hltn "sport = :$p" | grep -q .; then
-			used_ports+="$p "
-			printf -v "$1" %s "$p"
-			return
-		fi
-	done
-	die "no free TCP port on 127.0.0.1 after 200 tries"
-}
-# wait_http URL WHAT LOG: wait up to 30 s for URL to answer.
-wait_http() {
-	for _ in $(seq 300); do
-		curl -fs -o /dev/null --max-time 1 "$1" && return 0
-		sleep 0.1
-	done
-	die "$2 did not answer $1 within 30 s; last lines of $3: $(tail -n 5 "$3")"
-}
 chunk_bytes() { find "$1" -name '*.cacnk' -printf '%s\n' | awk '{s += $1} END {print s + 0}'; }
 chunk_count() { find "$1" -name '*.cacnk' | wc -l; }
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
-div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "inf"; else printf "%.3f", a / b }'; }
-bar() { # name ratio limit
-	awk -v n="$1" -v r="$2" -v l="$3" 'BEGIN { printf "bar %-52s %7.3f <= %-5s %s\n", n, r, l, (r + 0 <= l + 0 ? "PASS" : "FAIL") }'
-}
 
 # --- coldstart -------------------------------------------------------------
 
@@ -202,83 +160,20 @@ forget_images() {
 }
 
 start_link() {
-	need tc "apt-get install iproute2"
-	need docker-registry "apt-get install docker-registry (scripts/setup.sh)"
-	need curl "apt-get install curl"
 	docker info >/dev/null 2>&1 || die "docker does not answer: run scripts/setup.sh (starts dockerd)"
 	[ -c /dev/fuse ] || die "/dev/fuse missing: modprobe fuse"
-	if [ ! -x "$TOOLS/server" ] || [ ! -x "$TOOLS/cli" ]; then
-		need go "install Go to build Toxiproxy, or put its server and cli in $TOOLS"
-		log "installing Toxiproxy $TOXIPROXY_VERSION into $TOOLS"
-		(cd / && GOBIN=$TOOLS GOFLAGS= go install "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" \
-			"github.com/Shopify/toxiproxy/v2/cmd/cli@$TOXIPROXY_VERSION") ||
-			die "go install of Toxiproxy $TOXIPROXY_VERSION failed (is the Go module proxy reachable?)"
-	fi
-	local root
-	root=$(tc qdisc show dev lo | awk '/ root / { print $2; exit }')
-	[ "$root" = noqueue ] || die "lo already has a root qdisc ($root): another coldstart.sh running? If none is, remove it: tc qdisc del dev lo root"
-
-	local port
-	for port in REG REGP CHUNK CHUNKP TOXAPI; do free_port "$port"; done
-	mkdir -p "$WORK/registry/data"
-	cat >"$WORK/registry/config.yml" <<-CONFIG
-		version: 0.1
-		log:
-		  level: warn
-		  accesslog:
-		    disabled: true
-		storage:
-		  filesystem:
-		    rootdirectory: $WORK/registry/data
-		  delete:
-		    enabled: true
-		http:
-		  addr: 127.0.0.1:$REG
-	CONFIG
-	docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry.log" 2>&1 &
-	PIDS+=($!)
-	"$TOOLS/server" -host 127.0.0.1 -port "$TOXAPI" >"$WORK/toxiproxy.log" 2>&1 &
-	PIDS+=($!)
-	wait_http "http://127.0.0.1:$REG/v2/" docker-registry "$WORK/registry.log"
-	wait_http "http://127.0.0.1:$TOXAPI/version" Toxiproxy "$WORK/toxiproxy.log"
-
+	link_start
+	free_port CHUNK
 	# Both proxies add DELAY each way; the htb classes limit what they
 	# send towards the client (docker, or bootinit) and count it.
-	local name listen upstream class
-	TC_MADE=1
-	tc qdisc add dev lo root handle 1: htb || die "tc qdisc add dev lo root htb failed: does this kernel have sch_htb?"
-	# A buffer of 100 ms at the rate (as a router would have), not lo's
-	# 1000 packets of up to 64 KiB, which would queue seconds.
-	local limit=$((RATE * 1000000 / 8 / 10))
-	[ "$limit" -lt 131072 ] && limit=131072
-	for spec in "registry $REGP $REG 10" "chunks $CHUNKP $CHUNK 20"; do
-		read -r name listen upstream class <<<"$spec"
-		toxi create -l "127.0.0.1:$listen" -u "127.0.0.1:$upstream" "$name"
-		if [ "$DELAY" -gt 0 ]; then
-			toxi toxic add -t latency -a "latency=$DELAY" -n "$name-down" -d "$name"
-			toxi toxic add -t latency -a "latency=$DELAY" -n "$name-up" -u "$name"
-		fi
-		tc class add dev lo parent 1: classid "1:$class" htb rate "${RATE}mbit" ceil "${RATE}mbit" quantum 65536
-		tc qdisc add dev lo parent "1:$class" handle "$class:" bfifo limit "$limit"
-		tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip sport "$listen" 0xffff flowid "1:$class"
-	done
-	# A new connection through a proxy takes one round trip to connect and
-	# one per request: at least 4 x DELAY.
-	LINK_CHECK=$(curl -fs -o /dev/null -w '%{time_total}' "http://127.0.0.1:$REGP/v2/") ||
-		die "the registry does not answer through Toxiproxy at 127.0.0.1:$REGP; see $WORK/toxiproxy.log"
-	LINK_CHECK=$(awk -v t="$LINK_CHECK" 'BEGIN { printf "%.0f", t * 1000 }')
+	link_proxy registry REGP "$REG" 10
+	link_proxy chunks CHUNKP "$CHUNK" 20
+	link_shape "$RATE" "$DELAY"
 	log "link: ${RATE} Mbit/s down, ${DELAY} ms each way (a GET /v2/ through it: $LINK_CHECK ms); registry 127.0.0.1:$REG behind :$REGP, chunk server :$CHUNK behind :$CHUNKP"
 }
-toxi() { "$TOOLS/cli" -h "http://127.0.0.1:$TOXAPI" "$@" >/dev/null || die "toxiproxy-cli $* failed"; }
 # sent: bytes sent so far over the shaped link (both classes).
-sent() { tc -s class show dev lo | awk '/^class htb 1:(10|20) / { c = 1; next } c && /Sent/ { s += $2; c = 0 } END { print s + 0 }'; }
+sent() { link_sent; }
 
-# manifest_size REPO TAG: compressed bytes of the layers of a pushed image.
-manifest_size() {
-	curl -fs -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-		"http://127.0.0.1:$REG/v2/$1/manifests/$2" | tr -d ' \n\t' | sed 's/.*"layers":\[//' |
-		grep -o '"size":[0-9]*' | cut -d: -f2 | awk '{s += $1} END {print s + 0}'
-}
 
 # workload W: set ROOTFS, INCLUDE (the packages debootstrap adds to
 # minbase), EXCLUDE (tar patterns left out of the image), CMD (the image's,
@@ -572,7 +467,7 @@ coldstart() {
 
 report() {
 	local w kind prof row key ps pb pw s b ratio_s ratio_b
-	echo "cold start on ${RATE} Mbit/s, ${DELAY} ms each way (Toxiproxy + htb on lo; a new GET /v2/ through it took $LINK_CHECK ms); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "cold start on ${RATE} Mbit/s, ${DELAY} ms each way (Toxiproxy + htb; a new GET /v2/ through it took $LINK_CHECK ms); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "medians of $RUNS runs (third on: of $((RUNS * STEADY)) starts); plain and converted starts in turn"
 	echo "a command is timed to its exit, the http server to its first response; bytes: moved over the link (tc)"
 	echo "chunks from http: mkbootfs serve --http; from oci: the registry, next to the boot image"
