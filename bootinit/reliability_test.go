@@ -148,6 +148,11 @@ func (w *watched) waitExit(t *testing.T, bound time.Duration) {
 		for _, l := range leaks {
 			t.Errorf("%s ended, but its %s lives on, mounted nowhere", w.name, l)
 		}
+		for _, c := range conns {
+			if fusectl.Reused(c) {
+				t.Logf("%s ended; the number of its %v is a later mount's already", w.name, c)
+			}
+		}
 		return
 	}
 	for _, c := range conns {

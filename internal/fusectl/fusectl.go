@@ -147,6 +147,12 @@ func Alive(c Conn) (bool, error) {
 	return ok && now.Inode == c.Inode, err
 }
 
+// Reused reports whether c is gone and a later connection has its number.
+func Reused(c Conn) bool {
+	now, ok, _ := Lookup(c.Name)
+	return ok && now.Inode != c.Inode
+}
+
 // Abort ends connection c if it still exists: every request waiting on
 // it fails, and its mounts answer ENOTCONN.
 func Abort(c Conn) error {
