@@ -26,25 +26,34 @@ var manifestTypes = []string{
 	string(types.DockerManifestSchema2), string(types.DockerManifestList),
 }
 
-// lookup returns the blob of chunk id, reading the chunk tables first.
+// lookup returns the blob of chunk id, reading the chunk tables first: of
+// a pinned table its first part, and the rest when id is not in it.
 func (s *Store) lookup(ctx context.Context, id store.ID) (v1.Descriptor, bool, error) {
-	if err := s.load(ctx); err != nil {
-		return v1.Descriptor{}, false, err
+	for all := false; ; all = true {
+		if err := s.load(ctx, all); err != nil {
+			return v1.Descriptor{}, false, err
+		}
+		s.mu.RLock()
+		d, ok := s.chunks[id]
+		loaded := s.loaded
+		s.mu.RUnlock()
+		if ok || loaded {
+			return d, ok, nil
+		}
 	}
-	s.mu.RLock()
-	d, ok := s.chunks[id]
-	s.mu.RUnlock()
-	return d, ok, nil
 }
 
 // load reads the chunk tables once: the pinned one, or those of every
-// chunk manifest the repository's tags reach. A load that fails is tried again
-// by the next caller.
-func (s *Store) load(ctx context.Context) error {
-	s.mu.RLock()
-	loaded := s.loaded
-	s.mu.RUnlock()
-	if loaded {
+// chunk manifest the repository's tags reach. Of a pinned table it reads
+// the first part (tablePart bytes) unless all is set or that is read. A
+// load that fails is tried again by the next caller.
+func (s *Store) load(ctx context.Context, all bool) error {
+	done := func() bool {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return s.loaded || !all && s.part != nil
+	}
+	if done() {
 		return nil
 	}
 	select {
@@ -53,22 +62,14 @@ func (s *Store) load(ctx context.Context) error {
 		return ctx.Err()
 	}
 	defer func() { <-s.loadSem }()
-	s.mu.RLock()
-	loaded = s.loaded
-	s.mu.RUnlock()
-	if loaded {
+	if done() {
 		return nil
 	}
-	l := &learner{s: s, found: map[store.ID]v1.Descriptor{}, seen: map[v1.Hash]bool{}}
-	var err error
 	if s.pin != "" {
-		h, _ := v1.NewHash(s.pin) // checked by Open
-		err = l.table(ctx, h)
-	} else {
-		l.lenient = true
-		err = l.tags(ctx)
+		return s.loadPinned(ctx)
 	}
-	if err != nil {
+	l := &learner{s: s, found: map[store.ID]v1.Descriptor{}, seen: map[v1.Hash]bool{}}
+	if err := l.tags(ctx); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -82,16 +83,72 @@ func (s *Store) load(ctx context.Context) error {
 	return nil
 }
 
+// tablePart is the first part of a pinned chunk table that a store reads
+// (a range request): 963 chunks, some 24 MB of data at the chunker's
+// average size, where a start's reads come first.
+const tablePart = 64 << 10
+
+// loadPinned reads the next part of the pinned chunk table: the first
+// tablePart bytes, or the rest, or all of it if the registry does not
+// serve ranges. The entries of a part are used at once, before the table
+// can be checked against its digest (once whole): a chunk is checked
+// against its ID all the same.
+func (s *Store) loadPinned(ctx context.Context) error {
+	h, _ := v1.NewHash(s.pin) // checked by Open
+	u := s.url("/blobs/" + h.String())
+	s.mu.RLock()
+	have := s.part
+	s.mu.RUnlock()
+	from, to := int64(0), int64(tablePart-1)
+	if have != nil {
+		n, _ := tableCount(have) // decoded before
+		from, to = int64(len(have)), tableHeader+int64(n)*tableEntry-1
+	}
+	body, whole, err := s.fetchRange(ctx, u, from, to, maxTable, "the chunk table")
+	if errors.Is(err, errRange) {
+		body, whole, err = s.fetchRange(ctx, u, 0, -1, maxTable, "the chunk table")
+	}
+	if err != nil {
+		return err
+	}
+	if whole {
+		have = nil
+	}
+	table := append(have[:len(have):len(have)], body...)
+	ids, blobs, size, err := decodePrefix(table)
+	if err == nil && whole && int64(len(table)) != size {
+		err = fmt.Errorf("%d bytes of a table of %d", len(table), size)
+	}
+	if err == nil && int64(len(table)) == size && digest(table) != h {
+		err = fmt.Errorf("GET %s, the chunk table: the bytes do not match the digest: %w", u, store.ErrCorrupt)
+		s.mu.Lock()
+		s.part = nil // the next load reads it again, whole
+		s.mu.Unlock()
+		return err
+	}
+	if err != nil {
+		return store.Permanent(fmt.Errorf("%s@%s: %w; pin the store to the chunk table a boot image records", s.repo.Name(), h, err))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, id := range ids {
+		if _, ok := s.chunks[id]; !ok {
+			s.chunks[id] = blobs[i]
+		}
+	}
+	s.part = table
+	if int64(len(table)) == size {
+		s.loaded, s.part = true, nil
+	}
+	return nil
+}
+
 // learner collects the chunks of chunk tables.
 type learner struct {
 	s     *Store
 	mu    sync.Mutex
 	found map[store.ID]v1.Descriptor
 	seen  map[v1.Hash]bool // manifests and tables read or being read
-	// lenient skips tables it cannot decode (another version's, a
-	// damaged one) when learning what a repository has: their chunks
-	// are only not reused.
-	lenient bool
 }
 
 // first reports whether manifest or table h is new to the learner.
@@ -105,24 +162,22 @@ func (l *learner) first(h v1.Hash) bool {
 	return true
 }
 
-// table reads the chunk table h.
+// table reads the chunk table h; one it cannot decode (another
+// version's, a damaged one) it skips: its chunks are only not reused.
 func (l *learner) table(ctx context.Context, h v1.Hash) error {
 	if !l.first(h) {
 		return nil
 	}
 	body, err := l.s.blob(ctx, h, -1, maxTable, "the chunk table")
-	if l.lenient && (errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupt)) {
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupt) {
 		return nil // a registry that lost it lost its chunks too: uploaded again
 	}
 	if err != nil {
 		return err
 	}
 	ids, blobs, err := decodeTable(body)
-	if err != nil && l.lenient {
-		return nil // its chunks are not reused: uploaded again if needed
-	}
 	if err != nil {
-		return store.Permanent(fmt.Errorf("%s@%s: %w; pin the store to the chunk table a boot image records", l.s.repo.Name(), h, err))
+		return nil // its chunks are not reused: uploaded again if needed
 	}
 	l.mu.Lock()
 	for i, id := range ids {

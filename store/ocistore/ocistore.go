@@ -133,7 +133,8 @@ type Store struct {
 
 	loadSem chan struct{} // held while learning the chunk map
 	mu      sync.RWMutex
-	loaded  bool
+	loaded  bool   // every chunk table is read
+	part    []byte // what is read of the pinned chunk table, until all of it is
 	chunks  map[store.ID]v1.Descriptor
 
 	stageMu sync.Mutex
@@ -327,6 +328,53 @@ func (s *Store) fetch(ctx context.Context, url string, accept []string, limit in
 	}
 	return body, nil
 }
+
+// fetchRange GETs bytes from to to (both in the blob; to < 0: all of
+// it) of url within the request timeout, at most limit bytes; whole
+// reports a registry that sent all of it (200: it serves no ranges). A
+// registry that refuses the range says errRange.
+func (s *Store) fetchRange(ctx context.Context, url string, from, to, limit int64, what string) (body []byte, whole bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var h http.Header
+	want := "all"
+	if to >= 0 {
+		want = fmt.Sprintf("bytes=%d-%d", from, to)
+		h = http.Header{"Range": {want}}
+		limit = min(limit, to-from+1)
+	}
+	resp, err := s.do(ctx, http.MethodGet, url, h, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		whole, limit = true, maxTable
+	case http.StatusPartialContent:
+		var start int64
+		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &start); err != nil || start != from || to < 0 {
+			return nil, false, fmt.Errorf("GET %s, %s: Content-Range %q for %s", url, what, resp.Header.Get("Content-Range"), want)
+		}
+	case http.StatusRequestedRangeNotSatisfiable:
+		drain(resp)
+		return nil, false, errRange
+	default:
+		return nil, false, s.status(resp, what)
+	}
+	body, err = readAll(resp.Body, nil, limit+1)
+	if err != nil {
+		return nil, false, fmt.Errorf("GET %s: reading %s: %w", url, what, err)
+	}
+	if int64(len(body)) > limit {
+		return nil, false, store.Permanent(fmt.Errorf("GET %s, %s: more than %d bytes", url, what, limit))
+	}
+	return body, whole, nil
+}
+
+// errRange is a registry's refusal of a range (some refuse one that ends
+// past the blob, as go-containerregistry's does).
+var errRange = errors.New("the registry refuses the range")
 
 // readAll appends r to buf, up to limit bytes.
 func readAll(r io.Reader, buf []byte, limit int64) ([]byte, error) {

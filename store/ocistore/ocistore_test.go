@@ -11,8 +11,11 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +23,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/mkbootfs/mkbootfs/internal/testserver"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -246,6 +250,145 @@ func TestParts(t *testing.T) {
 		}
 		r.Close()
 	}
+}
+
+// tableRanges records the requests for one blob (the chunk table) of the
+// registry it wraps, and can drop their Range header (a registry that
+// serves no ranges) or change the last byte of the rest of the table.
+type tableRanges struct {
+	next       http.Handler
+	mu         sync.Mutex
+	blob       string
+	ranges     []string // the Range header of each GET of blob
+	noRanges   bool
+	corruptEnd bool
+}
+
+func (tr *tableRanges) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	tr.mu.Lock()
+	mine := tr.blob != "" && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+tr.blob)
+	if mine {
+		tr.ranges = append(tr.ranges, r.Header.Get("Range"))
+		if tr.noRanges {
+			r.Header.Del("Range")
+		}
+	}
+	corrupt := mine && tr.corruptEnd && strings.HasPrefix(r.Header.Get("Range"), "bytes=65536-")
+	tr.mu.Unlock()
+	if !corrupt {
+		tr.next.ServeHTTP(w, r)
+		return
+	}
+	rec := httptest.NewRecorder()
+	tr.next.ServeHTTP(rec, r)
+	b := rec.Body.Bytes()
+	b[len(b)-1] ^= 1
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.Code)
+	w.Write(b)
+}
+
+func (tr *tableRanges) take() []string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	r := tr.ranges
+	tr.ranges = nil
+	return r
+}
+
+// TestTableParts reads a pinned chunk table of 1100 chunks (74,828
+// bytes) in two parts: a read of a chunk listed first fetches the first
+// 64 KiB alone, a read of one listed last the rest, checked against the
+// table's digest; a registry that serves no ranges sends it whole.
+func TestTableParts(t *testing.T) {
+	t.Run("go-containerregistry", func(t *testing.T) {
+		tr := &tableRanges{}
+		testTableParts(t, inProcess(t, func(h http.Handler) http.Handler { tr.next = h; return tr }), tr)
+	})
+	t.Run("docker-registry", func(t *testing.T) {
+		r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{})
+		tr := &tableRanges{next: httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: r.Addr})}
+		srv := httptest.NewServer(tr)
+		t.Cleanup(srv.Close)
+		testTableParts(t, strings.TrimPrefix(srv.URL, "http://"), tr)
+	})
+}
+
+func testTableParts(t *testing.T, addr string, tr *tableRanges) {
+	ctx := context.Background()
+	w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true})
+	defer w.Close()
+	ids := make([]store.ID, 1100)
+	var g errgroup.Group
+	g.SetLimit(8)
+	for i := range ids {
+		g.Go(func() (err error) {
+			ids[i], _, err = store.Save(ctx, w, storetest.Chunk(uint64(i+1), 64))
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	cm, err := w.PushChunkManifest(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.mu.Lock()
+	tr.blob = cm.Table.Digest.String()
+	tr.mu.Unlock()
+	first, last, other := ids[0], ids[len(ids)-1], store.Sum([]byte("in no manifest"))
+	load := func(r *ocistore.Store, id store.ID) {
+		t.Helper()
+		if _, err := store.Load(ctx, r, id); err != nil {
+			t.Fatalf("Load %s: %v", id.Short(), err)
+		}
+	}
+	want := func(what string, ranges ...string) {
+		t.Helper()
+		if got := tr.take(); !slices.Equal(got, ranges) {
+			t.Fatalf("%s: requests for the table with Range %q, want %q", what, got, ranges)
+		}
+	}
+
+	r := open(t, w.Pinned(cm.Table.Digest), ocistore.Options{})
+	load(r, first)
+	load(r, ids[900])
+	want("chunks listed first", "bytes=0-65535")
+	load(r, last)
+	want("a chunk listed last", "bytes=65536-74827")
+	if ok, err := r.Has(ctx, other); ok || err != nil {
+		t.Fatalf("Has(a chunk in no manifest) = %v, %v", ok, err)
+	}
+	want("the whole table read")
+	r.Close()
+
+	r = open(t, w.Pinned(cm.Table.Digest), ocistore.Options{})
+	if ok, err := r.Has(ctx, other); ok || err != nil {
+		t.Fatalf("Has(a chunk in no manifest) = %v, %v", ok, err)
+	}
+	want("a chunk in no manifest", "bytes=0-65535", "bytes=65536-74827")
+	r.Close()
+
+	tr.noRanges = true
+	r = open(t, w.Pinned(cm.Table.Digest), ocistore.Options{})
+	load(r, first)
+	load(r, last)
+	want("no ranges", "bytes=0-65535")
+	r.Close()
+
+	tr.noRanges, tr.corruptEnd = false, true
+	r = open(t, w.Pinned(cm.Table.Digest), ocistore.Options{})
+	load(r, first)
+	if _, err := r.Get(ctx, last); !errors.Is(err, store.ErrCorrupt) {
+		t.Fatalf("Get with the rest of the table changed: %v; want ErrCorrupt", err)
+	}
+	tr.corruptEnd = false
+	load(r, last)
+	want("the rest changed, then read again", "bytes=0-65535", "bytes=65536-74827", "bytes=0-65535", "bytes=65536-74827")
+	r.Close()
 }
 
 // gate puts auth in front of a registry: a token server and bearer
@@ -528,6 +671,9 @@ func TestNoPing(t *testing.T) {
 			mu.Lock()
 			paths = append(paths, r.Method+" "+r.URL.Path)
 			mu.Unlock()
+			// This registry refuses a range past a blob's end: the table
+			// in one request, as from a registry that serves no ranges.
+			r.Header.Del("Range")
 			h.ServeHTTP(w, r)
 		})
 	})
