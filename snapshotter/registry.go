@@ -157,7 +157,7 @@ func (r *registry) bootLayer(ctx context.Context, labels map[string]string) (str
 	own, seen := r.images[md]
 	r.mu.Unlock()
 	if !seen {
-		if own, err = r.lookUp(ctx, byDigest); err != nil {
+		if own, err = r.lookUp(ctx, byDigest, md); err != nil {
 			return "", ocispec.Descriptor{}, false, err
 		}
 		r.mu.Lock()
@@ -173,21 +173,27 @@ func (r *registry) bootLayer(ctx context.Context, labels map[string]string) (str
 	return byDigest, own.desc, true, nil
 }
 
-// lookUp reads the manifest and config of the image ref names by digest.
-func (r *registry) lookUp(ctx context.Context, ref string) (ownLayer, error) {
+// lookUp reads the manifest md and the config of the image ref names by
+// digest. The manifest is fetched by its digest alone, with no HEAD first
+// (a round trip): its size and media type are unknown, so it is read up to
+// maxManifest and checked against md; a registry that will not serve it
+// so is asked as containerd asks, after a HEAD.
+func (r *registry) lookUp(ctx context.Context, ref string, md digest.Digest) (ownLayer, error) {
 	ctx, cancel := context.WithTimeout(ctx, registryOp)
 	defer cancel()
-	_, desc, err := r.resolver.Resolve(ctx, ref)
-	if err != nil {
-		return ownLayer{}, fmt.Errorf("resolving %s: %w", ref, err)
-	}
 	f, err := r.resolver.Fetcher(ctx, ref)
 	if err != nil {
 		return ownLayer{}, fmt.Errorf("%s: %w", ref, err)
 	}
 	var m ocispec.Manifest
-	if err := fetchJSON(ctx, f, desc, &m); err != nil {
-		return ownLayer{}, fmt.Errorf("%s: its manifest: %w", ref, err)
+	if err := fetchJSON(ctx, f, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: md, Size: maxManifest}, &m); err != nil {
+		_, desc, rerr := r.resolver.Resolve(ctx, ref)
+		if rerr != nil {
+			return ownLayer{}, fmt.Errorf("resolving %s: %w", ref, rerr)
+		}
+		if err := fetchJSON(ctx, f, desc, &m); err != nil {
+			return ownLayer{}, fmt.Errorf("%s: its manifest: %w", ref, err)
+		}
 	}
 	if len(m.Layers) != bootimage.Layers {
 		return ownLayer{}, nil
@@ -202,7 +208,8 @@ func (r *registry) lookUp(ctx context.Context, ref string) (ownLayer, error) {
 	return ownLayer{desc: m.Layers[bootimage.OwnLayer]}, nil
 }
 
-// fetchJSON fetches the small blob desc, verifies it and decodes it.
+// fetchJSON fetches the small blob desc (of at most desc.Size bytes),
+// verifies it and decodes it.
 func fetchJSON(ctx context.Context, f remotes.Fetcher, desc ocispec.Descriptor, v any) error {
 	if desc.Size > maxManifest {
 		return fmt.Errorf("%s: %d bytes, more than the %d a manifest or config may have", desc.Digest, desc.Size, maxManifest)
