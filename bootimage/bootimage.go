@@ -32,6 +32,10 @@ const MetaStores = "stores"
 const (
 	LabelSource = "org.mkbootfs.source" // the image it was converted from
 	LabelStores = "org.mkbootfs.stores" // its chunk stores, comma-separated
+	// LabelPrefetch is how many chunks the chunk table its oci:// store is
+	// pinned to lists first: its profile's, in the order a start reads
+	// them, so that a node can fetch them before it has the index.
+	LabelPrefetch = "org.mkbootfs.prefetch"
 )
 
 // Layers is how many layers a boot image has: bootinit's, the same in

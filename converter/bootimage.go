@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,8 +39,9 @@ import (
 
 // Labels the boot image carries (see package bootimage, which reads them).
 const (
-	LabelSource = bootimage.LabelSource
-	LabelStores = bootimage.LabelStores
+	LabelSource   = bootimage.LabelSource
+	LabelStores   = bootimage.LabelStores
+	LabelPrefetch = bootimage.LabelPrefetch
 )
 
 // BootImage builds the boot image of a conversion: a layer with bootinit,
@@ -147,6 +149,9 @@ func BootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store,
 	}
 	cfg.Config.Labels[LabelSource] = source
 	cfg.Config.Labels[LabelStores] = strings.Join(stores, ",")
+	if res.leading > 0 {
+		cfg.Config.Labels[LabelPrefetch] = strconv.Itoa(res.leading)
+	}
 	cfg.Created = v1.Time{Time: epoch}
 	cfg.History = []v1.History{
 		{Created: v1.Time{Time: epoch}, CreatedBy: "mkbootfs: bootinit"},
@@ -327,13 +332,19 @@ func readFile(ctx context.Context, x *index.Index, s store.Store, p string) ([]b
 func WriteBootImage(ctx context.Context, res *Result, bootinit []byte, s store.Store, stores []string, target string) (v1.Image, []string, error) {
 	oci, _ := s.(*ocistore.Store)
 	var cm *ocistore.ChunkManifests
-	if oci != nil {
+	copied := *res // its leading is this store's
+	res = &copied
+	if oci == nil {
+		res.leading = 0 // no chunk table
+	} else {
 		cm = res.manifests
 		if cm == nil || res.manifestStore != oci {
+			order, leading := tableOrder(res.Index, res.Profile)
 			var err error
-			if cm, err = oci.PushChunkManifest(ctx, chunkIDs(res.Index.Chunks)); err != nil {
+			if cm, err = oci.PushChunkManifest(ctx, order); err != nil {
 				return nil, nil, err
 			}
+			res.leading = leading
 		}
 		pinned := oci.Pinned(cm.Table.Digest)
 		stores = slices.Clone(stores)

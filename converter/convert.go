@@ -23,6 +23,7 @@ import (
 
 	"github.com/mkbootfs/mkbootfs/bootimage"
 	"github.com/mkbootfs/mkbootfs/chunker"
+	"github.com/mkbootfs/mkbootfs/imagemount"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
@@ -95,6 +96,21 @@ type Result struct {
 	// manifests list the chunks in manifestStore, a registry's store.
 	manifests     *ocistore.ChunkManifests
 	manifestStore *ocistore.Store
+	// leading is how many chunks the chunk table lists first: the
+	// profile's, in the order a start reads them (tableOrder).
+	leading int
+}
+
+// tableOrder returns the chunks of x in the order a chunk table lists
+// them: the profile's first, each once, in the order a start reads them
+// (as a mount prefetches them), then every chunk in the stream's order;
+// and how many of the profile's come first.
+func tableOrder(x *index.Index, prof *profile.Profile) ([]store.ID, int) {
+	var first []store.ID
+	if prof != nil {
+		first = imagemount.IDs(x, imagemount.RegularFiles(prof, x).Chunks(x), map[store.ID]bool{})
+	}
+	return append(first, chunkIDs(x.Chunks)...), len(first)
 }
 
 // chunkIDs returns the IDs of chunks.
@@ -173,9 +189,26 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	stats.StaticFiles = res.Stats.StaticFiles
+	build := func() (*index.Index, error) {
+		meta := map[string]string{
+			MetaSource:    opts.Source,
+			MetaChunker:   fmt.Sprintf("fastcdc %d/%d/%d", opts.Params.Min, opts.Params.Avg, opts.Params.Max),
+			MetaNewChunks: strconv.Itoa(stats.NewChunks),
+			MetaNewBytes:  strconv.FormatInt(stats.NewBytes, 10),
+		}
+		if len(opts.StoreURLs) > 0 {
+			meta[MetaStores] = strings.Join(opts.StoreURLs, ",")
+		}
+		return index.Build(root, inodes, chunks, meta)
+	}
+	x, err := build()
+	if err != nil {
+		return nil, err
+	}
 	if oci, ok := opts.Store.(*ocistore.Store); ok {
 		res.manifestStore = oci
-		res.manifests, err = oci.PushChunkManifest(ctx, chunkIDs(chunks))
+		order, leading := tableOrder(x, prof)
+		res.manifests, err = oci.PushChunkManifest(ctx, order)
 		if errors.Is(err, ocistore.ErrLost) {
 			// The store forgot the chunks the registry lost: chunking the
 			// stream again uploads them.
@@ -186,24 +219,15 @@ func Convert(ctx context.Context, opts Options) (*Result, error) {
 			stats.NewChunks += again.NewChunks
 			stats.NewBytes += again.NewBytes
 			stats.LostChunks = again.NewChunks
-			res.manifests, err = oci.PushChunkManifest(ctx, chunkIDs(chunks))
+			if x, err = build(); err != nil {
+				return nil, err
+			}
+			res.manifests, err = oci.PushChunkManifest(ctx, order)
 		}
 		if err != nil {
 			return nil, err
 		}
-	}
-	meta := map[string]string{
-		MetaSource:    opts.Source,
-		MetaChunker:   fmt.Sprintf("fastcdc %d/%d/%d", opts.Params.Min, opts.Params.Avg, opts.Params.Max),
-		MetaNewChunks: strconv.Itoa(stats.NewChunks),
-		MetaNewBytes:  strconv.FormatInt(stats.NewBytes, 10),
-	}
-	if len(opts.StoreURLs) > 0 {
-		meta[MetaStores] = strings.Join(opts.StoreURLs, ",")
-	}
-	x, err := index.Build(root, inodes, chunks, meta)
-	if err != nil {
-		return nil, err
+		res.leading = leading
 	}
 	stats.Entries, stats.Inodes = len(x.Entries), len(x.Inodes)
 	if prof != nil {

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/mkbootfs/mkbootfs/converter"
+	"github.com/mkbootfs/mkbootfs/imagemount"
 	"github.com/mkbootfs/mkbootfs/internal/testserver"
+	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/location"
 	"github.com/mkbootfs/mkbootfs/store/ocistore"
@@ -249,4 +253,78 @@ func TestRegistryGC(t *testing.T) {
 		t.Logf("garbage-collect:\n%s", out)
 	}
 	t.Logf("b's chunks after the collection: %d shared with a kept, %d of its own removed", kept, gone)
+}
+
+// TestPrefetchLabel converts a tree with a profile into a registry: the
+// boot image's config says how many chunks its chunk table lists first,
+// and those are the profile's chunks a mount prefetches, in its order,
+// so that a node can fetch them before it has the index.
+func TestPrefetchLabel(t *testing.T) {
+	ctx := context.Background()
+	r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{})
+	dir := relatedTree(t, "a")
+	prof := &profile.Profile{Files: []profile.File{
+		{Path: "/a/03", Ranges: []profile.Range{{Off: 100 << 10, Len: 4096}}},
+		{Path: "/common/07", Ranges: []profile.Range{{Off: 0, Len: 200 << 10}}},
+		{Path: "/common", Ranges: []profile.Range{{Off: 0, Len: 1}}}, // not a regular file
+	}}
+	target := r.Addr + "/app:a"
+	repo, _ := converter.RegistryRepository(target)
+	urls := []string{"oci://" + repo}
+	s, err := location.Open(ctx, urls[0], location.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	res, err := converter.Convert(ctx, converter.Options{Source: "dir:" + dir, Store: s, StoreURLs: urls, Profile: prof})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, stores, err := converter.WriteBootImage(ctx, res, []byte("not a real bootinit"), s, urls, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := res.Index
+	want := imagemount.IDs(x, imagemount.RegularFiles(prof, x).Chunks(x), map[store.ID]bool{})
+	if got := cf.Config.Labels[converter.LabelPrefetch]; got != strconv.Itoa(len(want)) || len(want) < 2 {
+		t.Fatalf("label %s=%q; want %d", converter.LabelPrefetch, got, len(want))
+	}
+	pinned, err := ocistore.Open(stores[0], ocistore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	first, err := pinned.Leading(ctx, len(want)+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(first[:len(want)], want) {
+		t.Errorf("the chunk table lists first %d chunks that are not the profile's, in its order", len(want))
+	}
+	next := 0
+	for slices.Contains(want, store.ID(x.Chunks[next].ID)) {
+		next++
+	}
+	if first[len(want)] != store.ID(x.Chunks[next].ID) {
+		t.Errorf("the chunk table goes on with chunk %s, not with the stream's first other one", first[len(want)].Short())
+	}
+
+	// Without a profile, no label.
+	res, err = converter.Convert(ctx, converter.Options{Source: "dir:" + dir, Store: s, StoreURLs: urls})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, _, err = converter.WriteBootImage(ctx, res, []byte("not a real bootinit"), s, urls, r.Addr+"/app:b"); err != nil {
+		t.Fatal(err)
+	}
+	if cf, err = img.ConfigFile(); err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := cf.Config.Labels[converter.LabelPrefetch]; ok {
+		t.Errorf("a boot image with no profile has %s=%q", converter.LabelPrefetch, l)
+	}
 }

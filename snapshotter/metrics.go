@@ -48,6 +48,14 @@ func (s *Snapshotter) WriteMetrics(ctx context.Context, w io.Writer) {
 		misses           int64
 		stores           = map[string]*storeStats{}
 	)
+	add := func(ss storeStats) {
+		sum := stores[ss.URL]
+		if sum == nil {
+			sum = &storeStats{URL: ss.URL, Seconds: make([]float64, len(latencyBuckets)+1)}
+			stores[ss.URL] = sum
+		}
+		sum.add(ss)
+	}
 	for _, lm := range s.mounts.all() {
 		st, err := lm.stats(ctx)
 		if err != nil {
@@ -62,20 +70,16 @@ func (s *Snapshotter) WriteMetrics(ctx context.Context, w io.Writer) {
 			misses += c.Misses
 		}
 		for _, ss := range st.Stores {
-			sum := stores[ss.URL]
-			if sum == nil {
-				sum = &storeStats{URL: ss.URL, Seconds: make([]float64, len(latencyBuckets)+1)}
-				stores[ss.URL] = sum
-			}
-			sum.Chunks += ss.Chunks
-			sum.Bytes += ss.Bytes
-			sum.Errors += ss.Errors
-			sum.Sum += ss.Sum
-			for i := range min(len(ss.Seconds), len(sum.Seconds)) {
-				sum.Seconds[i] += ss.Seconds[i]
-			}
+			add(ss)
 		}
 	}
+	s.mounts.mu.Lock()
+	for _, ss := range s.mounts.earlyStores {
+		add(*ss)
+	}
+	hits += s.mounts.earlyHits
+	misses += s.mounts.earlyMisses
+	s.mounts.mu.Unlock()
 	const p = "mkbootfs_snapshotter_"
 	metric := func(name, typ, help string, v int64) {
 		fmt.Fprintf(w, "# HELP %s%s %s\n# TYPE %s%s %s\n%s%s %d\n", p, name, help, p, name, typ, p, name, v)
@@ -112,6 +116,17 @@ func (s *Snapshotter) WriteMetrics(ctx context.Context, w io.Writer) {
 		n += st.Seconds[len(latencyBuckets)]
 		fmt.Fprintf(w, "%sstore_fetch_seconds_bucket{store=%s,le=\"+Inf\"} %g\n", p, q, n)
 		fmt.Fprintf(w, "%sstore_fetch_seconds_sum{store=%s} %g\n%sstore_fetch_seconds_count{store=%s} %g\n", p, q, st.Sum, p, q, n)
+	}
+}
+
+// add adds the counts of ss to st.
+func (st *storeStats) add(ss storeStats) {
+	st.Chunks += ss.Chunks
+	st.Bytes += ss.Bytes
+	st.Errors += ss.Errors
+	st.Sum += ss.Sum
+	for i := range min(len(ss.Seconds), len(st.Seconds)) {
+		st.Seconds[i] += ss.Seconds[i]
 	}
 }
 

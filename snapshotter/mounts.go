@@ -48,8 +48,12 @@ type mounts struct {
 	hostsDir    string        // containerd's hosts configuration; "": none
 	log         *log.Logger
 
-	mu sync.Mutex
-	m  map[string]*lazyMount // by snapshot ID
+	mu    sync.Mutex
+	m     map[string]*lazyMount // by snapshot ID
+	early map[string]bool       // images whose prefetch before the mount runs
+	// What the prefetches before the mounts fetched, for metrics.
+	earlyStores            map[string]*storeStats // by store URL
+	earlyHits, earlyMisses int64
 }
 
 // lazyMount is one boot snapshot's mount.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +52,11 @@ type registry struct {
 // ownLayer is a boot image's own layer; the zero value: not a boot image.
 type ownLayer struct {
 	desc ocispec.Descriptor
+	// stores are the image's chunk stores, and prefetch how many chunks
+	// its pinned chunk table lists first (its profile's), as its config's
+	// labels say; 0: it says not.
+	stores   []string
+	prefetch int
 }
 
 // newRegistry reads hosts configuration from hostsDir (containerd's
@@ -137,20 +143,20 @@ func dockerCredentials(host string) (string, string, error) {
 // whether it is a boot image's own layer: the last of two, in an image
 // whose config bears bootimage.LabelSource. It returns the image's
 // reference, by digest, and the layer.
-func (r *registry) bootLayer(ctx context.Context, labels map[string]string) (string, ocispec.Descriptor, bool, error) {
+func (r *registry) bootLayer(ctx context.Context, labels map[string]string) (string, ownLayer, bool, error) {
 	ref, layer, manifest := labels[snapshotters.TargetRefLabel], labels[snapshotters.TargetLayerDigestLabel], labels[snapshotters.TargetManifestDigestLabel]
 	// The layers label lists this layer and those above it: only the
 	// image's last layer can be a boot image's own.
 	if ref == "" || layer == "" || manifest == "" || strings.Contains(labels[snapshotters.TargetImageLayersLabel], ",") {
-		return "", ocispec.Descriptor{}, false, nil
+		return "", ownLayer{}, false, nil
 	}
 	md, err := digest.Parse(manifest)
 	if err != nil {
-		return "", ocispec.Descriptor{}, false, nil
+		return "", ownLayer{}, false, nil
 	}
 	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {
-		return "", ocispec.Descriptor{}, false, nil
+		return "", ownLayer{}, false, nil
 	}
 	byDigest := reference.TrimNamed(named).String() + "@" + md.String()
 	r.mu.Lock()
@@ -158,7 +164,7 @@ func (r *registry) bootLayer(ctx context.Context, labels map[string]string) (str
 	r.mu.Unlock()
 	if !seen {
 		if own, err = r.lookUp(ctx, byDigest, md); err != nil {
-			return "", ocispec.Descriptor{}, false, err
+			return "", ownLayer{}, false, err
 		}
 		r.mu.Lock()
 		if len(r.images) >= maxImages {
@@ -168,9 +174,9 @@ func (r *registry) bootLayer(ctx context.Context, labels map[string]string) (str
 		r.mu.Unlock()
 	}
 	if own.desc.Digest.String() != layer {
-		return "", ocispec.Descriptor{}, false, nil
+		return "", ownLayer{}, false, nil
 	}
-	return byDigest, own.desc, true, nil
+	return byDigest, own, true, nil
 }
 
 // lookUp reads the manifest md and the config of the image ref names by
@@ -202,10 +208,18 @@ func (r *registry) lookUp(ctx context.Context, ref string, md digest.Digest) (ow
 	if err := fetchJSON(ctx, f, m.Config, &cfg); err != nil {
 		return ownLayer{}, fmt.Errorf("%s: its config: %w", ref, err)
 	}
-	if _, ok := cfg.Config.Labels[bootimage.LabelSource]; !ok {
+	labels := cfg.Config.Labels
+	if _, ok := labels[bootimage.LabelSource]; !ok {
 		return ownLayer{}, nil
 	}
-	return ownLayer{desc: m.Layers[bootimage.OwnLayer]}, nil
+	own := ownLayer{desc: m.Layers[bootimage.OwnLayer]}
+	if s := labels[bootimage.LabelStores]; s != "" {
+		own.stores = strings.Split(s, ",")
+	}
+	if n, err := strconv.Atoi(labels[bootimage.LabelPrefetch]); err == nil && n > 0 {
+		own.prefetch = n
+	}
+	return own, nil
 }
 
 // fetchJSON fetches the small blob desc (of at most desc.Size bytes),

@@ -20,6 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/mkbootfs/mkbootfs/bootimage"
+	"github.com/mkbootfs/mkbootfs/store"
+	"github.com/mkbootfs/mkbootfs/store/local"
+	"github.com/mkbootfs/mkbootfs/store/ocistore"
 )
 
 // TestLookUp: telling a boot image's own layer from CRI's labels reads
@@ -106,8 +109,8 @@ func TestLookUp(t *testing.T) {
 		if err != nil || ok != tc.boot {
 			t.Fatalf("%s: boot layer %v, %v; want %v", tc.tag, ok, err, tc.boot)
 		}
-		if tc.boot && layer.Digest.String() != labels(img, ref)[snapshotters.TargetLayerDigestLabel] {
-			t.Fatalf("%s: own layer %s", tc.tag, layer.Digest)
+		if tc.boot && layer.desc.Digest.String() != labels(img, ref)[snapshotters.TargetLayerDigestLabel] {
+			t.Fatalf("%s: own layer %s", tc.tag, layer.desc.Digest)
 		}
 		mu.Lock()
 		got := strings.Join(reqs, ", ")
@@ -115,5 +118,49 @@ func TestLookUp(t *testing.T) {
 		if want := "GET manifests/" + md.String() + ", GET blobs/" + cfg.String(); got != want {
 			t.Errorf("%s: requests %s; want %s", tc.tag, got, want)
 		}
+	}
+}
+
+// TestPrefetchEarly: before the mount, the first chunks of the boot
+// image's pinned chunk table, as many as its config says, come into the
+// node cache, and no other.
+func TestPrefetchEarly(t *testing.T) {
+	ctx := context.Background()
+	srv := httptest.NewServer(greg.New(greg.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	w, err := ocistore.Open("oci://"+strings.TrimPrefix(srv.URL, "http://")+"/app", ocistore.Options{Push: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var ids []store.ID
+	for i := range 10 {
+		id, _, err := store.Save(ctx, w, []byte(strings.Repeat(string(rune('a'+i)), 1000)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	cm, err := w.PushChunkManifest(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	ms := &mounts{cache: cache, log: log.New(io.Discard, "", 0)}
+	closed := make(chan struct{})
+	close(closed)
+	ms.prefetchEarly("app", []string{"/no/such/store", w.Pinned(cm.Table.Digest)}, 4, closed)
+	l, err := local.Open(cache, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		if ok, err := l.Has(ctx, id); err != nil || ok != (i < 4) {
+			t.Errorf("chunk %d of the table in the node cache: %v, %v; want %v", i, ok, err, i < 4)
+		}
+	}
+	// The node's metrics count them.
+	if st := ms.earlyStores[w.Pinned(cm.Table.Digest)]; st == nil || st.Chunks != 4 || ms.earlyMisses != 4 {
+		t.Errorf("counted %+v and %d cache misses; want 4 chunks and 4 misses", st, ms.earlyMisses)
 	}
 }

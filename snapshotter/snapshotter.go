@@ -32,7 +32,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
 	"github.com/containerd/errdefs"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
 	"github.com/mkbootfs/mkbootfs/internal/atomicfile"
@@ -194,13 +193,13 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		}
 	}
 	if target := info.Labels[snapshots.LabelSnapshotRef]; target != "" {
-		image, layer, ok, err := s.registry.bootLayer(ctx, info.Labels)
+		image, own, ok, err := s.registry.bootLayer(ctx, info.Labels)
 		if err != nil {
 			// containerd pulls the layer itself, and says why not if it cannot.
 			s.log.Printf("%s: is it a boot image? %v", info.Labels[snapshotters.TargetRefLabel], err)
 		}
 		if ok {
-			return nil, s.prepareBoot(ctx, key, parent, target, image, layer, opts)
+			return nil, s.prepareBoot(ctx, key, parent, target, image, own, opts)
 		}
 	}
 	return s.made(ctx, key)(s.Snapshotter.Prepare(ctx, key, parent, opts...))
@@ -226,17 +225,25 @@ func (s *Snapshotter) made(ctx context.Context, key string) func([]mount.Mount, 
 // tree is only the marker, and the mount starts in the background. A
 // layer whose index is corrupt is committed all the same: the creation of
 // a container over it fails, saying why.
-func (s *Snapshotter) prepareBoot(ctx context.Context, key, parent, target, image string, layer ocispec.Descriptor, opts []snapshots.Opt) error {
+func (s *Snapshotter) prepareBoot(ctx context.Context, key, parent, target, image string, own ownLayer, opts []snapshots.Opt) error {
 	exists := fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 	if _, err := s.Stat(ctx, target); err == nil {
 		return exists
 	}
+	// The chunks a start reads first come over the link while the own
+	// layer does, and the mount process starts: it finds them in the
+	// node cache, or on their way there.
+	layerIn := make(chan struct{})
+	go s.mounts.prefetchEarly(image, own.stores, own.prefetch, layerIn)
+	layer := own.desc
 	tmp, err := os.MkdirTemp(s.root, "incoming-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if err := s.registry.fetchLayer(ctx, image, layer, filepath.Join(tmp, layerFile)); err != nil {
+	err = s.registry.fetchLayer(ctx, image, layer, filepath.Join(tmp, layerFile))
+	close(layerIn)
+	if err != nil {
 		return fmt.Errorf("mkbootfs: fetching the boot image's own layer: %w", err)
 	}
 	if _, err := s.Snapshotter.Prepare(ctx, key, parent, opts...); err != nil {

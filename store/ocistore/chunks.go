@@ -136,11 +136,34 @@ func (s *Store) loadPinned(ctx context.Context) error {
 			s.chunks[id] = blobs[i]
 		}
 	}
+	s.order = ids
 	s.part = table
 	if int64(len(table)) == size {
 		s.loaded, s.part = true, nil
 	}
 	return nil
+}
+
+// Leading returns the first n chunks of the pinned chunk table, in its
+// order (fewer if it lists fewer): those of a boot image's profile, in
+// the order a start reads them, when the image says how many (see
+// bootimage.LabelPrefetch). It reads the table's first part, or all of it
+// for more chunks than that holds.
+func (s *Store) Leading(ctx context.Context, n int) ([]store.ID, error) {
+	if s.pin == "" {
+		return nil, fmt.Errorf("%s: not pinned to a chunk table", s.name)
+	}
+	for all := false; ; all = true {
+		if err := s.load(ctx, all); err != nil {
+			return nil, err
+		}
+		s.mu.RLock()
+		order, loaded := s.order, s.loaded
+		s.mu.RUnlock()
+		if len(order) >= n || loaded {
+			return order[:min(n, len(order)):min(n, len(order))], nil
+		}
+	}
 }
 
 // learner collects the chunks of chunk tables.

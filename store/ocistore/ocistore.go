@@ -133,8 +133,9 @@ type Store struct {
 
 	loadSem chan struct{} // held while learning the chunk map
 	mu      sync.RWMutex
-	loaded  bool   // every chunk table is read
-	part    []byte // what is read of the pinned chunk table, until all of it is
+	loaded  bool       // every chunk table is read
+	part    []byte     // what is read of the pinned chunk table, until all of it is
+	order   []store.ID // the chunks of the pinned chunk table read so far, in its order
 	chunks  map[store.ID]v1.Descriptor
 
 	stageMu sync.Mutex

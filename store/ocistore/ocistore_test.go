@@ -372,6 +372,19 @@ func testTableParts(t *testing.T, addr string, tr *tableRanges) {
 	want("a chunk in no manifest", "bytes=0-65535", "bytes=65536-74827")
 	r.Close()
 
+	r = open(t, w.Pinned(cm.Table.Digest), ocistore.Options{})
+	for _, n := range []int{5, 900, 1000, 2000} {
+		got, err := r.Leading(ctx, n)
+		if err != nil || !slices.Equal(got, ids[:min(n, len(ids))]) {
+			t.Fatalf("Leading(%d): %d chunks, %v; want the table's first %d", n, len(got), err, min(n, len(ids)))
+		}
+		if n == 900 {
+			want("the first 900 chunks", "bytes=0-65535")
+		}
+	}
+	want("the first 1000 chunks", "bytes=65536-74827")
+	r.Close()
+
 	tr.noRanges = true
 	r = open(t, w.Pinned(cm.Table.Digest), ocistore.Options{})
 	load(r, first)
