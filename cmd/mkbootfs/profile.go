@@ -51,7 +51,7 @@ func recordProfile(cmd *cobra.Command, res *converter.Result, bootBinary []byte,
 	if fi, err := os.Stat(auth); err == nil && fi.Mode().IsRegular() {
 		o.AuthFile = auth
 	}
-	fmt.Fprintf(cmd.ErrOrStderr(), "profiling: running %s once (at most %v)\n", res.Index.Meta[converter.MetaSource], timeout)
+	fmt.Fprintf(cmd.ErrOrStderr(), "profiling: running %s once, as %s (at most %v)\n", res.Index.Meta[converter.MetaSource], tag, timeout)
 	return profile.Record(ctx, o)
 }
 
