@@ -196,8 +196,9 @@ func mountImage(b *bootimage.Boot, point string, cfg mountConfig, logger *log.Lo
 	// The check and the profile's chunks are fetched while the tree is
 	// mounted: a start waits for the link's round trips once, not in turn.
 	checked := make(chan error, 1)
-	m.fetches.Go(func() { checked <- imagemount.Check(ctx, b.Index, cache, storeCheck) })
-	if chunks := profileChunks(b, logger, cfg.Image); len(chunks) > 0 {
+	chunks := profileChunks(b, logger, cfg.Image)
+	m.fetches.Go(func() { checked <- check(ctx, b.Index, cache, chunks) })
+	if len(chunks) > 0 {
 		m.fetches.Go(func() { prefetch(ctx, b.Index, cache, chunks, logger) })
 	}
 	f := lazyfs.New(b.Index, cache, lazyfs.Options{Log: logger, ReadaheadWithinFiles: true})
@@ -223,6 +224,21 @@ func (m *imageMount) close() {
 	m.cancel()
 	m.fetches.Wait()
 	m.st.Close()
+}
+
+// check fetches the first of the profile's chunks, or else the image's
+// first chunk, within storeCheck: stores that are down, or do not hold
+// the image, fail its mount rather than the app's reads. The profile's
+// first is what a prefetch before the mount (prefetchEarly) fetches
+// first: the mount waits for no other chunk.
+func check(ctx context.Context, x *index.Index, cache *store.Cache, chunks []int) error {
+	if len(chunks) == 0 {
+		return imagemount.Check(ctx, x, cache, storeCheck)
+	}
+	ctx, cancel := context.WithTimeout(ctx, storeCheck)
+	defer cancel()
+	_, err := store.Load(ctx, cache, store.ID(x.Chunks[chunks[0]].ID))
+	return err
 }
 
 // profileChunks returns the chunks of the image's profile, in the order
