@@ -386,7 +386,9 @@ func (c *Cache) keep(w write) {
 // lockChunk takes the chunk's lock in the cache's lock file: an open file
 // description lock (released when this process dies, even by SIGKILL) on
 // one byte at an offset drawn from the ID. It polls rather than blocks, so
-// that it gives up when ctx ends.
+// that it gives up when ctx ends, every 5 ms at most: a read waiting on
+// another process's fetch (the snapshotter's daemon prefetches for its
+// mount processes) goes on within 5 ms of its end, not 20.
 func (c *Cache) lockChunk(ctx context.Context, id ID) (unlock func(), err error) {
 	lk := unix.Flock_t{
 		Type:   unix.F_WRLCK,
@@ -408,7 +410,7 @@ func (c *Cache) lockChunk(ctx context.Context, id ID) (unlock func(), err error)
 			return nil, &ChunkError{ID: id, Store: c.local.Dir(), Err: fmt.Errorf("waiting for another process fetching the chunk: %w", ctx.Err())}
 		case <-time.After(wait):
 		}
-		wait = min(2*wait, 20*time.Millisecond)
+		wait = min(2*wait, 5*time.Millisecond)
 	}
 	return func() {
 		lk.Type = unix.F_UNLCK
