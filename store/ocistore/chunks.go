@@ -45,7 +45,8 @@ func (s *Store) lookup(ctx context.Context, id store.ID) (v1.Descriptor, bool, e
 
 // load reads the chunk tables once: the pinned one, or those of every
 // chunk manifest the repository's tags reach. Of a pinned table it reads
-// the first part (tablePart bytes) unless all is set or that is read. A
+// the first part (tablePart bytes, or as Leading says) unless all is set
+// or that is read. A
 // load that fails is tried again by the next caller.
 func (s *Store) load(ctx context.Context, all bool) error {
 	done := func() bool {
@@ -99,7 +100,8 @@ func (s *Store) loadPinned(ctx context.Context) error {
 	s.mu.RLock()
 	have := s.part
 	s.mu.RUnlock()
-	from, to := int64(0), int64(tablePart-1)
+	// A table of fewer bytes than asked for is sent whole.
+	from, to := int64(0), s.first-1
 	if have != nil {
 		n, _ := tableCount(have) // decoded before
 		from, to = int64(len(have)), tableHeader+int64(n)*tableEntry-1
@@ -147,12 +149,17 @@ func (s *Store) loadPinned(ctx context.Context) error {
 // Leading returns the first n chunks of the pinned chunk table, in its
 // order (fewer if it lists fewer): those of a boot image's profile, in
 // the order a start reads them, when the image says how many (see
-// bootimage.LabelPrefetch). It reads the table's first part, or all of it
-// for more chunks than that holds.
+// bootimage.LabelPrefetch). Read first, the table's first part is those n
+// chunks; else they are read from the parts read, or all of it.
 func (s *Store) Leading(ctx context.Context, n int) ([]store.ID, error) {
 	if s.pin == "" {
 		return nil, fmt.Errorf("%s: not pinned to a chunk table", s.name)
 	}
+	s.mu.Lock()
+	if s.part == nil && !s.loaded {
+		s.first = tableHeader + int64(max(n, 1))*tableEntry
+	}
+	s.mu.Unlock()
 	for all := false; ; all = true {
 		if err := s.load(ctx, all); err != nil {
 			return nil, err

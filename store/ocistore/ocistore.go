@@ -134,6 +134,7 @@ type Store struct {
 	loadSem chan struct{} // held while learning the chunk map
 	mu      sync.RWMutex
 	loaded  bool       // every chunk table is read
+	first   int64      // how much of the pinned chunk table to read first
 	part    []byte     // what is read of the pinned chunk table, until all of it is
 	order   []store.ID // the chunks of the pinned chunk table read so far, in its order
 	chunks  map[store.ID]v1.Descriptor
@@ -204,6 +205,7 @@ func Open(rawURL string, opt Options) (*Store, error) {
 		base:    base,
 		timeout: opt.Timeout,
 		loadSem: make(chan struct{}, 1),
+		first:   tablePart,
 		chunks:  map[store.ID]v1.Descriptor{},
 	}, nil
 }

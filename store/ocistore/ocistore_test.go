@@ -305,18 +305,20 @@ func (tr *tableRanges) take() []string {
 func TestTableParts(t *testing.T) {
 	t.Run("go-containerregistry", func(t *testing.T) {
 		tr := &tableRanges{}
-		testTableParts(t, inProcess(t, func(h http.Handler) http.Handler { tr.next = h; return tr }), tr)
+		testTableParts(t, inProcess(t, func(h http.Handler) http.Handler { tr.next = h; return tr }), tr, true)
 	})
 	t.Run("docker-registry", func(t *testing.T) {
 		r := testserver.StartDockerRegistry(t, testserver.RegistryOptions{})
 		tr := &tableRanges{next: httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: r.Addr})}
 		srv := httptest.NewServer(tr)
 		t.Cleanup(srv.Close)
-		testTableParts(t, strings.TrimPrefix(srv.URL, "http://"), tr)
+		testTableParts(t, strings.TrimPrefix(srv.URL, "http://"), tr, false)
 	})
 }
 
-func testTableParts(t *testing.T, addr string, tr *tableRanges) {
+// testTableParts runs TestTableParts on the registry at addr, which
+// refuses a range past a blob's end (416) or sends what it has of it.
+func testTableParts(t *testing.T, addr string, tr *tableRanges, refusesPastEnd bool) {
 	ctx := context.Background()
 	w := open(t, "oci://"+addr+"/app", ocistore.Options{Push: true})
 	defer w.Close()
@@ -372,17 +374,32 @@ func testTableParts(t *testing.T, addr string, tr *tableRanges) {
 	want("a chunk in no manifest", "bytes=0-65535", "bytes=65536-74827")
 	r.Close()
 
+	// Leading first reads those chunks alone, and what it asks past them
+	// reads the rest.
 	r = open(t, w.Pinned(cm.Table.Digest), ocistore.Options{})
-	for _, n := range []int{5, 900, 1000, 2000} {
+	for _, n := range []int{5, 3, 900, 1000, 2000} {
 		got, err := r.Leading(ctx, n)
 		if err != nil || !slices.Equal(got, ids[:min(n, len(ids))]) {
 			t.Fatalf("Leading(%d): %d chunks, %v; want the table's first %d", n, len(got), err, min(n, len(ids)))
 		}
-		if n == 900 {
-			want("the first 900 chunks", "bytes=0-65535")
+		if n == 3 {
+			want("the first 5 chunks, then 3", "bytes=0-367")
 		}
 	}
-	want("the first 1000 chunks", "bytes=65536-74827")
+	want("the first 900 chunks", "bytes=368-74827")
+	load(r, last)
+	want("the whole table read")
+	r.Close()
+	// A table shorter than the first part asked for comes whole.
+	r = open(t, w.Pinned(cm.Table.Digest), ocistore.Options{})
+	if got, err := r.Leading(ctx, 5000); err != nil || len(got) != len(ids) {
+		t.Fatalf("Leading(5000) of %d: %d chunks, %v", len(ids), len(got), err)
+	}
+	if refusesPastEnd {
+		want("more chunks than the table lists", "bytes=0-340027", "")
+	} else {
+		want("more chunks than the table lists", "bytes=0-340027")
+	}
 	r.Close()
 
 	tr.noRanges = true
