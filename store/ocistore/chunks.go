@@ -46,8 +46,7 @@ func (s *Store) lookup(ctx context.Context, id store.ID) (v1.Descriptor, bool, e
 // load reads the chunk tables once: the pinned one, or those of every
 // chunk manifest the repository's tags reach. Of a pinned table it reads
 // the first part (tablePart bytes, or as Leading says) unless all is set
-// or that is read. A
-// load that fails is tried again by the next caller.
+// or that is read. A load that fails is tried again by the next caller.
 func (s *Store) load(ctx context.Context, all bool) error {
 	done := func() bool {
 		s.mu.RLock()
@@ -90,7 +89,7 @@ func (s *Store) load(ctx context.Context, all bool) error {
 const tablePart = 64 << 10
 
 // loadPinned reads the next part of the pinned chunk table: the first
-// tablePart bytes, or the rest, or all of it if the registry does not
+// s.first bytes, or the rest, or all of it if the registry does not
 // serve ranges. The entries of a part are used at once, before the table
 // can be checked against its digest (once whole): a chunk is checked
 // against its ID all the same.
