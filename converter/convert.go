@@ -353,7 +353,9 @@ type stager interface {
 
 // chunkFiles streams the files' data through the chunker and stores the
 // chunks the store lacks: cutting runs on one goroutine, hashing,
-// compressing and writing on all cores.
+// compressing and writing on all cores. The chunks of the profile's reads
+// (between cuts[2i] and cuts[2i+1]), which every start fetches, are
+// compressed smallest.
 func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options, p *progress) ([]index.Chunk, Stats, error) {
 	var stats Stats
 	stream := &streamReader{files: files}
@@ -379,8 +381,9 @@ func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options,
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	type job struct {
-		data []byte
-		slot *index.Chunk
+		data     []byte
+		slot     *index.Chunk
+		profiled bool // in one of the profile's reads: compressed smallest
 	}
 	jobs := make(chan job, 4*runtime.GOMAXPROCS(0))
 	var (
@@ -408,7 +411,11 @@ func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options,
 			if have {
 				continue
 			}
-			raw := store.Encode(j.data)
+			encode := store.Encode
+			if j.profiled {
+				encode = store.EncodeSmallest
+			}
+			raw := encode(j.data)
 			if err := put(ctx, id, raw); err != nil {
 				cancel(err)
 				continue
@@ -426,6 +433,8 @@ func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options,
 	}
 	var slots []*index.Chunk
 	var readErr error
+	var off int64 // of the chunk in the stream
+	read := 0     // cuts[read], cuts[read+1]: the first of the profile's reads not behind off
 	for ctx.Err() == nil {
 		data, err := ck.Next()
 		if err == io.EOF {
@@ -435,12 +444,17 @@ func chunkFiles(ctx context.Context, files []*inode, cuts []int64, opts Options,
 			readErr = err
 			break
 		}
+		for read+1 < len(cuts) && cuts[read+1] <= off {
+			read += 2
+		}
+		profiled := read+1 < len(cuts) && cuts[read] <= off
+		off += int64(len(data))
 		slot := &index.Chunk{}
 		slots = append(slots, slot)
 		p.bytes.Add(int64(len(data)))
 		p.chunks.Add(1)
 		select {
-		case jobs <- job{data, slot}:
+		case jobs <- job{data, slot, profiled}:
 		case <-ctx.Done():
 		}
 	}

@@ -1,15 +1,19 @@
 package converter_test
 
 import (
+	"bytes"
 	"context"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/mkbootfs/mkbootfs/converter"
 	"github.com/mkbootfs/mkbootfs/extract"
 	"github.com/mkbootfs/mkbootfs/internal/testtree"
 	"github.com/mkbootfs/mkbootfs/profile"
+	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
 
@@ -67,5 +71,58 @@ func TestProfileLaysOutFirst(t *testing.T) {
 	}
 	if diff := testtree.Diff(t, src, out); diff != "" {
 		t.Fatalf("a profiled conversion extracts differently:\n%s", diff)
+	}
+}
+
+// TestProfileChunksSmallest: the chunks of a profile's reads are stored
+// compressed smallest (store.EncodeSmallest), which every start fetches;
+// the others as usual.
+func TestProfileChunksSmallest(t *testing.T) {
+	src := t.TempDir()
+	words := strings.Fields("the quick brown fox jumps over a lazy dog while seven wizards box jolly quiz nymphs")
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for _, name := range []string{"read", "unread"} {
+		var b bytes.Buffer
+		for b.Len() < 400<<10 {
+			b.WriteString(words[rnd.IntN(len(words))])
+			b.WriteByte(" \n"[rnd.IntN(2)])
+		}
+		if err := os.WriteFile(filepath.Join(src, name), b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prof := &profile.Profile{Files: []profile.File{{Path: "/read", Ranges: []profile.Range{{Off: 0, Len: 400 << 10}}}}}
+	s, err := local.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := converter.Convert(context.Background(), converter.Options{Source: "dir:" + src, Store: s, Profile: prof})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := res.Index
+	profiled := map[int]bool{}
+	for _, c := range prof.Chunks(x) {
+		profiled[c] = true
+	}
+	differ := false
+	for c := range x.Chunks {
+		id := store.ID(x.Chunks[c].ID)
+		raw, err := s.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := store.Decode(id, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		smallest, usual := store.EncodeSmallest(data), store.Encode(data)
+		differ = differ || !bytes.Equal(smallest, usual)
+		if want := map[bool][]byte{true: smallest, false: usual}[profiled[c]]; !bytes.Equal(raw, want) {
+			t.Errorf("chunk %d (profiled: %v) is stored as %d bytes, want %d", c, profiled[c], len(raw), len(want))
+		}
+	}
+	if len(profiled) == 0 || len(profiled) == len(x.Chunks) || !differ {
+		t.Fatalf("%d of %d chunks profiled, the two compressions differ: %v: the test shows nothing", len(profiled), len(x.Chunks), differ)
 	}
 }

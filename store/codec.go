@@ -36,6 +36,23 @@ func Encode(data []byte) []byte {
 	return encoder.EncodeAll(data, make([]byte, 0, len(data)/2+64))
 }
 
+var (
+	smallestOnce sync.Once
+	smallest     *zstd.Encoder
+)
+
+// EncodeSmallest is Encode at zstd's best compression: some 7% smaller
+// for programs and libraries, at a fraction of the speed; for the few
+// chunks that every start of an image fetches (its profile's), where a
+// byte saved is saved on every node's link.
+func EncodeSmallest(data []byte) []byte {
+	smallestOnce.Do(func() {
+		smallest, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+			zstd.WithEncoderCRC(false))
+	})
+	return smallest.EncodeAll(data, make([]byte, 0, len(data)/2+64))
+}
+
 // Raw blocks of a zstd frame hold at most rawBlockMax bytes (RFC 8878,
 // Block_Maximum_Size).
 const rawBlockMax = 128 << 10
