@@ -21,8 +21,9 @@
 // A store URL is oci://REGISTRY/REPO, which knows the chunks of every
 // chunk manifest the repository's tags reach (what a conversion reuses),
 // or oci://REGISTRY/REPO@sha256:HEX, pinned to one chunk table (what a
-// boot image records: one request for the table, then one blob request per
-// chunk read).
+// boot image records: one request for the table's first part, which
+// lists the chunks a start reads first, then one blob request per chunk
+// read, and one for the rest of the table once a read needs it).
 //
 // Credentials come from a docker config file (Options.AuthFile), then
 // docker's usual places (go-containerregistry's default keychain:
