@@ -52,7 +52,7 @@ type Result struct {
 // exist, reading file data from s. Owners are kept when run as root, as
 // tar keeps them; opt says what else is kept.
 func Extract(ctx context.Context, x *index.Index, s store.Store, dir string, opt Options) (Result, error) {
-	return extract(ctx, x, s, dir, nil, opt)
+	return extract(ctx, x, s, dir, nil, nil, opt)
 }
 
 // Metadata materializes the whole tree of x into dir as the layer an
@@ -81,7 +81,45 @@ func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, da
 	for _, e := range data {
 		stub[x.Entries[e].Inode] = false
 	}
-	_, err := extract(ctx, x, s, dir, stub, Options{Devices: true, SamePermissions: true, resume: true})
+	_, err := extract(ctx, x, s, dir, stub, nil, Options{Devices: true, SamePermissions: true, resume: true})
+	return err
+}
+
+// Files materializes in dir the regular files of entries, with their
+// bytes, and the directories that hold them, and nothing else: a boot tree
+// that overlayfs stacks over the lazy mount as a lower layer of its own,
+// so that lookups of what it lacks fall through to the lazy mount. A short
+// start reads a few dozen files: this is a tree of that many entries, made
+// and checked in a few ms, where the whole tree (Metadata) holds every
+// entry of the image and took a short command's starts dozens of times
+// longer. Files of more than one name are left out (a copy would have
+// one), and so are entries that are not regular files. It goes on from
+// what an earlier call, killed or cancelled, left in dir, as Metadata does.
+// It needs CAP_SYS_ADMIN only to keep the image's trusted xattrs.
+func Files(ctx context.Context, x *index.Index, s store.Store, dir string, entries []uint32) error {
+	keep := make([]bool, len(x.Entries))
+	stub := make([]bool, len(x.Inodes))
+	for i := range x.Inodes {
+		stub[i] = x.Inodes[i].IsRegular()
+	}
+	for _, e := range entries {
+		if int(e) >= len(x.Entries) || e == index.Root {
+			continue
+		}
+		n := &x.Inodes[x.Entries[e].Inode]
+		if !n.IsRegular() || n.Nlink != 1 {
+			continue
+		}
+		stub[x.Entries[e].Inode] = false
+		for keep[e] = true; e != index.Root; {
+			e = x.Entries[e].Parent
+			if keep[e] {
+				break
+			}
+			keep[e] = true
+		}
+	}
+	_, err := extract(ctx, x, s, dir, stub, keep, Options{Devices: true, SamePermissions: true, resume: true})
 	return err
 }
 
@@ -93,8 +131,8 @@ const (
 )
 
 // extract materializes the tree of x, the regular files whose inodes stub
-// marks as metacopy stubs.
-func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stub []bool, opt Options) (Result, error) {
+// marks as metacopy stubs; with keep, only the entries it marks.
+func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stub, keep []bool, opt Options) (Result, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Result{}, err
 	}
@@ -114,6 +152,7 @@ func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stu
 		dir:    dir,
 		chunks: newChunkLoader(ctx, x, s, dataChunks(x, stub)),
 		stub:   stub,
+		keep:   keep,
 		links:  map[uint32]string{},
 		root:   os.Geteuid() == 0,
 		opt:    opt,
@@ -143,6 +182,7 @@ type extractor struct {
 	dir    string
 	chunks *chunkLoader
 	stub   []bool            // the inodes to make as metacopy stubs; nil: none
+	keep   []bool            // the entries to make; nil: all
 	links  map[uint32]string // inode -> path of its first name, for hard links
 	root   bool
 	opt    Options
@@ -155,6 +195,9 @@ func (e *extractor) dirContents(dirfd int, de uint32, path string) error {
 	for c := first; c < first+count; c++ {
 		if err := e.ctx.Err(); err != nil {
 			return err
+		}
+		if e.keep != nil && !e.keep[c] {
+			continue
 		}
 		ent := &e.x.Entries[c]
 		n := &e.x.Inodes[ent.Inode]
@@ -264,6 +307,11 @@ func (e *extractor) regular(dirfd int, c uint32, ent *index.Entry, n *index.Inod
 	}
 	if err != nil {
 		return err
+	}
+	if e.keep != nil {
+		// A boot tree's check writes its files back first: begun now, it
+		// has less to wait for.
+		unix.SyncFileRange(fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
 	return e.attrs(fd, "", n, true)
 }

@@ -1,0 +1,161 @@
+package boottree_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mkbootfs/mkbootfs/boottree"
+	"github.com/mkbootfs/mkbootfs/extract"
+)
+
+// subsetFiles are the files the subset fixture's tree holds; /dir/linked,
+// of three names, is left out.
+var subsetFiles = []string{"/small", "/setuid", "/random", "/capable", "/dir/linked"}
+
+// makeSubset makes a subset tree (extract.Files), unsealed.
+func (f *fixture) makeSubset(t *testing.T) (dir, seal string) {
+	t.Helper()
+	var entries []uint32
+	for _, p := range subsetFiles {
+		e, err := f.x.Resolve(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	dir = filepath.Join(t.TempDir(), "tree")
+	if err := extract.Files(context.Background(), f.x, f.s, dir, entries); err != nil {
+		t.Fatal(err)
+	}
+	return dir, dir + ".lock"
+}
+
+func (f *fixture) sealSubset(t *testing.T) (dir, seal string) {
+	t.Helper()
+	dir, seal = f.makeSubset(t)
+	if err := boottree.SealSubset(context.Background(), f.x, f.s, dir, "tree", seal); err != nil {
+		t.Fatalf("sealing a subset tree just made: %v", err)
+	}
+	if err := boottree.CheckSubset(f.x, dir, "tree", seal); err != nil {
+		t.Fatalf("checking a subset tree just sealed: %v", err)
+	}
+	return dir, seal
+}
+
+// subsetTampering are what a container that can write the cache volume
+// does to another image's subset tree: all of tampering that applies, and
+// what would steer the overlay to hide or swap the lazy mount's files.
+var subsetTampering = []struct {
+	name string
+	do   func(dir string) error
+}{
+	{"rewrite a file", func(dir string) error {
+		return os.WriteFile(filepath.Join(dir, "small"), []byte("evil"), 0o644)
+	}},
+	{"rewrite a file in place, same size", func(dir string) error {
+		f, err := os.OpenFile(filepath.Join(dir, "small"), os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.WriteAt([]byte("X"), 0)
+		return err
+	}},
+	{"plant a setuid binary", func(dir string) error {
+		return os.WriteFile(filepath.Join(dir, "sh"), []byte("#!/bin/sh\n"), 0o4755)
+	}},
+	{"plant an image's name", func(dir string) error {
+		return os.WriteFile(filepath.Join(dir, "text"), []byte("evil"), 0o444)
+	}},
+	{"plant a whiteout", func(dir string) error {
+		return unix.Mknod(filepath.Join(dir, "zeros"), unix.S_IFCHR|0o600, 0)
+	}},
+	{"make a directory opaque", func(dir string) error {
+		return unix.Setxattr(dir, "trusted.overlay.opaque", []byte("y"), 0)
+	}},
+	{"redirect a file", func(dir string) error {
+		return unix.Setxattr(filepath.Join(dir, "small"), "trusted.overlay.redirect", []byte("/setuid"), 0)
+	}},
+	{"link a file", func(dir string) error {
+		return os.Link(filepath.Join(dir, "small"), filepath.Join(dir, "empty"))
+	}},
+	{"chown a file", func(dir string) error { return os.Lchown(filepath.Join(dir, "small"), 1, 1) }},
+	{"add an xattr", func(dir string) error {
+		return unix.Setxattr(filepath.Join(dir, "small"), "user.evil", []byte("1"), 0)
+	}},
+}
+
+// TestSubsetTree: a subset tree holds the files asked for, of one name, and
+// the directories above them, nothing else; sealed, it checks.
+func TestSubsetTree(t *testing.T) {
+	f := newFixture(t)
+	dir, _ := f.sealSubset(t)
+	var got []string
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && p != dir {
+			got = append(got, strings.TrimPrefix(p, dir))
+		}
+		return err
+	})
+	want := "/capable /random /setuid /small"
+	if strings.Join(got, " ") != want {
+		t.Errorf("the subset tree holds %q, want %q", got, want)
+	}
+}
+
+// TestSubsetCheck: every tampering of a sealed subset tree fails the check.
+func TestSubsetCheck(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range subsetTampering {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, seal := f.sealSubset(t)
+			if err := tc.do(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := boottree.CheckSubset(f.x, dir, "tree", seal); err == nil {
+				t.Fatal("the check passed a subset tree changed after its seal")
+			}
+		})
+	}
+}
+
+// TestSubsetSealRefuses: a subset tree tampered with before it is sealed
+// is not sealed.
+func TestSubsetSealRefuses(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range subsetTampering {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, seal := f.makeSubset(t)
+			if err := tc.do(dir); err != nil {
+				t.Fatal(err)
+			}
+			err := boottree.SealSubset(context.Background(), f.x, f.s, dir, "tree", seal)
+			if !errors.Is(err, boottree.ErrChanged) {
+				t.Fatalf("sealing a tampered subset tree: %v, want ErrChanged", err)
+			}
+			if err := boottree.CheckSubset(f.x, dir, "tree", seal); !errors.Is(err, boottree.ErrUnsealed) {
+				t.Fatalf("check of a tree whose seal was refused: %v, want ErrUnsealed", err)
+			}
+		})
+	}
+}
+
+// TestSubsetIsNotWhole: a subset tree is no whole tree, and a whole tree
+// no subset one (it holds stubs, symlinks, devices).
+func TestSubsetIsNotWhole(t *testing.T) {
+	f := newFixture(t)
+	dir, seal := f.makeSubset(t)
+	if err := boottree.Seal(context.Background(), f.x, f.s, dir, "tree", seal); !errors.Is(err, boottree.ErrChanged) {
+		t.Errorf("a subset tree sealed as a whole one: %v, want ErrChanged", err)
+	}
+	dir, seal = f.make(t)
+	if err := boottree.SealSubset(context.Background(), f.x, f.s, dir, "tree", seal); !errors.Is(err, boottree.ErrChanged) {
+		t.Errorf("a whole tree sealed as a subset one: %v, want ErrChanged", err)
+	}
+}
