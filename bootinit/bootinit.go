@@ -30,10 +30,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/bootinit/bootconfig"
-	"github.com/mkbootfs/mkbootfs/boottree"
 	"github.com/mkbootfs/mkbootfs/index"
 	"github.com/mkbootfs/mkbootfs/lazyfs"
-	"github.com/mkbootfs/mkbootfs/nodecache"
 	"github.com/mkbootfs/mkbootfs/profile"
 	"github.com/mkbootfs/mkbootfs/store"
 )
@@ -107,6 +105,8 @@ type boot struct {
 	tree      string // where the image's boot tree is or goes; "": none
 	source    string // the image converted, which a tree made is noted with
 	treeInUse bool   // the tree is there, and stacked over the lazy mount
+	stacked   string // the tree stacked over the lazy mount: b.tree, another of the image's, or none
+	otherTree string // the name of the image's own tree, when the start boots with a learned profile
 	stopTree  func() // stops the tree maker, if one was started
 }
 
@@ -180,23 +180,16 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	// The boot tree lives in the node cache, and a recording must see
-	// every read. It is held in use for the container's life, so that no
-	// eviction removes it; one being removed now is done without.
 	var treeChecked chan bool
+	// The boot tree lives in the node cache, and a recording must see
+	// every read.
 	if _, ok := st.(*store.Cache); ok && rec == nil && tree != "" {
-		name := filepath.Base(tree)
-		if release, ok := nodecache.UseTree(bootconfig.CacheDir, name); ok {
-			defer release()
-			b.tree, b.source = tree, cfg.Source
-			if !heldOff(tree) && isDir(tree) && boottree.Sealed(name, nodecache.TreeLock(bootconfig.CacheDir, name)) {
-				// Checked while the image is mounted (a stat of every
-				// entry: tens of ms); taken as good until then.
-				b.treeInUse = true
-				treeChecked = make(chan bool, 1)
-				go func() { treeChecked <- checkTree(b.log, x, bootconfig.CacheDir, name) }()
-			}
-		}
+		// The image's own tree, when the start boots with a learned
+		// profile whose tree is not made yet.
+		other, _ := treePath(&bootconfig.Config{Tree: b.otherTree})
+		var release func()
+		treeChecked, release = b.pickTree(x, cfg.Source, tree, other, learning != nil)
+		defer release()
 	}
 	// The profile's chunks are fetched from the start, while bootinit
 	// mounts and switches root, before the app asks for them.
@@ -223,6 +216,7 @@ func (b *boot) run(args []string) (int, error) {
 	}
 	if treeChecked != nil && !<-treeChecked {
 		b.treeInUse = false // nor was the profile prefetched: this start reads lazily
+		b.stacked = ""
 	}
 	// Warming starts as soon as the image is mounted, on the spare core,
 	// while the launcher switches root and starts the app. Not while
@@ -230,13 +224,10 @@ func (b *boot) run(args []string) (int, error) {
 	// for the app's, and miss the app's own; nor over a boot tree, which
 	// holds the profile's files.
 	stopWarming := func() {}
-	if b.profile != nil && rec == nil && learning == nil && !b.treeInUse {
+	if b.profile != nil && rec == nil && learning == nil && b.stacked == "" {
 		stopWarming = b.startWarmer()
 	}
-	l := launch{Argv: argv, Dir: dir, ID: app, Foreground: isTerminal(0), Privileges: privs}
-	if b.treeInUse {
-		l.Tree = b.tree
-	}
+	l := launch{Argv: argv, Dir: dir, ID: app, Foreground: isTerminal(0), Privileges: privs, Tree: b.stacked}
 	code, err := b.runApp(lc, l, fw)
 	if learning != nil {
 		learning.stop()

@@ -99,15 +99,32 @@ func (b *boot) learn(cfg *bootconfig.Config, x *index.Index, st store.Store, ima
 	}
 	id := sha256.Sum256(raw)
 	name := hex.EncodeToString(id[:])
-	path := nodecache.ProfilePath(bootconfig.CacheDir, name)
-	p, text, err := readLearned(path, x)
-	if err == nil {
+	treeOf := func(text []byte) string {
 		t := sha256.New()
 		t.Write(id[:])
 		t.Write(text)
-		cfg.Tree = hex.EncodeToString(t.Sum(nil))
+		return hex.EncodeToString(t.Sum(nil))
+	}
+	// The tree of the image's static profile (its program, loader and
+	// libraries: most of what a short start reads) is made by the start
+	// that learns, from the chunks it prefetches; the next start stacks it
+	// while it makes the learned profile's.
+	var static string
+	if image != nil && cfg.Tree == "" {
+		var text bytes.Buffer
+		image.WriteTo(&text)
+		static = treeOf(text.Bytes())
+	}
+	path := nodecache.ProfilePath(bootconfig.CacheDir, name)
+	p, text, err := readLearned(path, x)
+	if err == nil {
+		cfg.Tree = treeOf(text)
+		b.otherTree = static
 		b.log.Printf("booting with the profile learned on this node, %s (%d files)", path, len(p.Files))
 		return p, nil, nil
+	}
+	if cfg.Tree == "" {
+		cfg.Tree = static
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintf(os.Stderr, "bootinit: ignoring %v; this start learns it again\n", err)

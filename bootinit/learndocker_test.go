@@ -141,7 +141,9 @@ func TestLearn(t *testing.T) {
 		// Its boot tree is named by the image and the learned profile.
 		id, _ := hex.DecodeString(name)
 		tree := sha256.Sum256(append(id, text...))
-		treeDir := filepath.Join(dir, "trees", hex.EncodeToString(tree[:]))
+		// (bootinit's subset tree of that name: see subsetName).
+		subset := sha256.Sum256([]byte("mkbootfs subset tree\n" + hex.EncodeToString(tree[:])))
+		treeDir := filepath.Join(dir, "trees", hex.EncodeToString(subset[:]))
 		ctr := "mkbootfs-test-learn-tree"
 		if !keepUpUntil(t, ctr, func() {
 			r, _ = runCounting(t, storeDir, boot, cache(vol, "--name", ctr), "sh", "-c", "apt-get --version && exec sleep 600")

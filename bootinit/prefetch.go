@@ -8,6 +8,8 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
+const restWorkers = 2
+
 // prefetch fetches into the cache, in the background, the chunks of the
 // image's profile in the order the profile reads them and, with all, every
 // other chunk in stream order, so that a long-running container stops
@@ -15,12 +17,24 @@ import (
 // when ctx ends; failures are left to the reads that need them (see
 // imagemount.Fetch).
 //
-// Once the profile's chunks are all in, it calls profiledIn.
-func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled []int, all bool, profiledIn func(), done func(fetched, failed int)) {
+// Once the profile's chunks are all in, it calls profiledIn. A start that
+// found them all in the cache (a warm one: the app waits on nothing) then
+// fetches the chunks rest (the rest of the profile's files: a boot tree
+// holds files whole, and a profile's reads are often parts of them).
+//
+// restWorkers fetch the rest: few, for the app's sake, which they would
+// slow on a busy node (each chunk is verified and decompressed on
+// arrival).
+func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled, rest []int, all bool, profiledIn func(), done func(fetched, failed int)) {
 	seen := map[store.ID]bool{}
 	fetched, failed := imagemount.Fetch(ctx, cache, imagemount.IDs(x, profiled, seen), imagemount.ProfileWorkers)
 	if ctx.Err() == nil && failed == 0 {
 		profiledIn()
+	}
+	// Nothing fetched from the network since the start began: a warm one.
+	if cache.Stats().FetchedBytes == 0 && failed == 0 && len(rest) > 0 && ctx.Err() == nil {
+		n, f := imagemount.Fetch(ctx, cache, imagemount.IDs(x, rest, seen), restWorkers)
+		fetched, failed = fetched+n, failed+f
 	}
 	if all && ctx.Err() == nil {
 		every := make([]int, len(x.Chunks))

@@ -77,11 +77,32 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 			b.stopTree = b.startTreeMaker()
 		}
 	}
-	go prefetch(ctx, x, cache, chunks, all, profiledIn, func(n, failed int) {
+	var rest []int
+	if makeTree {
+		rest = wholeFileChunks(b.profile, x)
+	}
+	go prefetch(ctx, x, cache, chunks, rest, all, profiledIn, func(n, failed int) {
 		b.log.Printf("prefetched %d chunks (%d of the profile; %d failed) in %v", n, len(chunks), failed, time.Since(start).Round(time.Millisecond))
 		close(done)
 	})
 	return done, nil
+}
+
+// wholeFileChunks returns the chunks of p's files, whole.
+func wholeFileChunks(p *profile.Profile, x *index.Index) []int {
+	var out []int
+	for _, f := range p.Files {
+		e, err := x.Resolve(f.Path)
+		if err != nil {
+			continue
+		}
+		if first, last, ok := x.ChunkSpan(x.Entries[e].Inode); ok {
+			for c := first; c <= last; c++ {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // recording is a boot access profile being recorded for MKBOOTFS_PROFILE.

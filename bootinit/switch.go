@@ -147,13 +147,14 @@ func (s *switcher) mountOverlay() error {
 	}
 	opts := ",upperdir=" + upper + ",workdir=" + work
 	if s.tree != "" {
-		// The boot tree, with the lazy mount below it as a data-only layer.
-		err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, "lowerdir="+s.tree+"::"+bootconfig.LowerDir+opts+",metacopy=on")
+		// The boot tree, over the lazy mount: what it lacks, lookups find
+		// there.
+		err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, "lowerdir="+s.tree+":"+bootconfig.LowerDir+opts)
 		if err == nil {
 			s.log.Printf("the boot tree %s is stacked over the lazy mount", s.tree)
 			return nil
 		}
-		// Linux before 6.5 has no data-only layers: not tried again for a day.
+		// Not tried again for a day.
 		s.log.Printf("stacking the boot tree %s: %v; booting without it", s.tree, err)
 		noteFailure(s.tree, fmt.Errorf("mounting it: %w", err))
 	}

@@ -1,14 +1,17 @@
 package bootinit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,6 +21,22 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 	"github.com/mkbootfs/mkbootfs/store/local"
 )
+
+// convertFiles converts a tree of files.
+func convertFiles(t *testing.T, files map[string][]byte) (*index.Index, *local.Store) {
+	t.Helper()
+	src := t.TempDir()
+	for name, body := range files {
+		p := filepath.Join(src, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return testtree.Convert(t, "dir:"+src)
+}
 
 // treeSource converts a small tree and returns its index, its store and
 // the entries of two of its files.
@@ -74,33 +93,59 @@ func TestMakeTree(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "usr/lib/libx.so")); err != nil || string(b) != "ELF" {
 		t.Errorf("usr/lib/libx.so: %q, %v", b, err)
 	}
-	// A file the profile does not read is a stub: its size, no data, and
-	// where overlayfs finds the data.
-	stub := filepath.Join(dir, "etc/other")
-	var st unix.Stat_t
-	redirect := make([]byte, 64)
-	n, err := unix.Getxattr(stub, "trusted.overlay.redirect", redirect)
-	if err != nil || string(redirect[:n]) != "/etc/other" || unix.Stat(stub, &st) != nil || st.Size != 15 || st.Blocks != 0 {
-		t.Errorf("etc/other: redirect %q (%v), size %d, blocks %d; want a 15-byte stub to /etc/other", redirect[:max(n, 0)], err, st.Size, st.Blocks)
+	// A file the profile does not read, and a directory that holds none
+	// it reads, are not in it: the lazy mount below shows them.
+	for _, p := range []string{"etc/other", "etc"} {
+		if _, err := os.Lstat(filepath.Join(dir, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is in the tree (%v), though the profile reads nothing of it", p, err)
+		}
 	}
 }
 
-// TestTreeFromTheCacheAlone: a profiled file whose chunks the cache lacks
-// is a stub in the tree: making it fetches nothing.
+// TestTreeFromTheCacheAlone: a tree is made of the cache alone, and only
+// once every file of the profile is whole there: making it fetches
+// nothing, and a tree is sealed as it is made, so one made without a file
+// would never hold it.
 func TestTreeFromTheCacheAlone(t *testing.T) {
-	x, s, entries := treeSource(t)
-	e, _ := x.Resolve("/usr/lib/libx.so")
-	first, _, _ := x.ChunkSpan(x.Entries[e].Inode)
-	if err := os.Remove(s.Path(store.ID(x.Chunks[first].ID))); err != nil {
+	defer func(d time.Duration) { chunkWait = d }(chunkWait)
+	chunkWait = 10 * time.Millisecond
+	big := make([]byte, 1<<20) // several chunks
+	rand.NewChaCha8([32]byte{1}).Read(big)
+	x, s := convertFiles(t, map[string][]byte{"usr/bin/app": []byte("#!/bin/sh\n"), "usr/lib/big": big})
+	var ents []uint32
+	for _, p := range []string{"/usr/bin/app", "/usr/lib/big"} {
+		e, err := x.Resolve(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ents = append(ents, e)
+	}
+	e, _ := x.Resolve("/usr/lib/big")
+	_, last, _ := x.ChunkSpan(x.Entries[e].Inode)
+	p := s.Path(store.ID(x.Chunks[last].ID))
+	chunk, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(p); err != nil {
 		t.Fatal(err)
 	}
 	cache := t.TempDir()
-	if err := makeTree(context.Background(), x, s, cache, treeName, "src", entries, 1<<30); err != nil {
+	if err := makeTree(context.Background(), x, s, cache, treeName, "src", ents, 1<<30); !errors.Is(err, errNotYet) {
+		t.Fatalf("a file of the profile not whole in the cache: %v, want errNotYet", err)
+	}
+	if isDir(nodecache.TreeDir(cache, treeName)) {
+		t.Fatal("a tree was made without a file of the profile")
+	}
+	if err := os.WriteFile(p, chunk, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(filepath.Join(nodecache.TreeDir(cache, treeName), "usr/lib/libx.so"), &st); err != nil || st.Blocks != 0 {
-		t.Errorf("libx.so, its chunk not in the cache: %d blocks (%v), want a stub", st.Blocks, err)
+	if err := makeTree(context.Background(), x, s, cache, treeName, "src", ents, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	dir := nodecache.TreeDir(cache, treeName)
+	if b, err := os.ReadFile(filepath.Join(dir, "usr/lib/big")); err != nil || !bytes.Equal(b, big) {
+		t.Errorf("usr/lib/big in the tree: %d bytes (%v), want the file's %d", len(b), err, len(big))
 	}
 }
 
@@ -259,8 +304,8 @@ func TestFailureHoldsOff(t *testing.T) {
 func TestFullVolume(t *testing.T) {
 	x, s, entries := treeSource(t)
 	cache := t.TempDir()
-	// Room for the trees directory and a few entries, not a whole tree.
-	if err := unix.Mount("tmpfs", cache, "tmpfs", 0, "nr_inodes=8"); err != nil {
+	// Room for the trees directory and a few entries, not the whole tree.
+	if err := unix.Mount("tmpfs", cache, "tmpfs", 0, "nr_inodes=5"); err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Unmount(cache, unix.MNT_DETACH)
