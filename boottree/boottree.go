@@ -88,14 +88,14 @@ func seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFil
 	}
 	defer f.Close()
 	fd := int(f.Fd())
-	t0, done, ok := readProgress(fd, name)
+	t0, done, off, ok := readProgress(fd, name)
 	if !ok {
 		if t0, err = coarseNow(filepath.Dir(dir)); err != nil {
 			return err
 		}
 	}
-	w := &walker{ctx: ctx, x: x, t0: t0, full: true, subset: subset, ino: map[uint32]uint64{}, chunks: chunkReader(ctx, x, s), skip: done}
-	w.progress = func(n int) { unix.Fsetxattr(fd, progressXattr, sealValue(name, t0, n), 0) }
+	w := &walker{ctx: ctx, x: x, t0: t0, full: true, subset: subset, ino: map[uint32]uint64{}, chunks: chunkReader(ctx, x, s), skip: done, skipOff: off}
+	w.progress = func(n int, off int64) { unix.Fsetxattr(fd, progressXattr, progressValue(name, t0, n, off), 0) }
 	if err := w.tree(dir); err != nil {
 		if !errors.Is(err, context.Canceled) {
 			unix.Fremovexattr(fd, progressXattr) // a check that failed begins again
@@ -122,14 +122,31 @@ func seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFil
 // progressXattr holds, on the seal file, how far a check cut short got.
 const progressXattr = "trusted.mkbootfs.checking"
 
-// readProgress reads the progress of a check of tree name cut short.
-func readProgress(fd int, name string) (t0 unix.Timespec, done int, ok bool) {
+// readProgress reads the progress of a check of tree name cut short:
+// done entries checked, and off bytes of the next one's data.
+func readProgress(fd int, name string) (t0 unix.Timespec, done int, off int64, ok bool) {
 	buf := make([]byte, 128)
 	n, err := unix.Fgetxattr(fd, progressXattr, buf)
 	if err != nil {
-		return t0, 0, false
+		return t0, 0, 0, false
 	}
-	return parseSeal(buf[:n], name)
+	v, rest, found := bytes.Cut(buf[:n], []byte(" +"))
+	if found {
+		var err error
+		if off, err = strconv.ParseInt(string(rest), 10, 64); err != nil || off < 0 {
+			return t0, 0, 0, false
+		}
+	}
+	t0, done, ok = parseSeal(v, name)
+	return t0, done, off, ok
+}
+
+// progressValue is a check's progress: done entries, and off bytes of the
+// next one's data. A big file's check cut short goes on from where it
+// was: a short container's maker had too little time to check python's
+// binary (6.8 MB) whole, and began it again start after start.
+func progressValue(name string, t0 unix.Timespec, done int, off int64) []byte {
+	return fmt.Appendf(sealValue(name, t0, done), " +%d", off)
 }
 
 // Unseal removes the seal of the file at sealFile, before a new tree takes
@@ -261,7 +278,8 @@ type walker struct {
 	// then, are stat'ed alone; progress records how far it got, now and
 	// then.
 	skip     int
-	progress func(done int)
+	skipOff  int64 // bytes of the data of entry skip+1 checked then
+	progress func(done int, off int64)
 	seen     int       // entries walked
 	noted    time.Time // when progress was last recorded
 }
@@ -430,7 +448,7 @@ func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error 
 		return nil
 	}
 	if w.progress != nil && time.Since(w.noted) > 20*time.Millisecond {
-		w.progress(w.seen - 1)
+		w.progress(w.seen-1, 0)
 		w.noted = time.Now()
 	}
 	n := &w.x.Inodes[ino]
@@ -586,9 +604,19 @@ func (w *walker) data(dirfd int, name string, ino uint32, n *index.Inode) error 
 	if w.buf == nil {
 		w.buf, w.want = make([]byte, 1<<20), make([]byte, 1<<20)
 	}
-	for off := int64(0); off < n.Size; {
+	var off int64
+	if w.subset && w.seen == w.skip+1 {
+		// Its first bytes were checked after T0, and the file was written
+		// back before: a change since moved its ctime (see entry).
+		off = min(w.skipOff, n.Size)
+	}
+	for off < n.Size {
 		if err := w.ctx.Err(); err != nil {
 			return err
+		}
+		if w.progress != nil && time.Since(w.noted) > 20*time.Millisecond {
+			w.progress(w.seen-1, off)
+			w.noted = time.Now()
 		}
 		k := int(min(int64(len(w.buf)), n.Size-off))
 		if _, err := io.ReadFull(io.NewSectionReader(fdReader(fd), off, int64(k)), w.buf[:k]); err != nil {

@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/mkbootfs/mkbootfs/boottree"
 	"github.com/mkbootfs/mkbootfs/extract"
+	"github.com/mkbootfs/mkbootfs/store"
 )
 
 // subsetFiles are the files the subset fixture's tree holds; /dir/linked,
@@ -158,4 +160,71 @@ func TestSubsetIsNotWhole(t *testing.T) {
 	if err := boottree.SealSubset(context.Background(), f.x, f.s, dir, "tree", seal); !errors.Is(err, boottree.ErrChanged) {
 		t.Errorf("a whole tree sealed as a subset one: %v, want ErrChanged", err)
 	}
+}
+
+// TestSubsetSealResumesInAFile: a check cut short in the middle of a big
+// file goes on from the bytes it reached, with the T0 it began with; a
+// change to that file after the cut fails it all the same.
+func TestSubsetSealResumesInAFile(t *testing.T) {
+	f := newFixture(t)
+	cut := func(dir, seal string, loads int) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		s := &cancelAfter{Store: f.s, n: loads, cancel: cancel}
+		if err := boottree.SealSubset(ctx, f.x, s, dir, "tree", seal); !errors.Is(err, context.Canceled) {
+			t.Fatalf("a check cut short: %v", err)
+		}
+	}
+	dir, seal := f.makeSubset(t)
+	for range 3 {
+		cut(dir, seal, 20) // /random is 3 MB: tens of chunks
+		time.Sleep(25 * time.Millisecond)
+	}
+	if v := progress(t, seal); !strings.Contains(v, " +") {
+		t.Logf("progress %q names no offset: the machine checked faster than the cut", v)
+	}
+	if err := boottree.SealSubset(context.Background(), f.x, f.s, dir, "tree", seal); err != nil {
+		t.Fatalf("going on with the check: %v", err)
+	}
+	if err := boottree.CheckSubset(f.x, dir, "tree", seal); err != nil {
+		t.Fatal(err)
+	}
+
+	dir, seal = f.makeSubset(t)
+	cut(dir, seal, 20)
+	p := filepath.Join(dir, "random")
+	fh, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt([]byte("X"), 0) // bytes the cut check had passed
+	fh.Close()
+	if err := boottree.SealSubset(context.Background(), f.x, f.s, dir, "tree", seal); !errors.Is(err, boottree.ErrChanged) {
+		t.Fatalf("a check gone on with after a change: %v, want ErrChanged", err)
+	}
+}
+
+// cancelAfter cancels its reader's context after n reads.
+type cancelAfter struct {
+	store.Store
+	n      int
+	cancel func()
+}
+
+func (c *cancelAfter) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	if c.n == 0 {
+		c.cancel()
+		return nil, context.Canceled
+	}
+	c.n--
+	return c.Store.Get(ctx, id)
+}
+
+func progress(t *testing.T, seal string) string {
+	buf := make([]byte, 128)
+	n, err := unix.Getxattr(seal, "trusted.mkbootfs.checking", buf)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
 }
