@@ -176,8 +176,10 @@ func TestSubsetSealResumesInAFile(t *testing.T) {
 		}
 	}
 	dir, seal := f.makeSubset(t)
-	for range 3 {
-		cut(dir, seal, 20) // /random is 3 MB: tens of chunks
+	// Twice: /random is 3 MB, tens of chunks, and a third cut of 20
+	// loads may find the check's rest shorter and let it end.
+	for range 2 {
+		cut(dir, seal, 20)
 		time.Sleep(25 * time.Millisecond)
 	}
 	if v := progress(t, seal); !strings.Contains(v, " +") {
