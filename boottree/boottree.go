@@ -321,26 +321,7 @@ func (w *walker) dir(fd int, de uint32) error {
 		if err := w.ctx.Err(); err != nil {
 			return err
 		}
-		name := w.x.Entries[c].Name
-		var st unix.Stat_t
-		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
-			return changed("%s: missing", w.x.Path(c))
-		} else if err != nil {
-			return fmt.Errorf("%s: %w", w.x.Path(c), err)
-		}
-		if err := w.entry(fd, name, c, &st); err != nil {
-			return fmt.Errorf("%s: %w", w.x.Path(c), err)
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			continue
-		}
-		sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("%s: %w", w.x.Path(c), err)
-		}
-		err = w.dir(sub, c)
-		unix.Close(sub)
-		if err != nil {
+		if err := w.child(fd, w.x.Entries[c].Name, c); err != nil {
 			return err
 		}
 	}
