@@ -65,9 +65,9 @@ type Cache struct {
 	writes  chan write
 	writers sync.WaitGroup
 
-	// Close cancels ctx, which every fetch runs under, and waits a little
-	// for fetches to end (closing stops new ones); once closed, a fetched
-	// chunk is no longer queued for a writer.
+	// Close stops new fetches, lets those under way end for a moment,
+	// then cancels ctx, which every fetch runs under; once closed, a
+	// fetched chunk is no longer queued for a writer.
 	ctx             context.Context
 	cancel          context.CancelFunc
 	fetches         sync.WaitGroup
@@ -128,15 +128,24 @@ func (c *Cache) Stats() CacheStats {
 	}
 }
 
+// finishWait bounds how long Close lets the fetches under way end before
+// it cancels them. A chunk half received when the app exits is kept, so
+// that the next start goes on from there instead of fetching it again: on
+// a slow link a short command's start ended every background fetch of the
+// rest of its profile's files (what a boot tree is made of) mid-chunk, and
+// its tree was never made. It is short enough not to be felt at exit.
+const finishWait = 60 * time.Millisecond
+
 // closeWait bounds how long Close waits for cancelled fetches to end: a
 // remote that ignores its context must not hold up the exit.
 const closeWait = 500 * time.Millisecond
 
-// Close cancels the fetches under way (they fail as cancelled and keep
-// nothing) and waits for the writes of chunks already fetched, which are
-// local and quick, then closes the lock file, the directory store and the
-// remote. It does not wait for a hung remote: once the app has exited, its
-// container must not outlive it by a fetch timeout.
+// Close stops new fetches, lets those under way end for finishWait, then
+// cancels the rest (they fail as cancelled and keep nothing), and waits
+// for the writes of chunks fetched, which are local and quick; then it
+// closes the lock file, the directory store and the remote. It does not
+// wait for a hung remote: once the app has exited, its container must not
+// outlive it by a fetch timeout.
 func (c *Cache) Close() error {
 	c.mu.Lock()
 	if c.closing {
@@ -145,13 +154,18 @@ func (c *Cache) Close() error {
 	}
 	c.closing = true
 	c.mu.Unlock()
-	c.cancel()
 	fetched := make(chan struct{})
 	go func() { c.fetches.Wait(); close(fetched) }()
 	select {
 	case <-fetched:
-	case <-time.After(closeWait):
+	case <-time.After(finishWait):
+		c.cancel()
+		select {
+		case <-fetched:
+		case <-time.After(closeWait):
+		}
 	}
+	c.cancel()
 	c.mu.Lock()
 	c.closed = true
 	close(c.writes)
@@ -248,20 +262,25 @@ func (c *Cache) readLocal(ctx context.Context, id ID) (data []byte, ok, corrupt 
 
 type filled struct{ raw, data []byte }
 
+// fetchContext returns the context of a fetch that ctx's caller starts.
+// The fetch is shared, and what it fetches is kept, so its caller giving
+// up does not end it: a read interrupted, or a prefetch stopped at the
+// app's exit, leaves the chunk to come in. It keeps the caller's deadline,
+// so it cannot hang, and Close cancels it.
+func (c *Cache) fetchContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if d, ok := ctx.Deadline(); ok {
+		cancel()
+		fctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), d)
+	}
+	stop := context.AfterFunc(c.ctx, cancel)
+	return fctx, func() { stop(); cancel() }
+}
+
 // fill fetches chunk id into the directory, once per chunk among the
 // goroutines of this process and, through the chunk's lock, among the
 // processes sharing the directory.
 func (c *Cache) fill(ctx context.Context, id ID) (raw, data []byte, err error) {
-	// The fetch is shared, so one caller giving up must not cancel it for
-	// the others; it keeps the caller's deadline, so it cannot hang, and
-	// Close cancels it.
-	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
-	if d, ok := ctx.Deadline(); ok {
-		fctx, cancel = context.WithDeadline(fctx, d)
-		defer cancel()
-	}
-	defer context.AfterFunc(c.ctx, cancel)()
 	ch := c.flight.DoChan(string(id[:]), func() (any, error) {
 		c.mu.Lock()
 		if c.closing {
@@ -271,6 +290,8 @@ func (c *Cache) fill(ctx context.Context, id ID) (raw, data []byte, err error) {
 		c.fetches.Add(1)
 		c.mu.Unlock()
 		defer c.fetches.Done()
+		fctx, cancel := c.fetchContext(ctx)
+		defer cancel()
 		raw, data, err := c.fetch(fctx, id)
 		return filled{raw, data}, err
 	})

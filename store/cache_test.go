@@ -547,6 +547,61 @@ func TestCacheCloseHungStore(t *testing.T) {
 	}
 }
 
+// A fetch under way when the cache closes, whose caller has given up (the
+// prefetch of a start whose app exited), ends and is kept: the next start
+// does not fetch the chunk again.
+func TestCacheCloseKeepsFetchUnderWay(t *testing.T) {
+	remoteDir, cacheDir := t.TempDir(), t.TempDir()
+	ids := cacheChunks(t, remoteDir, 1)
+	slow := &gatedRemote{Store: openRemote(t, remoteDir, 0), started: make(chan struct{}), release: make(chan struct{})}
+	l, err := local.Open(cacheDir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := store.NewCache(l, slow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fetched := make(chan error, 1)
+	go func() { fetched <- c.Fetch(ctx, ids[0]) }()
+	<-slow.started
+	cancel()
+	if err := <-fetched; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Fetch with its context cancelled = %v, want cancelled", err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	time.Sleep(5 * time.Millisecond) // the chunk's last bytes come in as the cache closes
+	close(slow.release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := l.Has(context.Background(), ids[0]); err != nil || !ok {
+		t.Fatalf("the chunk under way at Close is not in the cache (%v, %v)", ok, err)
+	}
+	if c.Stats().Misses != 1 {
+		t.Fatalf("stats %+v: want the fetch counted", c.Stats())
+	}
+}
+
+// gatedRemote's Gets wait for release, or end as cancelled, as over a
+// network.
+type gatedRemote struct {
+	store.Store
+	started, release chan struct{}
+}
+
+func (r *gatedRemote) Get(ctx context.Context, id store.ID) ([]byte, error) {
+	close(r.started)
+	select {
+	case <-r.release:
+		return r.Store.Get(ctx, id)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // switchable is a store that serves its first after Gets itself, then
 // passes them to another.
 type switchable struct {
