@@ -235,9 +235,15 @@ func (b *boot) run(args []string) (int, error) {
 	cancel()
 	stopWarming()
 	<-prefetched
-	if b.stopTree != nil {
-		b.stopTree()
-	}
+	// The tree maker and the fetches under way get a moment to end, side
+	// by side: what they finish, the next start does not do again.
+	treeStopped := make(chan struct{})
+	go func() {
+		if b.stopTree != nil {
+			b.stopTree()
+		}
+		close(treeStopped)
+	}()
 	if rec != nil {
 		if werr := rec.save(); werr != nil {
 			fmt.Fprintln(os.Stderr, "bootinit:", werr)
@@ -248,6 +254,7 @@ func (b *boot) run(args []string) (int, error) {
 	// Chunks fetched but not yet in the node cache are written now: a
 	// container that exits at once must not make its neighbours fetch again.
 	st.Close()
+	<-treeStopped
 	b.log.Printf("the app exited (code %d); bootinit exits", code)
 	return code, err
 }
