@@ -102,12 +102,15 @@ type boot struct {
 	srv     *lazyfs.Server
 	profile *profile.Profile // the image's or the node's learned one, unless prefetch is off
 
-	tree      string // where the image's boot tree is or goes; "": none
-	source    string // the image converted, which a tree made is noted with
-	treeInUse bool   // the tree is there, and stacked over the lazy mount
-	stacked   string // the tree stacked over the lazy mount: b.tree, another of the image's, or none
-	otherTree string // the name of the image's own tree, when the start boots with a learned profile
-	stopTree  func() // stops the tree maker, if one was started
+	tree      string                   // where the image's boot tree is or goes; "": none
+	source    string                   // the image converted, which a tree made is noted with
+	treeInUse bool                     // the tree is there, and stacked over the lazy mount
+	stacked   string                   // the tree stacked over the lazy mount: b.tree, another of the image's, or none
+	otherTree string                   // the name of the image's own tree, when the start boots with a learned profile
+	stopTree  func(wait time.Duration) // stops the tree maker, if one was started
+	// The cache holds every chunk of the profile's files: a tree maker
+	// can finish (set by the prefetch, once done).
+	treeCanFinish bool
 }
 
 func (b *boot) run(args []string) (int, error) {
@@ -239,8 +242,10 @@ func (b *boot) run(args []string) (int, error) {
 	// by side: what they finish, the next start does not do again.
 	treeStopped := make(chan struct{})
 	go func() {
-		if b.stopTree != nil {
-			b.stopTree()
+		if b.stopTree != nil && b.treeCanFinish {
+			b.stopTree(treeFinishWait)
+		} else if b.stopTree != nil {
+			b.stopTree(0)
 		}
 		close(treeStopped)
 	}()

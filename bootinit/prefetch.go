@@ -8,7 +8,7 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
-const restWorkers = 2
+const restWorkers = 4
 
 // prefetch fetches into the cache, in the background, the chunks of the
 // image's profile in the order the profile reads them and, with all, every
@@ -25,7 +25,10 @@ const restWorkers = 2
 // restWorkers fetch the rest: few, for the app's sake, which they would
 // slow on a busy node (each chunk is verified and decompressed on
 // arrival).
-func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled, rest []int, all bool, profiledIn func(), done func(fetched, failed int)) {
+//
+// done gets, with the counts, whether every chunk of rest is in the cache
+// by then: whether a tree maker can finish.
+func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled, rest []int, all bool, profiledIn func(), done func(fetched, failed int, restIn bool)) {
 	seen := map[store.ID]bool{}
 	fetched, failed := imagemount.Fetch(ctx, cache, imagemount.IDs(x, profiled, seen), imagemount.ProfileWorkers)
 	if ctx.Err() == nil && failed == 0 {
@@ -44,5 +47,12 @@ func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled,
 		n, f := imagemount.Fetch(ctx, cache, imagemount.IDs(x, every, seen), imagemount.RestWorkers)
 		fetched, failed = fetched+n, failed+f
 	}
-	done(fetched, failed)
+	restIn := ctx.Err() == nil && failed == 0
+	for _, c := range rest {
+		if !restIn {
+			break
+		}
+		restIn = cache.Cached(ctx, store.ID(x.Chunks[c].ID))
+	}
+	done(fetched, failed, restIn)
 }

@@ -81,7 +81,8 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	if makeTree {
 		rest = wholeFileChunks(b.profile, x)
 	}
-	go prefetch(ctx, x, cache, chunks, rest, all, profiledIn, func(n, failed int) {
+	go prefetch(ctx, x, cache, chunks, rest, all, profiledIn, func(n, failed int, restIn bool) {
+		b.treeCanFinish = makeTree && restIn
 		b.log.Printf("prefetched %d chunks (%d of the profile; %d failed) in %v", n, len(chunks), failed, time.Since(start).Round(time.Millisecond))
 		close(done)
 	})

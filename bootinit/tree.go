@@ -168,24 +168,24 @@ func checkTree(log *log.Logger, x *index.Index, cacheDir, name string) bool {
 }
 
 // startTreeMaker starts the tree maker on the image's profile and returns
-// what stops it: at most treeFinishWait later, it is killed. It is a
+// what stops it: it is given wait to end, then killed. It is a
 // process of its own so that the kernel runs it only on time and disk the
 // container leaves idle, and so that a container's exit, which kills it,
 // never waits long for it.
-func (b *boot) startTreeMaker() (stop func()) {
+func (b *boot) startTreeMaker() (stop func(wait time.Duration)) {
 	// In a mount namespace of its own, where it mounts the /proc that
 	// bootinit's root lacks.
 	proc := b.startWithProfile([]string{treeMakerName, filepath.Base(b.tree), b.source}, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS})
 	if proc == nil {
-		return func() {}
+		return func(time.Duration) {}
 	}
 	b.log.Printf("making the boot tree %s in the background (pid %d)", b.tree, proc.Pid)
-	return func() {
+	return func(wait time.Duration) {
 		exited := make(chan struct{})
 		go func() { proc.Wait(); close(exited) }()
 		select {
 		case <-exited:
-		case <-time.After(treeFinishWait):
+		case <-time.After(wait):
 			proc.Kill()
 		}
 	}
@@ -193,10 +193,12 @@ func (b *boot) startTreeMaker() (stop func()) {
 
 // treeFinishWait bounds how long the exit lets the tree maker go on once
 // the app has exited. It runs at the lowest priority, and a short
-// command's start left it a few ms of a core: python3 -c 'print(42)''s
+// command's start left it a few ms of a core: python3 -c 'print(42)”s
 // learned tree took 8 starts to make on an idle node, while it takes
 // 40-100 ms of a core whose app has exited. A tree that takes longer goes
-// on at the next start.
+// on at the next start; a maker still waiting for chunks of the profile's
+// files (on a slow link, a warm start fetches them a few at a time) would
+// not finish, and is killed at once.
 const treeFinishWait = 60 * time.Millisecond
 
 // runTreeMaker runs in the tree maker.

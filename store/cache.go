@@ -191,14 +191,20 @@ func (c *Cache) Load(ctx context.Context, id ID) ([]byte, error) {
 // Fetch makes sure chunk id is in the directory, fetching and keeping it
 // if it is not; a chunk already there is not read. Prefetching uses it.
 func (c *Cache) Fetch(ctx context.Context, id ID) error {
-	if _, ok := c.pendingRaw(id); ok {
-		return nil
-	}
-	if ok, err := c.local.Has(ctx, id); err == nil && ok {
+	if c.Cached(ctx, id) {
 		return nil
 	}
 	_, _, err := c.fill(ctx, id)
 	return err
+}
+
+// Cached reports whether chunk id is in the directory, or on its way there.
+func (c *Cache) Cached(ctx context.Context, id ID) bool {
+	if _, ok := c.pendingRaw(id); ok {
+		return true
+	}
+	ok, err := c.local.Has(ctx, id)
+	return err == nil && ok
 }
 
 // Get implements Store: the compressed bytes, from the directory (as stored,
