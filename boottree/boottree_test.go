@@ -17,11 +17,10 @@ import (
 	"github.com/mkbootfs/mkbootfs/store"
 )
 
-// fixture is a converted test tree and a boot tree made of it.
+// fixture is a converted test tree, of which boot trees are made.
 type fixture struct {
-	x    *index.Index
-	s    store.Store
-	data []uint32
+	x *index.Index
+	s store.Store
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -31,45 +30,66 @@ func newFixture(t *testing.T) *fixture {
 	src := t.TempDir()
 	testtree.Build(t, src)
 	x, s := testtree.Convert(t, "dir:"+src)
-	f := &fixture{x: x, s: s}
-	for _, p := range []string{"/small", "/dir/linked"} {
-		e, err := x.Resolve(p)
+	return &fixture{x: x, s: s}
+}
+
+// treeKind is a kind of boot tree: what it is made of, and how it is made,
+// sealed and checked.
+type treeKind struct {
+	name      string
+	paths     []string // the files it holds with their data
+	make      func(ctx context.Context, x *index.Index, s store.Store, dir string, entries []uint32) error
+	seal      func(ctx context.Context, x *index.Index, s store.Store, dir, name, seal string) error
+	check     func(x *index.Index, dir, name, seal string) error
+	tampering []tamper
+}
+
+var (
+	// A whole tree holds every entry, two files with their data.
+	whole = treeKind{"whole", []string{"/small", "/dir/linked"}, extract.Metadata, boottree.Seal, boottree.Check, tampering}
+	// A subset tree holds the files asked for; /dir/linked, of three
+	// names, is left out.
+	subset = treeKind{"subset", []string{"/small", "/setuid", "/random", "/capable", "/dir/linked"}, extract.Files, boottree.SealSubset, boottree.CheckSubset, subsetTampering}
+)
+
+// make makes a boot tree of kind k, unsealed, and returns its directory
+// and seal file.
+func (f *fixture) make(t *testing.T, k treeKind) (dir, seal string) {
+	t.Helper()
+	var entries []uint32
+	for _, p := range k.paths {
+		e, err := f.x.Resolve(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.data = append(f.data, e)
+		entries = append(entries, e)
 	}
-	return f
-}
-
-// make makes a boot tree, unsealed, and returns its directory and seal file.
-func (f *fixture) make(t *testing.T) (dir, seal string) {
-	t.Helper()
 	dir = filepath.Join(t.TempDir(), "tree")
-	if err := extract.Metadata(context.Background(), f.x, f.s, dir, f.data); err != nil {
+	if err := k.make(context.Background(), f.x, f.s, dir, entries); err != nil {
 		t.Fatal(err)
 	}
 	return dir, dir + ".lock"
 }
 
-func (f *fixture) seal(t *testing.T) (dir, seal string) {
+func (f *fixture) seal(t *testing.T, k treeKind) (dir, seal string) {
 	t.Helper()
-	dir, seal = f.make(t)
-	if err := boottree.Seal(context.Background(), f.x, f.s, dir, "tree", seal); err != nil {
-		t.Fatalf("sealing a tree just made: %v", err)
+	dir, seal = f.make(t, k)
+	if err := k.seal(context.Background(), f.x, f.s, dir, "tree", seal); err != nil {
+		t.Fatalf("sealing a %s tree just made: %v", k.name, err)
 	}
-	if err := boottree.Check(f.x, dir, "tree", seal); err != nil {
-		t.Fatalf("checking a tree just sealed: %v", err)
+	if err := k.check(f.x, dir, "tree", seal); err != nil {
+		t.Fatalf("checking a %s tree just sealed: %v", k.name, err)
 	}
 	return dir, seal
 }
 
-// tampering are what a container that can write the cache volume does to
-// another image's tree.
-var tampering = []struct {
+type tamper struct {
 	name string
 	do   func(dir string) error
-}{
+}
+
+// rewrites are tamperings of both kinds of tree.
+var rewrites = []tamper{
 	{"rewrite a file", func(dir string) error {
 		return os.WriteFile(filepath.Join(dir, "small"), []byte("evil"), 0o644)
 	}},
@@ -82,6 +102,15 @@ var tampering = []struct {
 		_, err = f.WriteAt([]byte("X"), 0)
 		return err
 	}},
+	{"chown a file", func(dir string) error { return os.Lchown(filepath.Join(dir, "small"), 1, 1) }},
+	{"add an xattr", func(dir string) error {
+		return unix.Setxattr(filepath.Join(dir, "small"), "user.evil", []byte("1"), 0)
+	}},
+}
+
+// tampering are what a container that can write the cache volume does to
+// another image's tree.
+var tampering = append([]tamper{
 	{"setuid a stub", func(dir string) error { return os.Chmod(filepath.Join(dir, "random"), 0o4755) }},
 	{"plant a setuid binary", func(dir string) error {
 		return os.WriteFile(filepath.Join(dir, "dir", "sh"), []byte("#!/bin/sh\n"), 0o4755)
@@ -93,10 +122,6 @@ var tampering = []struct {
 		}
 		return os.Rename(p, filepath.Join(dir, "small"))
 	}},
-	{"chown a file", func(dir string) error { return os.Lchown(filepath.Join(dir, "small"), 1, 1) }},
-	{"add an xattr", func(dir string) error {
-		return unix.Setxattr(filepath.Join(dir, "small"), "user.evil", []byte("1"), 0)
-	}},
 	{"retarget a symlink", func(dir string) error {
 		links, _ := filepath.Glob(filepath.Join(dir, "*link*"))
 		for _, l := range links {
@@ -107,41 +132,45 @@ var tampering = []struct {
 		}
 		return errors.New("no symlink in the test tree's root")
 	}},
-}
+}, rewrites...)
 
 // TestCheck: a sealed tree checks; every tampering after the seal fails
 // the check.
 func TestCheck(t *testing.T) {
 	f := newFixture(t)
-	for _, tc := range tampering {
-		t.Run(tc.name, func(t *testing.T) {
-			dir, seal := f.seal(t)
-			if err := tc.do(dir); err != nil {
-				t.Fatal(err)
-			}
-			if err := boottree.Check(f.x, dir, "tree", seal); err == nil {
-				t.Fatal("the check passed a tree changed after its seal")
-			}
-		})
+	for _, k := range []treeKind{whole, subset} {
+		for _, tc := range k.tampering {
+			t.Run(k.name+"/"+tc.name, func(t *testing.T) {
+				dir, seal := f.seal(t, k)
+				if err := tc.do(dir); err != nil {
+					t.Fatal(err)
+				}
+				if err := k.check(f.x, dir, "tree", seal); err == nil {
+					t.Fatal("the check passed a tree changed after its seal")
+				}
+			})
+		}
 	}
 }
 
 // TestSealRefuses: a tree tampered with before it is sealed is not sealed.
 func TestSealRefuses(t *testing.T) {
 	f := newFixture(t)
-	for _, tc := range tampering {
-		t.Run(tc.name, func(t *testing.T) {
-			dir, seal := f.make(t)
-			if err := tc.do(dir); err != nil {
-				t.Fatal(err)
-			}
-			if err := boottree.Seal(context.Background(), f.x, f.s, dir, "tree", seal); err == nil {
-				t.Fatal("sealed a tampered tree")
-			}
-			if err := boottree.Check(f.x, dir, "tree", seal); !errors.Is(err, boottree.ErrUnsealed) {
-				t.Fatalf("check of a tree whose seal was refused: %v, want ErrUnsealed", err)
-			}
-		})
+	for _, k := range []treeKind{whole, subset} {
+		for _, tc := range k.tampering {
+			t.Run(k.name+"/"+tc.name, func(t *testing.T) {
+				dir, seal := f.make(t, k)
+				if err := tc.do(dir); err != nil {
+					t.Fatal(err)
+				}
+				if err := k.seal(context.Background(), f.x, f.s, dir, "tree", seal); !errors.Is(err, boottree.ErrChanged) {
+					t.Fatalf("sealing a tampered tree: %v, want ErrChanged", err)
+				}
+				if err := k.check(f.x, dir, "tree", seal); !errors.Is(err, boottree.ErrUnsealed) {
+					t.Fatalf("check of a tree whose seal was refused: %v, want ErrUnsealed", err)
+				}
+			})
+		}
 	}
 }
 
@@ -149,7 +178,7 @@ func TestSealRefuses(t *testing.T) {
 // nothing.
 func TestSealIsTheTreesOwn(t *testing.T) {
 	f := newFixture(t)
-	dir, seal := f.seal(t)
+	dir, seal := f.seal(t, whole)
 	if err := boottree.Check(f.x, dir, "other", seal); !errors.Is(err, boottree.ErrUnsealed) {
 		t.Errorf("tree sealed as tree checked as other: %v, want ErrUnsealed", err)
 	}
@@ -168,7 +197,7 @@ func TestSealIsTheTreesOwn(t *testing.T) {
 // TestCheckNamesWhatChanged: the error says which entry changed, and when.
 func TestCheckNamesWhatChanged(t *testing.T) {
 	f := newFixture(t)
-	dir, seal := f.seal(t)
+	dir, seal := f.seal(t, whole)
 	os.Chmod(filepath.Join(dir, "dir"), 0o777)
 	err := boottree.Check(f.x, dir, "tree", seal)
 	if err == nil || !strings.Contains(err.Error(), "/dir") || !strings.Contains(err.Error(), "changed at") {
@@ -188,7 +217,7 @@ func TestSealResumes(t *testing.T) {
 			t.Fatalf("a check cut short: %v", err)
 		}
 	}
-	dir, seal := f.make(t)
+	dir, seal := f.make(t, whole)
 	cut(dir, seal)
 	if err := boottree.Check(f.x, dir, "tree", seal); !errors.Is(err, boottree.ErrUnsealed) {
 		t.Fatalf("a tree whose check was cut short: %v, want ErrUnsealed", err)
@@ -200,7 +229,7 @@ func TestSealResumes(t *testing.T) {
 		t.Fatalf("a tree sealed by a check gone on with: %v", err)
 	}
 
-	dir, seal = f.make(t)
+	dir, seal = f.make(t, whole)
 	cut(dir, seal)
 	os.Chmod(filepath.Join(dir, "small"), 0o4755) // after T0, before or after the cut
 	if err := boottree.Seal(context.Background(), f.x, f.s, dir, "tree", seal); !errors.Is(err, boottree.ErrChanged) {

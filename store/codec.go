@@ -17,41 +17,38 @@ const MaxChunkSize = 16 << 20
 // use, as EncodeAll is for the one encoder.
 var decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.WithDecoderLowmem(true))
 
-// The encoder is made by Encode's first call, and only Encode refers to
-// it: a program that never calls Encode (bootinit reads chunks, and keeps
-// them raw) links none of zstd's compressors.
+// Each encoder is made by its first use, and only Encode and
+// EncodeSmallest refer to them: a program that calls neither (bootinit
+// reads chunks, and keeps them raw) links none of zstd's compressors.
+type lazyEncoder struct {
+	level zstd.EncoderLevel
+	once  sync.Once
+	enc   *zstd.Encoder
+}
+
+func (l *lazyEncoder) encode(data []byte) []byte {
+	l.once.Do(func() {
+		l.enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(l.level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+			// The chunk ID already checks the content, as in casync's chunks.
+			zstd.WithEncoderCRC(false))
+	})
+	return l.enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
+}
+
 var (
-	encoderOnce sync.Once
-	encoder     *zstd.Encoder
+	defaultEncoder  = lazyEncoder{level: zstd.SpeedDefault}
+	smallestEncoder = lazyEncoder{level: zstd.SpeedBestCompression}
 )
 
 // Encode returns the stored form of an uncompressed chunk: one zstd frame,
 // as casync and desync write it.
-func Encode(data []byte) []byte {
-	encoderOnce.Do(func() {
-		encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
-			// The chunk ID already checks the content, as in casync's chunks.
-			zstd.WithEncoderCRC(false))
-	})
-	return encoder.EncodeAll(data, make([]byte, 0, len(data)/2+64))
-}
-
-var (
-	smallestOnce sync.Once
-	smallest     *zstd.Encoder
-)
+func Encode(data []byte) []byte { return defaultEncoder.encode(data) }
 
 // EncodeSmallest is Encode at zstd's best compression: some 7% smaller
 // for programs and libraries, at a fraction of the speed; for the few
 // chunks that every start of an image fetches (its profile's), where a
 // byte saved is saved on every node's link.
-func EncodeSmallest(data []byte) []byte {
-	smallestOnce.Do(func() {
-		smallest, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
-			zstd.WithEncoderCRC(false))
-	})
-	return smallest.EncodeAll(data, make([]byte, 0, len(data)/2+64))
-}
+func EncodeSmallest(data []byte) []byte { return smallestEncoder.encode(data) }
 
 // Raw blocks of a zstd frame hold at most rawBlockMax bytes (RFC 8878,
 // Block_Maximum_Size).
