@@ -141,7 +141,7 @@ type ChunkManifests struct {
 // store put. Until a tag reaches the manifests, the registry's garbage
 // collector may remove them.
 func (s *Store) PushChunkManifest(ctx context.Context, ids []store.ID) (*ChunkManifests, error) {
-	if err := s.load(ctx, true); err != nil {
+	if err := s.load(ctx, nil); err != nil {
 		return nil, fmt.Errorf("%s: %w", s.name, err)
 	}
 	var uniq []store.ID
