@@ -1,7 +1,8 @@
 #!/bin/bash
 # Where a warm start's time goes: each start of the boot image (its boot
-# tree stacked, every chunk in the cache volume) and of the plain image,
-# taking turns, traced by the kernel's exec and exit tracepoints (perf
+# tree stacked, every chunk in the cache volume), of the plain image, and
+# of the plain image with the boot image's docker flags (--device,
+# --cap-add, the cache volume), taking turns, traced by the kernel's exec and exit tracepoints (perf
 # record -a -e sched:sched_process_exec,sched:sched_process_exit), and
 # these milestones of each, in ms from the docker CLI's exec:
 #   entry      the container's first program runs (bootinit; the app itself
@@ -32,8 +33,14 @@ WORKLOAD=${STARTTRACE_WORKLOAD:-py42}
 
 while [ $# -gt 0 ]; do
 	case $1 in
-	--runs) RUNS=$2 shift 2 ;;
-	--workload) WORKLOAD=$2 shift 2 ;;
+	--runs)
+		RUNS=$2
+		shift 2
+		;;
+	--workload)
+		WORKLOAD=$2
+		shift 2
+		;;
 	*) die "unknown argument $1 (usage: bench/starttrace.sh [--runs N] [--workload py42|apt])" ;;
 	esac
 done
@@ -67,7 +74,7 @@ cleanup() {
 	local p
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	docker rmi -f "$PLAIN" "$BOOT" >/dev/null 2>&1 || true
-	docker volume rm -f "$VOL" >/dev/null 2>&1 || true
+	docker volume rm -f "$VOL" "$VOL-flags" >/dev/null 2>&1 || true
 	link_cleanup
 	rm -rf "$WORK"
 }
@@ -109,17 +116,18 @@ done
 [ $stacked -ge 2 ] || die "no boot tree stacked in 30 starts"
 log "$WORKLOAD: the boot tree is stacked from start $((i - 1)); $RUNS traced starts of each image, in turn"
 
-# milestones KIND: one traced start; prints entry app appexit entryexit docker (ms).
+# milestones KIND: one traced start of plain, flags (the plain image with
+# the boot image's docker flags: what docker takes for them) or boot;
+# prints entry app appexit entryexit docker (ms).
 milestones() {
-	local kind=$1
-	if [ "$kind" = plain ]; then
-		perf record -q -o "$WORK/perf.data" -e sched:sched_process_exec,sched:sched_process_exit -a -- \
-			docker run --rm --network host "$PLAIN" >/dev/null 2>&1 || die "docker run $PLAIN failed"
-	else
-		perf record -q -o "$WORK/perf.data" -e sched:sched_process_exec,sched:sched_process_exit -a -- \
-			docker run --rm --network host --device /dev/fuse --cap-add SYS_ADMIN -v "$VOL:/.bootfs/cache" \
-			-e MKBOOTFS_STORE="http://127.0.0.1:$PORT" "$BOOT" >/dev/null 2>&1 || die "docker run $BOOT failed"
-	fi
+	local run=(docker run --rm --network host)
+	case $1 in
+	plain) run+=("$PLAIN") ;;
+	flags) run+=(--device /dev/fuse --cap-add SYS_ADMIN -v "$VOL-flags:/.bootfs/cache" -e MKBOOTFS_STORE="http://127.0.0.1:$PORT" "$PLAIN") ;;
+	boot) run+=(--device /dev/fuse --cap-add SYS_ADMIN -v "$VOL:/.bootfs/cache" -e MKBOOTFS_STORE="http://127.0.0.1:$PORT" "$BOOT") ;;
+	esac
+	perf record -q -o "$WORK/perf.data" -e sched:sched_process_exec,sched:sched_process_exit -a -- "${run[@]}" >/dev/null 2>&1 ||
+		die "${run[*]} failed"
 	# Fields: comm, pid/tid (a process exits with the exit of its last
 	# thread, group_dead=true), time, event, its fields.
 	perf script -i "$WORK/perf.data" -F comm,pid,tid,time,event,trace 2>/dev/null | awk -v app="$APP" '
@@ -139,7 +147,7 @@ milestones() {
 
 declare -A M
 for r in $(seq "$RUNS"); do
-	for kind in plain boot; do
+	for kind in plain flags boot; do
 		m=$(milestones "$kind")
 		[ "$m" != incomplete ] || die "run $r, $kind: the trace lacks a milestone (perf script -i $WORK/perf.data)"
 		M[$kind]+="$m"$'\n'
@@ -150,15 +158,15 @@ col() { echo "${M[$1]}" | grep . | cut -d' ' -f"$2" | median; }
 echo "where a warm start's time goes: $WORKLOAD ($CMD), boot tree stacked; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "medians of $RUNS traced starts of each, in turn; ms from the docker CLI's exec (perf sched exec/exit tracepoints)"
 printf '  %-6s %8s %8s %9s %11s %8s\n' image entry app "app exit" "entry exit" docker
-for kind in plain boot; do
+for kind in plain flags boot; do
 	printf '  %-6s %8s %8s %9s %11s %8s\n' "$kind" "$(col "$kind" 1)" "$(col "$kind" 2)" "$(col "$kind" 3)" "$(col "$kind" 4)" "$(col "$kind" 5)"
 done
 # Each stretch per start, then its median.
 stretch() { echo "${M[$1]}" | grep . | awk -v a="$2" -v b="$3" '{ print $b - $a }' | median; }
-echo "stretches (medians of each start's): plain / boot"
-echo "  docker to entry:         $(col plain 1) / $(col boot 1)"
-echo "  entry to app:            0 / $(stretch boot 1 2)  (bootinit: Go start, index, mounts, the switch of root)"
-echo "  the app's run:           $(stretch plain 2 3) / $(stretch boot 2 3)"
-echo "  app exit to entry exit:  0 / $(stretch boot 3 4)  (bootinit's exit)"
-echo "  entry exit to docker:    $(stretch plain 4 5) / $(stretch boot 4 5)"
-echo "  docker run, whole:       $(col plain 5) / $(col boot 5) = $(div "$(col boot 5)" "$(col plain 5)")x"
+echo "stretches (medians of each start's): plain / flags / boot"
+echo "  docker to entry:         $(col plain 1) / $(col flags 1) / $(col boot 1)"
+echo "  entry to app:            0 / 0 / $(stretch boot 1 2)  (bootinit: Go start, index, mounts, the switch of root)"
+echo "  the app's run:           $(stretch plain 2 3) / $(stretch flags 2 3) / $(stretch boot 2 3)"
+echo "  app exit to entry exit:  0 / 0 / $(stretch boot 3 4)  (bootinit's exit)"
+echo "  entry exit to docker:    $(stretch plain 4 5) / $(stretch flags 4 5) / $(stretch boot 4 5)"
+echo "  docker run, whole:       $(col plain 5) / $(col flags 5) / $(col boot 5) = $(div "$(col boot 5)" "$(col plain 5)")x plain"
