@@ -22,8 +22,8 @@
 # Env defaults: RUNS (15), STARTTRACE_WORKLOAD (py42), MKBOOTFS (a built
 # binary with bootinit beside it; default: built here).
 # Needs root, dockerd and the registry on 127.0.0.1:5000 (scripts/setup.sh),
-# perf (Debian's linux-perf) and tracefs; the first run of py42 builds its
-# Debian tree (~3 minutes).
+# and tracefs; installs perf (Debian's linux-perf) if missing; the first run
+# of py42 builds its Debian tree (~3 minutes). About a minute with --runs 11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +46,10 @@ while [ $# -gt 0 ]; do
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs $RUNS: want a positive number"
 [ "$(id -u)" -eq 0 ] || die "run as root (perf record -a, docker)"
-need perf "apt-get install linux-perf"
+if ! command -v perf >/dev/null; then
+	log "installing perf (apt-get install linux-perf)"
+	apt-get install -y -q linux-perf >"/tmp/starttrace-apt.log" 2>&1 || die "apt-get install linux-perf failed: $(tail -n 3 /tmp/starttrace-apt.log)"
+fi
 need docker "run scripts/setup.sh"
 if [ ! -d /sys/kernel/tracing/events/sched ]; then
 	mount -t tracefs nodev /sys/kernel/tracing || die "cannot mount tracefs at /sys/kernel/tracing"
