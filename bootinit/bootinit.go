@@ -242,12 +242,15 @@ func (b *boot) run(args []string) (int, error) {
 	// by side: what they finish, the next start does not do again.
 	treeStopped := make(chan struct{})
 	go func() {
-		if b.stopTree != nil && b.treeCanFinish {
-			b.stopTree(treeFinishWait)
-		} else if b.stopTree != nil {
-			b.stopTree(0)
+		defer close(treeStopped)
+		if b.stopTree == nil {
+			return
 		}
-		close(treeStopped)
+		wait := time.Duration(0) // it would not finish: at once
+		if b.treeCanFinish {
+			wait = treeFinishWait
+		}
+		b.stopTree(wait)
 	}()
 	if rec != nil {
 		if werr := rec.save(); werr != nil {

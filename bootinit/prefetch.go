@@ -48,11 +48,8 @@ func prefetch(ctx context.Context, x *index.Index, cache *store.Cache, profiled,
 		fetched, failed = fetched+n, failed+f
 	}
 	restIn := ctx.Err() == nil && failed == 0
-	for _, c := range rest {
-		if !restIn {
-			break
-		}
-		restIn = cache.Cached(ctx, store.ID(x.Chunks[c].ID))
+	for i := 0; restIn && i < len(rest); i++ {
+		restIn = cache.Cached(ctx, store.ID(x.Chunks[rest[i]].ID))
 	}
 	done(fetched, failed, restIn)
 }
