@@ -180,6 +180,12 @@ func (b *boot) startTreeMaker() (stop func(wait time.Duration)) {
 		return func(time.Duration) {}
 	}
 	b.log.Printf("making the boot tree %s in the background (pid %d)", b.tree, proc.Pid)
+	return stopper(proc)
+}
+
+// stopper returns what stops proc, a child: it waits up to wait for proc
+// to end, then kills it, and returns.
+func stopper(proc *os.Process) func(wait time.Duration) {
 	return func(wait time.Duration) {
 		exited := make(chan struct{})
 		go func() { proc.Wait(); close(exited) }()
@@ -193,7 +199,7 @@ func (b *boot) startTreeMaker() (stop func(wait time.Duration)) {
 
 // treeFinishWait bounds how long the exit lets the tree maker go on once
 // the app has exited. It runs at the lowest priority, and a short
-// command's start left it a few ms of a core: python3 -c 'print(42)”s
+// command's start left it a few ms of a core: `python3 -c 'print(42)'`'s
 // learned tree took 8 starts to make on an idle node, while it takes
 // 40-100 ms of a core whose app has exited. A tree that takes longer goes
 // on at the next start; a maker still waiting for chunks of the profile's

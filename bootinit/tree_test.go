@@ -332,3 +332,34 @@ func TestTreeTooBig(t *testing.T) {
 	}
 	assertEntries(t, filepath.Join(cache, "trees"))
 }
+
+// TestStopper: the exit's stop of the tree maker waits for it to end, at
+// most as long as it is told, then kills it.
+func TestStopper(t *testing.T) {
+	start := func(seconds string) *os.Process {
+		t.Helper()
+		proc, err := os.StartProcess("/bin/sleep", []string{"sleep", seconds}, &os.ProcAttr{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return proc
+	}
+	ends := start("0.05")
+	begin := time.Now()
+	stopper(ends)(10 * time.Second)
+	if took := time.Since(begin); took > 5*time.Second {
+		t.Errorf("stopping a maker that ends in 50 ms took %v", took)
+	}
+
+	hangs := start("60")
+	begin = time.Now()
+	stopper(hangs)(100 * time.Millisecond)
+	if took := time.Since(begin); took < 100*time.Millisecond || took > 5*time.Second {
+		t.Errorf("stopping a maker that would run a minute, given 100 ms, took %v", took)
+	}
+	for deadline := time.Now().Add(5 * time.Second); hangs.Signal(unix.Signal(0)) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the maker given 100 ms still runs 5 s after")
+		}
+	}
+}
