@@ -316,8 +316,8 @@ func lowerPriority() {
 // errBusy is makeTree's answer when another start is making the tree.
 var errBusy = errors.New("another start is making the tree")
 
-// errNotYet is makeTree's answer when the cache holds none of the
-// profile's files whole: a later start makes the tree.
+// errNotYet is makeTree's answer when the cache does not hold every one of
+// the profile's files whole: a later start makes the tree.
 var errNotYet = errors.New("not yet")
 
 // errTooBig is makeTree's answer for a tree bigger than maxBytes.
@@ -459,13 +459,13 @@ func treeTemp(dir string) string {
 	return filepath.Join(filepath.Dir(dir), nodecache.TempPrefix+filepath.Base(dir))
 }
 
-// chunkWait is how long a tree maker waits for more of the profile's
-// files to be whole in the cache before it makes the tree of those that
-// are.
+// chunkWait is how long a tree maker waits for another of the profile's
+// files to be whole in the cache (the start's prefetch writing them)
+// before it gives up until a later start.
 var chunkWait = time.Second
 
 // wholeInCache returns the entries whose files' chunks s holds all: a tree
-// never fetches the rest, which it leaves out.
+// maker never fetches.
 func wholeInCache(ctx context.Context, x *index.Index, s store.Store, entries []uint32) []uint32 {
 	var whole []uint32
 	for _, e := range entries {
