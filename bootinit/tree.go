@@ -349,6 +349,12 @@ func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name
 			return err
 		}
 		defer unlock()
+		// Another maker renamed its temporary into place after the check
+		// above, and this one made a temporary anew: the tree is that one's.
+		if isDir(dir) {
+			os.RemoveAll(tmp)
+			return errBusy
+		}
 		// The start's prefetch may still be writing the profile's chunks
 		// into the cache: a file missed now would be missing from the
 		// tree for good. The maker waits while more come.
