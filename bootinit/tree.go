@@ -40,11 +40,11 @@ import (
 // lookups of the rest fall through to it. Later starts read their working
 // set from a local filesystem, sharing the page cache as plain containers
 // do. A tree of the whole image (every other file an overlayfs metacopy
-// stub, extract.Metadata) spared the lazy mount's lookups too, but took a
-// short command's starts dozens of times longer to make and check (6768
-// entries, 1.1 s of a core and 0.6 s, against 50-90 ms for the 13 files
-// `python3 -c 'print(42)'` reads), so that one such command ran about 50
-// times before it had one.
+// stub over a data-only lazy mount) would spare the lazy mount's lookups
+// too, but took a short command's starts dozens of times longer to make
+// and check (6768 entries, 1.1 s of a core and 0.6 s, against 50-90 ms for
+// the 13 files `python3 -c 'print(42)'` reads), so that one such command
+// ran about 50 times before it had one.
 //
 // No start waits for the tree, nor fetches anything for it: once a start
 // has its profile's chunks in the cache, a process of its own (the tree
@@ -52,7 +52,7 @@ import (
 // the tree from the cache alone, in trees/.tmp-NAME, and dies with the
 // container. The next start goes on from what it left (extract.Files
 // resumes), until the tree is whole; it is then renamed into place,
-// checked against the index and sealed (boottree.SealSubset). Every start
+// checked against the index and sealed (boottree.Seal). Every start
 // checks the seal before it stacks the tree; a tree that fails is set
 // aside (trees/.aside-*), and the start goes on without it.
 
@@ -76,9 +76,9 @@ func treePath(cfg *bootconfig.Config) (string, error) {
 	return filepath.Join(bootconfig.TreesDir, subsetName(cfg.Tree)), nil
 }
 
-// subsetName is the name of the subset tree (extract.Files) of the tree
-// the converter, or a learned profile, names tree: not tree, which a
-// bootinit that made whole trees (extract.Metadata) stacked and checked as
+// subsetName is the name of the boot tree (extract.Files) of the tree the
+// converter, or a learned profile, names tree: not tree, which an earlier
+// bootinit, that made trees of the whole image, stacked and checked as
 // one.
 func subsetName(tree string) string {
 	h := sha256.Sum256([]byte("mkbootfs subset tree\n" + tree))
@@ -149,7 +149,7 @@ func isDir(p string) bool {
 func checkTree(log *log.Logger, x *index.Index, cacheDir, name string) bool {
 	start := time.Now()
 	dir := nodecache.TreeDir(cacheDir, name)
-	err := boottree.CheckSubset(x, dir, name, nodecache.TreeLock(cacheDir, name))
+	err := boottree.Check(x, dir, name, nodecache.TreeLock(cacheDir, name))
 	switch {
 	case err == nil:
 		log.Printf("checked the boot tree %s in %v", dir, time.Since(start).Round(time.Microsecond))
@@ -324,9 +324,10 @@ var errNotYet = errors.New("not yet")
 var errTooBig = errors.New("the tree would take more of the node cache than its bound allows (MKBOOTFS_CACHE_SIZE)")
 
 // makeTree makes, or goes on making, boot tree name in the node cache at
-// cacheDir, and seals it: the regular files of entries whose chunks s holds
-// with their data, the rest as stubs (extract.Metadata), in trees/.tmp-NAME,
-// synced, renamed into place, then checked and sealed (boottree.Seal).
+// cacheDir, and seals it: the regular files of entries, once s holds all
+// their chunks, and the directories above them (extract.Files), in
+// trees/.tmp-NAME, renamed into place, then checked and sealed
+// (boottree.Seal).
 // A start that finds a tree being made by another (it holds a flock on the
 // tree's directory) leaves it to it: errBusy. A tree that would take more
 // than maxBytes of disk is not made: errTooBig.
@@ -401,7 +402,7 @@ func makeTree(ctx context.Context, x *index.Index, s store.Store, cacheDir, name
 		}
 		defer unlock()
 	}
-	if err := boottree.SealSubset(ctx, x, s, dir, name, lockFile); err != nil {
+	if err := boottree.Seal(ctx, x, s, dir, name, lockFile); err != nil {
 		return err
 	}
 	return nodecache.TreeMade(cacheDir, name, source)

@@ -3,12 +3,15 @@
 // container that can write the cache volume could otherwise plant a file,
 // or a setuid bit, in another image's root.
 //
-// Seal checks a tree whole against its index (every entry's type, owner,
-// mode, size, link target, device and xattrs; every file's bytes, or its
-// metacopy stub's redirect to its own path in the verified lazy mount; no
-// entry more or less) and records a seal: the time T0 at which the check
-// began, and the tree's name, in a trusted.* xattr, which only a process
-// with CAP_SYS_ADMIN can write (bootinit drops it before the app runs).
+// A boot tree holds a part of the image (made by extract.Files) and is
+// stacked over the lazy mount as a lower layer of its own, lookups of what
+// it lacks falling through. Seal checks it against its index (every entry
+// it holds is the image's, at the same path: a directory, or a regular
+// file of one name with all its bytes, of the image's owner, mode, size
+// and xattrs; none steers the overlay) and records a seal: the time T0 at
+// which the check began, and the tree's name, in a trusted.* xattr, which
+// only a process with CAP_SYS_ADMIN can write (bootinit drops it before
+// the app runs).
 // Check, which every start runs before stacking the tree, finds every
 // entry's ctime at or before T0. The kernel sets a file's ctime on every
 // change to it (content, mode, owner, xattrs, links; a directory's on
@@ -56,10 +59,14 @@ func changed(format string, a ...any) error {
 // seal is not its own.
 var ErrUnsealed = errors.New("not sealed")
 
-// Seal checks the tree at dir against x, reading the data of the files it
-// holds with their bytes from s, and seals it as name on the file at
-// sealFile. A tree that differs from x in any way is not sealed: the error
-// says where. It needs CAP_SYS_ADMIN, for the trusted xattrs.
+// Seal checks the tree at dir against x, reading the data of its files
+// from s, and seals it as name on the file at sealFile. Every entry it
+// holds must be the image's, at the same path (a directory, or a regular
+// file of one name with all its bytes), and none may steer the overlay (no
+// trusted.overlay.* xattr: no opaque directory, whiteout or redirect); what
+// it lacks, the lazy mount shows as the image has it. A tree that is not
+// so is not sealed: the error says where. It needs CAP_SYS_ADMIN, for the
+// trusted xattrs.
 //
 // A check cut short (its process killed: a short container's exit) is
 // gone on with by the next Seal of the tree, from the entry it had reached
@@ -67,21 +74,6 @@ var ErrUnsealed = errors.New("not sealed")
 // entries checked before are stat'ed alone, and any of them changed since
 // T0 fails the check all the same.
 func Seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFile string) error {
-	return seal(ctx, x, s, dir, name, sealFile, false)
-}
-
-// SealSubset is Seal for a tree that holds a part of the image (made by
-// extract.Files) and is stacked over the lazy mount as a lower layer of
-// its own, lookups of what it lacks falling through: every entry it holds
-// must be the image's, at the same path (a directory, or a regular file of
-// one name with all its bytes), and none may steer the overlay (no
-// trusted.overlay.* xattr: no opaque directory, whiteout or redirect); what
-// it lacks, the lazy mount shows as the image has it.
-func SealSubset(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFile string) error {
-	return seal(ctx, x, s, dir, name, sealFile, true)
-}
-
-func seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFile string, subset bool) error {
 	f, err := os.OpenFile(sealFile, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
@@ -94,7 +86,7 @@ func seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFil
 			return err
 		}
 	}
-	w := &walker{ctx: ctx, x: x, t0: t0, full: true, subset: subset, ino: map[uint32]uint64{}, chunks: chunkReader(ctx, x, s), skip: done, skipOff: off}
+	w := &walker{ctx: ctx, x: x, t0: t0, full: true, chunks: chunkReader(ctx, x, s), skip: done, skipOff: off}
 	w.progress = func(n int, off int64) { unix.Fsetxattr(fd, progressXattr, progressValue(name, t0, n, off), 0) }
 	if err := w.tree(dir); err != nil {
 		if !errors.Is(err, context.Canceled) {
@@ -102,16 +94,8 @@ func seal(ctx context.Context, x *index.Index, s store.Store, dir, name, sealFil
 		}
 		return err
 	}
-	// Pages written through a mapping before the check are on disk now
-	// and clean: a later write faults, and changes the file's ctime. A
-	// subset tree's files were each written back before they were read
-	// (see data): a syncfs waits for every file of the volume's
-	// filesystem, the host's (here 120 ms, against 30 for the whole seal).
-	if !subset {
-		if err := syncfs(dir); err != nil {
-			return err
-		}
-	}
+	// Each file was written back before it was read (see data): a write
+	// through a mapping made before T0 faults, and changes its ctime.
 	if err := unix.Fsetxattr(fd, sealXattr, sealValue(name, t0, 0), 0); err != nil {
 		return fmt.Errorf("sealing %s: xattr %s: %w", dir, sealXattr, err)
 	}
@@ -162,23 +146,14 @@ func Unseal(sealFile string) error {
 
 // Check reports whether the tree at dir is sealed as name on sealFile and
 // unchanged since: nil, ErrUnsealed, or an error naming what changed. It
-// reads no data: a stat of every entry.
+// reads no data: it lists every directory of the tree and stats every
+// entry.
 func Check(x *index.Index, dir, name, sealFile string) error {
-	return check(x, dir, name, sealFile, false)
-}
-
-// CheckSubset is Check for a tree sealed by SealSubset: it lists every
-// directory of the tree, as well as stat'ing every entry.
-func CheckSubset(x *index.Index, dir, name, sealFile string) error {
-	return check(x, dir, name, sealFile, true)
-}
-
-func check(x *index.Index, dir, name, sealFile string, subset bool) error {
 	t0, ok := readSeal(name, sealFile)
 	if !ok {
 		return ErrUnsealed
 	}
-	w := &walker{ctx: context.Background(), x: x, t0: t0, subset: subset}
+	w := &walker{ctx: context.Background(), x: x, t0: t0}
 	return w.tree(dir)
 }
 
@@ -250,26 +225,12 @@ func after(a, b unix.Timespec) bool {
 	return a.Sec > b.Sec || a.Sec == b.Sec && a.Nsec > b.Nsec
 }
 
-func syncfs(dir string) error {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	if err := unix.Syncfs(fd); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
-}
-
 // walker goes through the tree and the index side by side.
 type walker struct {
 	ctx    context.Context
 	x      *index.Index
 	t0     unix.Timespec
 	full   bool                        // Seal's check: all of each entry, not only its ctime
-	subset bool                        // the tree holds a part of the image (SealSubset)
-	ino    map[uint32]uint64           // index inode -> the tree's, for hard links
 	chunks func(i int) ([]byte, error) // the index's chunks, for file data
 	buf    []byte                      // file data read from the tree
 	want   []byte                      // file data as the index has it
@@ -304,34 +265,10 @@ func (w *walker) tree(dir string) error {
 	return nil
 }
 
-// dir checks the children of directory entry de, open at fd.
+// dir checks the names in directory entry de, open at fd: each must be
+// one of de's children in the image. A name added or removed since T0
+// changed the directory's ctime.
 func (w *walker) dir(fd int, de uint32) error {
-	if w.subset {
-		return w.subsetDir(fd, de)
-	}
-	first, count := w.x.Children(de)
-	if w.full {
-		if n, err := countNames(fd); err != nil {
-			return fmt.Errorf("%s: %w", w.x.Path(de), err)
-		} else if n != int(count) {
-			return changed("%s: %d entries, the image has %d", w.x.Path(de), n, count)
-		}
-	}
-	for c := first; c < first+count; c++ {
-		if err := w.ctx.Err(); err != nil {
-			return err
-		}
-		if err := w.child(fd, w.x.Entries[c].Name, c); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// subsetDir checks the names in directory entry de of a subset tree, open
-// at fd: each must be one of de's children in the image. A name added or
-// removed since T0 changed the directory's ctime.
-func (w *walker) subsetDir(fd int, de uint32) error {
 	names, err := listNames(fd)
 	if err != nil {
 		return fmt.Errorf("%s: %w", w.x.Path(de), err)
@@ -388,27 +325,6 @@ func listNames(fd int) ([]string, error) {
 	return names, err
 }
 
-// countNames counts the names in the directory open at fd.
-func countNames(fd int) (int, error) {
-	d, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return 0, err
-	}
-	f := os.NewFile(uintptr(d), "dir")
-	defer f.Close()
-	n := 0
-	for {
-		names, err := f.Readdirnames(1024)
-		n += len(names)
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-}
-
 // entry checks entry c, whose stat is st: it is name in the directory open
 // at dirfd or, with name "", that directory.
 func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error {
@@ -419,88 +335,53 @@ func (w *walker) entry(dirfd int, name string, c uint32, st *unix.Stat_t) error 
 		return nil
 	}
 	w.seen++
-	ino := w.x.Entries[c].Inode
 	if w.seen <= w.skip {
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			if _, ok := w.ino[ino]; !ok {
-				w.ino[ino] = st.Ino
-			}
-		}
 		return nil
 	}
 	if w.progress != nil && time.Since(w.noted) > 20*time.Millisecond {
 		w.progress(w.seen-1, 0)
 		w.noted = time.Now()
 	}
+	ino := w.x.Entries[c].Inode
 	n := &w.x.Inodes[ino]
 	typ := st.Mode & unix.S_IFMT
 	switch {
-	case w.subset && typ != unix.S_IFDIR && typ != unix.S_IFREG:
-		return changed("type %o, where a subset tree holds only directories and regular files", typ)
-	case w.subset && typ == unix.S_IFREG && (st.Nlink != 1 || n.Nlink != 1):
-		return changed("%d names, where a subset tree holds only files of one name (the image's has %d)", st.Nlink, n.Nlink)
+	case typ != unix.S_IFDIR && typ != unix.S_IFREG:
+		return changed("type %o, where a boot tree holds only directories and regular files", typ)
+	case typ == unix.S_IFREG && (st.Nlink != 1 || n.Nlink != 1):
+		return changed("%d names, where a boot tree holds only files of one name (the image's has %d)", st.Nlink, n.Nlink)
 	case typ != n.Type():
 		return changed("type %o, the image's is %o", typ, n.Type())
-	case typ != unix.S_IFLNK && st.Mode&0o7777 != n.Mode&0o7777:
+	case st.Mode&0o7777 != n.Mode&0o7777:
 		return changed("mode %o, the image's is %o", st.Mode&0o7777, n.Mode&0o7777)
 	case st.Uid != n.UID || st.Gid != n.GID:
 		return changed("owner %d:%d, the image's is %d:%d", st.Uid, st.Gid, n.UID, n.GID)
 	case typ == unix.S_IFREG && st.Size != n.Size:
 		return changed("size %d, the image's is %d", st.Size, n.Size)
-	case (typ == unix.S_IFCHR || typ == unix.S_IFBLK) && st.Rdev != n.Rdev:
-		return changed("device %#x, the image's is %#x", st.Rdev, n.Rdev)
-	}
-	if typ != unix.S_IFDIR {
-		if seen, ok := w.ino[ino]; ok {
-			if seen != st.Ino {
-				return changed("not the same file as its other names")
-			}
-			return nil // checked under its first name
-		}
-		w.ino[ino] = st.Ino
-	}
-	if typ == unix.S_IFLNK {
-		buf := make([]byte, len(n.Target)+1)
-		if k, err := unix.Readlinkat(dirfd, name, buf); err != nil || string(buf[:k]) != n.Target {
-			return changed("link target is not the image's (%v)", err)
-		}
 	}
 	xattrs, err := readXattrs(dirfd, name)
 	if err != nil {
 		return err
 	}
-	if w.subset {
-		for k := range xattrs {
-			if strings.HasPrefix(k, overlayXattrs) {
-				return changed("xattr %s, which would steer the overlay", k)
-			}
-		}
-	}
-	stub := xattrs[xattrMetacopy] != nil
-	if stub {
-		if typ != unix.S_IFREG || string(xattrs[xattrRedirect]) != w.x.Path(c) {
-			return changed("a metacopy stub that redirects elsewhere")
+	for k := range xattrs {
+		if strings.HasPrefix(k, overlayXattrs) {
+			return changed("xattr %s, which would steer the overlay", k)
 		}
 	}
 	if err := sameXattrs(xattrs, n.Xattrs); err != nil {
 		return err
 	}
-	if typ == unix.S_IFREG && !stub {
+	if typ == unix.S_IFREG {
 		return w.data(dirfd, name, ino, n)
 	}
 	return nil
 }
 
-// Overlayfs's xattrs of a metacopy stub; the tree keeps no other
-// trusted.overlay.* (an image's own would steer the overlay).
-const (
-	xattrMetacopy = "trusted.overlay.metacopy"
-	xattrRedirect = "trusted.overlay.redirect"
-	overlayXattrs = "trusted.overlay."
-)
+// overlayXattrs is the prefix of overlayfs's own xattrs: a tree holds none
+// (the image's own would steer the overlay; extract.Files leaves them out).
+const overlayXattrs = "trusted.overlay."
 
-// sameXattrs compares a tree file's xattrs, but overlayfs's, to the
-// image's.
+// sameXattrs compares a tree file's xattrs to the image's but overlayfs's.
 func sameXattrs(got map[string][]byte, want []index.Xattr) error {
 	n := 0
 	for _, a := range want {
@@ -573,20 +454,18 @@ func (w *walker) data(dirfd int, name string, ino uint32, n *index.Inode) error 
 		return err
 	}
 	defer unix.Close(fd)
-	if w.subset {
-		// Written back, its pages are clean and write-protected: a write
-		// through a mapping made before T0 faults now, and changes the
-		// file's ctime, so what is read next stays what is checked.
-		const all = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
-		if err := unix.SyncFileRange(fd, 0, 0, all); err != nil {
-			return fmt.Errorf("writing back: %w", err)
-		}
+	// Written back, its pages are clean and write-protected: a write
+	// through a mapping made before T0 faults now, and changes the file's
+	// ctime, so what is read next stays what is checked.
+	const all = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
+	if err := unix.SyncFileRange(fd, 0, 0, all); err != nil {
+		return fmt.Errorf("writing back: %w", err)
 	}
 	if w.buf == nil {
 		w.buf, w.want = make([]byte, 1<<20), make([]byte, 1<<20)
 	}
 	var off int64
-	if w.subset && w.seen == w.skip+1 {
+	if w.seen == w.skip+1 {
 		// Its first bytes were checked after T0, and the file was written
 		// back before: a change since moved its ctime (see entry).
 		off = min(w.skipOff, n.Size)

@@ -1,7 +1,6 @@
 // Package extract materializes an index's tree as real files in a
-// directory: with all its data (mkbootfs extract), or with the data of the
-// files a boot reads and metacopy stubs for the rest (bootinit's boot tree
-// in the node cache).
+// directory: all of it (mkbootfs extract), or the files a boot reads and
+// the directories above them (bootinit's boot tree in the node cache).
 // Every entry is created relative to a directory descriptor of a directory
 // it made itself, with O_NOFOLLOW, so no name in the index can reach
 // outside the directory.
@@ -37,7 +36,7 @@ type Options struct {
 	// are cleared (tar's --same-permissions).
 	SamePermissions bool
 
-	resume bool // go on from what is in dir (Metadata)
+	resume bool // go on from what is in dir (Files)
 }
 
 // Result counts what Extract left out by its Options.
@@ -52,37 +51,7 @@ type Result struct {
 // exist, reading file data from s. Owners are kept when run as root, as
 // tar keeps them; opt says what else is kept.
 func Extract(ctx context.Context, x *index.Index, s store.Store, dir string, opt Options) (Result, error) {
-	return extract(ctx, x, s, dir, nil, nil, opt)
-}
-
-// Metadata materializes the whole tree of x into dir as the layer an
-// overlayfs stacks over a data-only lower layer that holds the tree too
-// (the lazy mount): the regular files of the entries data with their
-// bytes, every other regular file as a metacopy stub (its size and
-// attributes, no data, and trusted.overlay.redirect to its own path), whose
-// reads overlayfs sends to the data-only layer (Linux 6.5: lowerdir=
-// DIR::DATA, metacopy=on). Lookups, listings and attributes then never
-// reach the data-only layer. It needs CAP_SYS_ADMIN for the trusted xattrs.
-// It keeps devices, setuid and setgid bits and capabilities: the tree is a
-// container's root.
-//
-// Metadata goes on from what an earlier call, killed or cancelled, left in
-// dir: an entry that is there is kept as it is, but a regular file that
-// lacks the image's mtime (set last: one that has it was made whole) is
-// made again, and the attributes of directories, symlinks and devices are
-// set again. What
-// an earlier call made differently (a stub where data was asked for now) is
-// kept: both read the same. A caller that does not trust dir checks it after.
-func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, data []uint32) error {
-	stub := make([]bool, len(x.Inodes))
-	for i := range x.Inodes {
-		stub[i] = x.Inodes[i].IsRegular()
-	}
-	for _, e := range data {
-		stub[x.Entries[e].Inode] = false
-	}
-	_, err := extract(ctx, x, s, dir, stub, nil, Options{Devices: true, SamePermissions: true, resume: true})
-	return err
+	return extract(ctx, x, s, dir, nil, opt)
 }
 
 // Files materializes in dir the regular files of entries, with their
@@ -90,18 +59,19 @@ func Metadata(ctx context.Context, x *index.Index, s store.Store, dir string, da
 // that overlayfs stacks over the lazy mount as a lower layer of its own,
 // so that lookups of what it lacks fall through to the lazy mount. A short
 // start reads a few dozen files: this is a tree of that many entries, made
-// and checked in a few ms, where the whole tree (Metadata) holds every
-// entry of the image and took a short command's starts dozens of times
-// longer. Files of more than one name are left out (a copy would have
-// one), and so are entries that are not regular files. It goes on from
-// what an earlier call, killed or cancelled, left in dir, as Metadata does.
-// It needs CAP_SYS_ADMIN only to keep the image's trusted xattrs.
+// and checked in a few ms. Files of more than one name are left out (a
+// copy would have one), and so are entries that are not regular files.
+// The image's own trusted.overlay.* xattrs are not set: they would steer
+// the overlay.
+//
+// Files goes on from what an earlier call, killed or cancelled, left in
+// dir: an entry that is there is kept as it is, but a regular file that
+// lacks the image's mtime (set last: one that has it was made whole) is
+// finished, and a directory's attributes are set again. A caller that does
+// not trust dir checks it after. It needs CAP_SYS_ADMIN only to keep the
+// image's trusted xattrs.
 func Files(ctx context.Context, x *index.Index, s store.Store, dir string, entries []uint32) error {
 	keep := make([]bool, len(x.Entries))
-	stub := make([]bool, len(x.Inodes))
-	for i := range x.Inodes {
-		stub[i] = x.Inodes[i].IsRegular()
-	}
 	for _, e := range entries {
 		if int(e) >= len(x.Entries) || e == index.Root {
 			continue
@@ -110,7 +80,6 @@ func Files(ctx context.Context, x *index.Index, s store.Store, dir string, entri
 		if !n.IsRegular() || n.Nlink != 1 {
 			continue
 		}
-		stub[x.Entries[e].Inode] = false
 		for keep[e] = true; e != index.Root; {
 			e = x.Entries[e].Parent
 			if keep[e] {
@@ -119,20 +88,16 @@ func Files(ctx context.Context, x *index.Index, s store.Store, dir string, entri
 			keep[e] = true
 		}
 	}
-	_, err := extract(ctx, x, s, dir, stub, keep, Options{Devices: true, SamePermissions: true, resume: true})
+	_, err := extract(ctx, x, s, dir, keep, Options{Devices: true, SamePermissions: true, resume: true})
 	return err
 }
 
-// Overlayfs's xattrs of a metacopy stub.
-const (
-	xattrMetacopy = "trusted.overlay.metacopy"
-	xattrRedirect = "trusted.overlay.redirect"
-	overlayXattrs = "trusted.overlay."
-)
+// overlayXattrs is the prefix of overlayfs's own xattrs.
+const overlayXattrs = "trusted.overlay."
 
-// extract materializes the tree of x, the regular files whose inodes stub
-// marks as metacopy stubs; with keep, only the entries it marks.
-func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stub, keep []bool, opt Options) (Result, error) {
+// extract materializes the tree of x; with keep, only the entries it
+// marks.
+func extract(ctx context.Context, x *index.Index, s store.Store, dir string, keep []bool, opt Options) (Result, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Result{}, err
 	}
@@ -150,8 +115,7 @@ func extract(ctx context.Context, x *index.Index, s store.Store, dir string, stu
 		ctx:    ctx,
 		x:      x,
 		dir:    dir,
-		chunks: newChunkLoader(ctx, x, s, dataChunks(x, stub)),
-		stub:   stub,
+		chunks: newChunkLoader(ctx, x, s, dataChunks(x, keep)),
 		keep:   keep,
 		links:  map[uint32]string{},
 		root:   os.Geteuid() == 0,
@@ -181,7 +145,6 @@ type extractor struct {
 	x      *index.Index
 	dir    string
 	chunks *chunkLoader
-	stub   []bool            // the inodes to make as metacopy stubs; nil: none
 	keep   []bool            // the entries to make; nil: all
 	links  map[uint32]string // inode -> path of its first name, for hard links
 	root   bool
@@ -256,7 +219,7 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 				return err
 			}
 		}
-		return e.regular(dirfd, c, ent, n)
+		return e.regular(dirfd, ent, n)
 	case unix.S_IFLNK:
 		if err := unix.Symlinkat(n.Target, dirfd, name); err != nil && !exists {
 			return err
@@ -265,9 +228,6 @@ func (e *extractor) entry(dirfd int, c uint32, ent *index.Entry, n *index.Inode,
 		if t := n.Type(); !e.opt.Devices && (t == unix.S_IFCHR || t == unix.S_IFBLK) {
 			e.res.Devices++
 			return nil
-		}
-		if e.stub != nil && n.Type() == unix.S_IFCHR && n.Rdev == 0 {
-			return errors.New("a 0/0 character device would be a whiteout to overlayfs")
 		}
 		if err := unix.Mknodat(dirfd, name, n.Mode&unix.S_IFMT|0o600, int(n.Rdev)); err != nil && !exists {
 			return err
@@ -293,19 +253,14 @@ func (e *extractor) madeLinks(de uint32, path string) {
 	}
 }
 
-// regular makes regular file entry c, with its data or as a stub.
-func (e *extractor) regular(dirfd int, c uint32, ent *index.Entry, n *index.Inode) error {
+// regular makes regular file ent with its data.
+func (e *extractor) regular(dirfd int, ent *index.Entry, n *index.Inode) error {
 	fd, err := unix.Openat(dirfd, ent.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	if e.stub != nil && e.stub[ent.Inode] {
-		err = e.metacopy(fd, c, n)
-	} else {
-		err = e.data(fd, ent.Inode, n)
-	}
-	if err != nil {
+	if err := e.dataFrom(fd, ent.Inode, n, 0); err != nil {
 		return err
 	}
 	if e.keep != nil {
@@ -316,13 +271,9 @@ func (e *extractor) regular(dirfd int, c uint32, ent *index.Entry, n *index.Inod
 	return e.attrs(fd, "", n, true)
 }
 
-// data writes a regular file's bytes; holes stay holes.
-func (e *extractor) data(fd int, ino uint32, n *index.Inode) error {
-	return e.dataFrom(fd, ino, n, 0)
-}
-
-// dataFrom writes a regular file's bytes from offset from on: the bytes
-// before it are there, written in order by an extraction cut short.
+// dataFrom writes a regular file's bytes from offset from on, holes
+// staying holes: the bytes before from are there, written in order by an
+// extraction cut short.
 func (e *extractor) dataFrom(fd int, ino uint32, n *index.Inode, from int64) error {
 	runs := n.Extents
 	if runs == nil {
@@ -344,27 +295,13 @@ func (e *extractor) dataFrom(fd int, ino uint32, n *index.Inode, from int64) err
 	return unix.Ftruncate(fd, n.Size)
 }
 
-// metacopy makes fd the metacopy stub of regular file entry c: its size,
-// and where overlayfs finds its data.
-// The xattrs come first: a stub cut short before its size is not taken
-// for a file whose data was being written (see goOn).
-func (e *extractor) metacopy(fd int, c uint32, n *index.Inode) error {
-	if err := unix.Fsetxattr(fd, xattrMetacopy, nil, 0); err != nil {
-		return fmt.Errorf("xattr %s: %w", xattrMetacopy, err)
-	}
-	if err := unix.Fsetxattr(fd, xattrRedirect, []byte(e.x.Path(c)), 0); err != nil {
-		return fmt.Errorf("xattr %s: %w", xattrRedirect, err)
-	}
-	return unix.Ftruncate(fd, n.Size)
-}
-
 // goOn finishes regular file ent, there with size bytes, whose data an
-// extraction cut short was writing; false if it is not such a file (a stub
-// cut short) and is to be made again. A big file would otherwise be
-// written again from its start by every resumed extraction, and one cut
+// extraction cut short was writing; false if it cannot be (it is bigger
+// than the image's) and is to be made again. A big file would otherwise
+// be written again from its start by every resumed extraction, and one cut
 // short each time would never be finished.
 func (e *extractor) goOn(dirfd int, ent *index.Entry, n *index.Inode, size int64) (bool, error) {
-	if e.stub != nil && e.stub[ent.Inode] || size > n.Size {
+	if size > n.Size {
 		return false, nil
 	}
 	fd, err := unix.Openat(dirfd, ent.Name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -372,9 +309,6 @@ func (e *extractor) goOn(dirfd int, ent *index.Entry, n *index.Inode, size int64
 		return false, nil
 	}
 	defer unix.Close(fd)
-	if _, err := unix.Fgetxattr(fd, xattrMetacopy, nil); !errors.Is(err, unix.ENODATA) {
-		return false, nil
-	}
 	if err := e.dataFrom(fd, ent.Inode, n, size); err != nil {
 		return true, err
 	}
@@ -410,8 +344,8 @@ func (e *extractor) attrs(fd int, name string, n *index.Inode, own bool) error {
 		}
 	}
 	for _, a := range xattrs {
-		if e.stub != nil && strings.HasPrefix(a.Name, overlayXattrs) {
-			continue // the image's own would steer the overlay
+		if e.keep != nil && strings.HasPrefix(a.Name, overlayXattrs) {
+			continue // a boot tree's: the image's own would steer the overlay
 		}
 		if own {
 			err = unix.Fsetxattr(fd, a.Name, a.Value, 0)
@@ -459,17 +393,18 @@ func procPath(dirfd int, name string) string {
 }
 
 // dataChunks marks the chunks holding the data of the regular files that
-// stub does not mark; nil, all, when stub is nil.
-func dataChunks(x *index.Index, stub []bool) []bool {
-	if stub == nil {
+// keep marks; nil, all, when keep is nil.
+func dataChunks(x *index.Index, keep []bool) []bool {
+	if keep == nil {
 		return nil
 	}
 	needed := make([]bool, len(x.Chunks))
-	for i := range x.Inodes {
-		if stub[i] || !x.Inodes[i].IsRegular() {
+	for e, kept := range keep {
+		ino := x.Entries[e].Inode
+		if !kept || !x.Inodes[ino].IsRegular() {
 			continue
 		}
-		if first, last, ok := x.ChunkSpan(uint32(i)); ok {
+		if first, last, ok := x.ChunkSpan(ino); ok {
 			for c := first; c <= last; c++ {
 				needed[c] = true
 			}
@@ -507,7 +442,7 @@ func (l *chunkLoader) get(i int) ([]byte, error) {
 	l.start(i)
 	for j := i + 1; j < min(i+readAhead, len(l.x.Chunks)); j++ {
 		if l.needed == nil || l.needed[j] {
-			l.start(j) // not a stub's: they are never read
+			l.start(j) // not a file's left out: it is never read
 		}
 	}
 	c := l.pending[i]

@@ -6,7 +6,7 @@
 //
 //	XXXX/<sha256>.cacnk    chunks, in casync's layout (store/local), kept by store.Cache
 //	.mkbootfs-cache.lock   the chunks' fetch locks (store.Cache)
-//	trees/NAME/            boot trees: plain files and overlayfs metacopy stubs
+//	trees/NAME/            boot trees: the profile's files, plain, and the directories above them
 //	trees/NAME.lock        a tree's in-use lock; its mtime is the tree's last use,
 //	                       its xattr the tree's seal (package boottree)
 //	trees/NAME.info        what a tree holds and came from, for du

@@ -23,9 +23,8 @@ const (
 	// CacheDir is the node-shared chunk cache: mount a named volume here.
 	CacheDir = Dir + "/cache"
 	// TreesDir, in the cache, holds the boot trees: for each image a node
-	// has started more than once, its tree as plain files, the profiled
-	// files with their data and the others as overlayfs metacopy stubs
-	// (see Config.Tree).
+	// has started more than once, its profile's files as plain files and
+	// the directories above them (see Config.Tree).
 	TreesDir = CacheDir + "/trees"
 	// StoreDir is where a local store recorded at convert time is looked
 	// for: bind-mount the host's store directory here.
