@@ -21,7 +21,6 @@ import (
 	"io"
 	"log"
 	"os"
-	"os/signal"
 	"path/filepath"
 	godebug "runtime/debug"
 	"strings"
@@ -115,11 +114,8 @@ type boot struct {
 
 func (b *boot) run(args []string) (int, error) {
 	// Until the app is launched, a signal that would end it ends the boot.
-	fw := &forwarder{}
-	sigs := make(chan os.Signal, 64)
-	signal.Notify(sigs)
-	defer signal.Stop(sigs)
-	go fw.handle(sigs)
+	fw := newForwarder()
+	defer fw.stop()
 	// Nothing of bootinit may be read by the container's processes: not
 	// its memory, nor its files, root and mounts through /proc/1.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
