@@ -93,11 +93,7 @@ func (b *boot) learn(cfg *bootconfig.Config, x *index.Index, st store.Store, ima
 	if d == 0 || recording || image != nil && !image.Static || !cached || !isMountPoint(bootconfig.CacheDir) {
 		return image, nil, nil
 	}
-	raw, err := os.ReadFile(bootconfig.Index)
-	if err != nil {
-		return image, nil, nil // the index was just read: nothing to learn for if it is gone
-	}
-	id := sha256.Sum256(raw)
+	id := x.Digest()
 	name := hex.EncodeToString(id[:])
 	treeOf := func(text []byte) string {
 		t := sha256.New()

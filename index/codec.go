@@ -21,12 +21,15 @@ const headerLen = len(magic) + 4
 var ErrCorrupt = errors.New("corrupt index")
 
 // MarshalBinary checks and encodes the index. It refreshes the tables
-// validation derives, so it must not run while other goroutines read x.
+// validation derives, and the digest, so it must not run while other
+// goroutines read x.
 func (x *Index) MarshalBinary() ([]byte, error) {
 	if err := x.validate(); err != nil {
 		return nil, err
 	}
-	return x.encode(), nil
+	b := x.encode()
+	x.digest = sha256.Sum256(b)
+	return b, nil
 }
 
 // encode writes x as is; MarshalBinary validates first.
@@ -127,11 +130,16 @@ func Decode(b []byte) (*Index, error) {
 		return nil, fmt.Errorf("%w: format version %d, this build reads version %d: use a matching mkbootfs", ErrCorrupt, v, Version)
 	}
 	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
-	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+	h := sha256.New()
+	h.Write(body)
+	if got := h.Sum(nil); !bytes.Equal(got, sum) {
 		return nil, fmt.Errorf("%w: checksum mismatch (truncated or damaged)", ErrCorrupt)
 	}
 	r := &reader{buf: body[headerLen:], text: string(body[headerLen:])}
 	x := &Index{Meta: map[string]string{}}
+	// The file's own digest, for the price of its last block.
+	h.Write(sum)
+	h.Sum(x.digest[:0])
 
 	for n := r.count(2); n > 0 && r.err == nil; n-- {
 		k := r.string()

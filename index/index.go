@@ -39,7 +39,8 @@ type Index struct {
 	// is the root, its own parent, named "".
 	Entries []Entry
 
-	chunkEnd []int64 // chunkEnd[i] = stream offset just past chunk i
+	chunkEnd []int64  // chunkEnd[i] = stream offset just past chunk i
+	digest   [32]byte // SHA-256 of the encoding decoded or marshalled
 }
 
 // Chunk is one chunk of the data stream.
@@ -199,6 +200,11 @@ func (x *Index) Path(e uint32) string {
 	}
 	return b.String()
 }
+
+// Digest is the SHA-256 of the index's encoding (the index file's), which
+// names it: the one it was decoded from, or last marshalled to; zero for
+// an index that was neither.
+func (x *Index) Digest() [32]byte { return x.digest }
 
 // StreamSize is the length of the data stream.
 func (x *Index) StreamSize() int64 {

@@ -2,6 +2,7 @@ package index_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"io/fs"
 	"reflect"
@@ -24,6 +25,9 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(f.x, y) {
 		t.Errorf("decoded index differs from the one encoded:\n got %+v\nwant %+v", y, f.x)
+	}
+	if y.Digest() != sha256.Sum256(b) {
+		t.Errorf("the decoded index's digest %x is not its encoding's", y.Digest())
 	}
 	again, err := y.MarshalBinary()
 	if err != nil {
