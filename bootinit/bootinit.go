@@ -101,12 +101,17 @@ type boot struct {
 	srv     *lazyfs.Server
 	profile *profile.Profile // the image's or the node's learned one, unless prefetch is off
 
-	tree      string                   // where the image's boot tree is or goes; "": none
-	source    string                   // the image converted, which a tree made is noted with
-	treeInUse bool                     // the tree is there, and stacked over the lazy mount
-	stacked   string                   // the tree stacked over the lazy mount: b.tree, another of the image's, or none
-	otherTree string                   // the name of the image's own tree, when the start boots with a learned profile
-	stopTree  func(wait time.Duration) // stops the tree maker, if one was started
+	tree      string           // where the image's boot tree is or goes; "": none
+	source    string           // the image converted, which a tree made is noted with
+	treeInUse bool             // the boot trees stacked hold every file of the profile
+	stacked   []string         // the trees stacked over the lazy mount, the top first: b.tree or others of the image's
+	treeLacks *profile.Profile // files of the profile that b.tree leaves to the tree below it
+	// When the start boots with a profile learned on this node: the
+	// image's own tree, of its static profile otherProfile, and the tree
+	// of the learned profile's files that it lacks, stacked over it.
+	otherTree, deltaTree string
+	otherProfile         *profile.Profile
+	stopTree             func(wait time.Duration) // stops the tree maker, if one was started
 	// The cache holds every chunk of the profile's files: a tree maker
 	// can finish (set by the prefetch, once done).
 	treeCanFinish bool
@@ -179,15 +184,14 @@ func (b *boot) run(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	var treeChecked chan bool
+	var treeChecked chan []string
 	// The boot tree lives in the node cache, and a recording must see
 	// every read.
 	if _, ok := st.(*store.Cache); ok && rec == nil && tree != "" {
-		// The image's own tree, when the start boots with a learned
-		// profile whose tree is not made yet.
 		other, _ := treePath(&bootconfig.Config{Tree: b.otherTree})
+		delta, _ := treePath(&bootconfig.Config{Tree: b.deltaTree})
 		var release func()
-		treeChecked, release = b.pickTree(x, cfg.Source, tree, other, learning != nil)
+		treeChecked, release = b.pickTree(x, cfg.Source, trees{own: tree, other: other, delta: delta}, learning != nil)
 		defer release()
 	}
 	// The profile's chunks are fetched from the start, while bootinit
@@ -213,9 +217,13 @@ func (b *boot) run(args []string) (int, error) {
 	if err := checkStore(x, st, storeURLs(cfg)); err != nil {
 		return 0, err
 	}
-	if treeChecked != nil && !<-treeChecked {
-		b.treeInUse = false // nor was the profile prefetched: this start reads lazily
-		b.stacked = ""
+	if treeChecked != nil {
+		good := <-treeChecked
+		// A tree that failed its check is not stacked; without it, what
+		// the profile reads is not all in the others, nor was it
+		// prefetched: this start reads it lazily.
+		b.treeInUse = b.treeInUse && len(good) == len(b.stacked)
+		b.stacked = good
 	}
 	// Warming starts as soon as the image is mounted, on the spare core,
 	// while the launcher switches root and starts the app. Not while
@@ -223,10 +231,10 @@ func (b *boot) run(args []string) (int, error) {
 	// for the app's, and miss the app's own; nor over a boot tree, which
 	// holds the profile's files.
 	stopWarming := func() {}
-	if b.profile != nil && rec == nil && learning == nil && b.stacked == "" {
+	if b.profile != nil && rec == nil && learning == nil && len(b.stacked) == 0 {
 		stopWarming = b.startWarmer()
 	}
-	l := launch{Argv: argv, Dir: dir, ID: app, Foreground: isTerminal(0), Privileges: privs, Tree: b.stacked}
+	l := launch{Argv: argv, Dir: dir, ID: app, Foreground: isTerminal(0), Privileges: privs, Trees: b.stacked}
 	code, err := b.runApp(lc, l, fw)
 	if learning != nil {
 		learning.stop()

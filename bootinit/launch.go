@@ -117,8 +117,9 @@ type launch struct {
 	Dir        string   `json:"dir"`
 	ID         identity `json:"id"`
 	Foreground bool     `json:"foreground"` // take the terminal as its foreground process group
-	// Tree is the boot tree to stack over the lazy mount; "": none.
-	Tree string `json:"tree,omitempty"`
+	// Trees are the boot trees to stack over the lazy mount, the top
+	// first; none: the lazy mount alone.
+	Trees []string `json:"trees,omitempty"`
 	// Privileges is what the app keeps of bootinit's own.
 	Privileges privileges `json:"privileges"`
 }
@@ -190,7 +191,7 @@ func runLaunch() error {
 	if os.Getenv(bootconfig.EnvDebug) == "1" {
 		logw = os.Stderr
 	}
-	s := &switcher{log: log.New(logw, "bootinit: ", log.Lmicroseconds), tree: l.Tree, privileges: l.Privileges}
+	s := &switcher{log: log.New(logw, "bootinit: ", log.Lmicroseconds), trees: l.Trees, privileges: l.Privileges}
 	if err := s.switchRoot(); err != nil {
 		return err
 	}

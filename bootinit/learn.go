@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -115,7 +116,10 @@ func (b *boot) learn(cfg *bootconfig.Config, x *index.Index, st store.Store, ima
 	p, text, err := readLearned(path, x)
 	if err == nil {
 		cfg.Tree = treeOf(text)
-		b.otherTree = static
+		if static != "" {
+			b.otherTree, b.otherProfile = static, image
+			b.deltaTree = treeOf(slices.Concat(text, []byte("\nover "+static)))
+		}
 		b.log.Printf("booting with the profile learned on this node, %s (%d files)", path, len(p.Files))
 		return p, nil, nil
 	}

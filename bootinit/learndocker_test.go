@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,6 +197,65 @@ func TestLearn(t *testing.T) {
 		}
 		if r, _ := runCounting(t, storeDir, static, cache(vol)); r.code != 0 || !strings.Contains(r.stderr, "learned on this node") || strings.Contains(r.stderr, name) {
 			t.Errorf("the other image's second start: exit %d, stderr:\n%s", r.code, r.stderr)
+		}
+	})
+
+	t.Run("over the image's own tree", func(t *testing.T) {
+		// An image with a static profile: the start that learns makes the
+		// image's own tree of it; the next makes a tree of only the
+		// learned files that one lacks, and later starts stack both.
+		static, _ := staticImage(t)
+		vol, dir := learnVolume(t, "over")
+		trees := filepath.Join(dir, "trees")
+		made := func() []string {
+			var names []string
+			for _, e := range treeDirs(trees) {
+				if treeMade(filepath.Join(trees, e.Name())) {
+					names = append(names, e.Name())
+				}
+			}
+			return names
+		}
+		ctr := "mkbootfs-test-learn-over"
+		keep := cache(vol, "--name", ctr, "-e", "MKBOOTFS_LEARN=2s")
+		var r result
+		if !keepUpUntil(t, ctr, func() {
+			r, _ = runCounting(t, storeDir, static, keep, "sh", "-c", "apt-get --version && exec sleep 600")
+		}, func() bool { return len(learned(t, dir)) == 1 && len(made()) == 1 }) {
+			t.Fatalf("no learned profile and image's tree in 3 minutes; trees %v; stderr:\n%s", made(), r.stderr)
+		}
+		own := made()[0]
+		if !keepUpUntil(t, ctr, func() {
+			r, _ = runCounting(t, storeDir, static, keep, "sh", "-c", "apt-get --version && exec sleep 600")
+		}, func() bool { return len(made()) == 2 }) {
+			t.Fatalf("no second tree in 3 minutes; trees %v; stderr:\n%s", made(), r.stderr)
+		}
+		delta := slices.DeleteFunc(made(), func(n string) bool { return n == own })[0]
+		files := func(name string) map[string]bool {
+			m := map[string]bool{}
+			root := filepath.Join(trees, name)
+			filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+				if err == nil && fi.Mode().IsRegular() {
+					m[strings.TrimPrefix(p, root)] = true
+				}
+				return err
+			})
+			return m
+		}
+		ownFiles, deltaFiles := files(own), files(delta)
+		if len(deltaFiles) == 0 {
+			t.Fatalf("the learned profile's tree %s holds no file", delta)
+		}
+		for f := range deltaFiles {
+			if ownFiles[f] {
+				t.Errorf("the learned profile's tree holds %s, which the image's own tree holds", f)
+			}
+		}
+		t.Logf("the image's own tree: %d files; the learned profile's over it: %d", len(ownFiles), len(deltaFiles))
+		r, gets := runCounting(t, storeDir, static, cache(vol, "-e", "MKBOOTFS_LEARN=2s"), "sh", "-c", "apt-get --version")
+		stacked := regexp.MustCompile(`the boot tree \S*/trees/([0-9a-f]+) is stacked`).FindAllStringSubmatch(r.stderr, -1)
+		if r.code != 0 || len(gets) > 0 || len(stacked) != 2 || stacked[0][1] != delta || stacked[1][1] != own {
+			t.Errorf("a later start: exit %d, %d chunks fetched, stacked %v, want %s over %s; stderr:\n%s", r.code, len(gets), stacked, delta, own, r.stderr)
 		}
 	})
 

@@ -68,18 +68,22 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 	// Once the profile's chunks are in the cache, the boot tree can be
 	// made of them. One that an earlier start began is gone on with at
 	// once: a short command leaves the maker little time.
-	makeTree := b.tree != "" && b.profile != nil && !heldOff(b.tree)
+	var treeFiles *profile.Profile
+	if b.profile != nil {
+		treeFiles = without(x, b.profile, b.treeLacks)
+	}
+	makeTree := b.tree != "" && treeFiles != nil && len(treeFiles.Files) > 0 && !heldOff(b.tree)
 	if makeTree && (isDir(b.tree) || isDir(treeTemp(b.tree))) {
-		b.stopTree = b.startTreeMaker()
+		b.stopTree = b.startTreeMaker(treeFiles)
 	}
 	profiledIn := func() {
 		if makeTree && b.stopTree == nil {
-			b.stopTree = b.startTreeMaker()
+			b.stopTree = b.startTreeMaker(treeFiles)
 		}
 	}
 	var rest []int
 	if makeTree {
-		rest = wholeFileChunks(b.profile, x)
+		rest = wholeFileChunks(treeFiles, x)
 	}
 	go prefetch(ctx, x, cache, chunks, rest, all, profiledIn, func(n, failed int, restIn bool) {
 		b.treeCanFinish = makeTree && restIn
@@ -87,6 +91,27 @@ func (b *boot) startPrefetch(ctx context.Context, x *index.Index, st store.Store
 		close(done)
 	})
 	return done, nil
+}
+
+// without returns p without the files of lacks (nil: none), which another
+// tree holds: the files of p that a tree made for it holds.
+func without(x *index.Index, p, lacks *profile.Profile) *profile.Profile {
+	if lacks == nil {
+		return p
+	}
+	held := map[uint32]bool{}
+	for _, f := range lacks.Files {
+		if e, err := x.Resolve(f.Path); err == nil {
+			held[e] = true
+		}
+	}
+	out := &profile.Profile{}
+	for _, f := range p.Files {
+		if e, err := x.Resolve(f.Path); err != nil || !held[e] {
+			out.Files = append(out.Files, f)
+		}
+	}
+	return out
 }
 
 // wholeFileChunks returns the chunks of p's files, whole.

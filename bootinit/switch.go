@@ -6,6 +6,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -17,7 +18,7 @@ import (
 // lazy mount.
 type switcher struct {
 	log        *log.Logger
-	tree       string // the boot tree to stack; "": none
+	trees      []string // the boot trees to stack, the top first
 	privileges privileges
 }
 
@@ -146,17 +147,22 @@ func (s *switcher) mountOverlay() error {
 		}
 	}
 	opts := ",upperdir=" + upper + ",workdir=" + work
-	if s.tree != "" {
-		// The boot tree, over the lazy mount: what it lacks, lookups find
-		// there.
-		err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, "lowerdir="+s.tree+":"+bootconfig.LowerDir+opts)
+	if len(s.trees) > 0 {
+		// The boot trees, over the lazy mount: what they lack, lookups
+		// find there.
+		trees := strings.Join(s.trees, ":")
+		err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, "lowerdir="+trees+":"+bootconfig.LowerDir+opts)
 		if err == nil {
-			s.log.Printf("the boot tree %s is stacked over the lazy mount", s.tree)
+			for _, t := range s.trees {
+				s.log.Printf("the boot tree %s is stacked over the lazy mount", t)
+			}
 			return nil
 		}
 		// Not tried again for a day.
-		s.log.Printf("stacking the boot tree %s: %v; booting without it", s.tree, err)
-		noteFailure(s.tree, fmt.Errorf("mounting it: %w", err))
+		s.log.Printf("stacking the boot trees %s: %v; booting without them", trees, err)
+		for _, t := range s.trees {
+			noteFailure(t, fmt.Errorf("mounting it: %w", err))
+		}
 	}
 	opts = "lowerdir=" + bootconfig.LowerDir + opts
 	if err := unix.Mount("overlay", bootconfig.RootDir, "overlay", 0, opts); err != nil {

@@ -11,6 +11,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,19 +86,30 @@ func subsetName(tree string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// pickTree picks the boot tree this start stacks, and the one its tree
-// maker makes (b.tree): tree, the tree of the profile the start boots
-// with, stacked once it is made; until then other (the image's own tree,
-// of the profile it was converted with, made by the start that learned
-// the node's profile) if that is made. Any boot tree holds files of the
-// image as the image has them, so any may be stacked; a tree of the
-// profile the start boots with holds more of what it reads. A learning
-// start stacks none: its reads must reach the lazy mount to be learned.
-// Each is held in use for the container's life (release), so that no
-// eviction removes it; one being removed now is done without. The tree
-// picked is checked while the image is mounted, and taken as good until
-// then: checked gets the answer.
-func (b *boot) pickTree(x *index.Index, source, tree, other string, learning bool) (checked chan bool, release func()) {
+// trees are the boot trees a start may stack and make: own, of the
+// profile it boots with; when that is a profile learned on this node,
+// other, the image's own tree (of its static profile: its program, loader
+// and libraries), and delta, of the learned profile's files that other
+// lacks.
+type trees struct{ own, other, delta string }
+
+// pickTree picks the boot trees this start stacks (b.stacked), and the one
+// its tree maker makes (b.tree). Any boot tree holds files of the image as
+// the image has them, so any may be stacked, and one over another. A start
+// that boots with a profile learned on this node stacks the image's own
+// tree, once made (the start that learned the profile made it), and over
+// it, once made, the delta tree: a few small files (python's .pyc files
+// and locale), made in a few ms, where a tree of every file of the learned
+// profile copied the image's own tree's 10 MB again and took a short
+// command's next two starts 60 ms more each. Until the image's own tree is
+// made, the tree of every file of the learned profile stands in for both.
+// Otherwise the tree of the profile the start boots with, once made. A
+// learning start stacks none: its reads must reach the lazy mount to be
+// learned. Each is held in use for the container's life (release), so
+// that no eviction removes it; one being removed now is done without. The
+// trees picked are checked while the image is mounted, and taken as good
+// until then: checked gets those that passed.
+func (b *boot) pickTree(x *index.Index, source string, t trees, learning bool) (checked chan []string, release func()) {
 	var releases []func()
 	release = func() {
 		for _, r := range releases {
@@ -112,27 +124,45 @@ func (b *boot) pickTree(x *index.Index, source, tree, other string, learning boo
 		}
 		return ok
 	}
-	if !use(tree) {
-		return nil, release
-	}
-	b.tree, b.source = tree, source
+	b.source = source
 	made := func(p string) bool {
 		name := filepath.Base(p)
 		return !heldOff(p) && isDir(p) && boottree.Sealed(name, nodecache.TreeLock(bootconfig.CacheDir, name))
 	}
 	switch {
 	case learning:
+		if use(t.own) {
+			b.tree = t.own
+		}
 		return nil, release
-	case made(tree):
-		b.treeInUse, b.stacked = true, tree
-	case other != "" && other != tree && use(other) && made(other):
-		b.stacked = other
+	case t.other != "" && t.delta != "" && use(t.other) && made(t.other):
+		b.stacked = []string{t.other}
+		if use(t.delta) {
+			b.tree, b.treeLacks = t.delta, b.otherProfile
+			if made(t.delta) {
+				b.treeInUse, b.stacked = true, []string{t.delta, t.other}
+			}
+		}
+	case use(t.own):
+		b.tree = t.own
+		if !made(t.own) {
+			return nil, release
+		}
+		b.treeInUse, b.stacked = true, []string{t.own}
 	default:
 		return nil, release
 	}
-	checked = make(chan bool, 1)
-	name := filepath.Base(b.stacked)
-	go func() { checked <- checkTree(b.log, x, bootconfig.CacheDir, name) }()
+	checked = make(chan []string, 1)
+	stacked := slices.Clone(b.stacked)
+	go func() {
+		var good []string
+		for _, p := range stacked {
+			if checkTree(b.log, x, bootconfig.CacheDir, filepath.Base(p)) {
+				good = append(good, p)
+			}
+		}
+		checked <- good
+	}()
 	return checked, release
 }
 
@@ -167,15 +197,15 @@ func checkTree(log *log.Logger, x *index.Index, cacheDir, name string) bool {
 	return false
 }
 
-// startTreeMaker starts the tree maker on the image's profile and returns
-// what stops it: it is given wait to end, then killed. It is a
+// startTreeMaker starts the tree maker of b.tree on the files of p and
+// returns what stops it: it is given wait to end, then killed. It is a
 // process of its own so that the kernel runs it only on time and disk the
 // container leaves idle, and so that a container's exit, which kills it,
 // never waits long for it.
-func (b *boot) startTreeMaker() (stop func(wait time.Duration)) {
+func (b *boot) startTreeMaker(p *profile.Profile) (stop func(wait time.Duration)) {
 	// In a mount namespace of its own, where it mounts the /proc that
 	// bootinit's root lacks.
-	proc := b.startWithProfile([]string{treeMakerName, filepath.Base(b.tree), b.source}, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS})
+	proc := b.startWithProfile([]string{treeMakerName, filepath.Base(b.tree), b.source}, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}, p)
 	if proc == nil {
 		return func(time.Duration) {}
 	}

@@ -47,7 +47,7 @@ const warmPiece = 128 << 10
 // startWarmer starts the warmer on the profile's files and returns what
 // stops it. Failures are left to the app's own reads.
 func (b *boot) startWarmer() (stop func()) {
-	proc := b.startWithProfile([]string{warmerName}, nil)
+	proc := b.startWithProfile([]string{warmerName}, nil, b.profile)
 	if proc == nil {
 		return func() {}
 	}
@@ -56,11 +56,11 @@ func (b *boot) startWarmer() (stop func()) {
 	return func() { proc.Kill() }
 }
 
-// startWithProfile starts bootinit in another mode (argv[0]), the
-// profile on its stdin; nil, and a line in the log, if it cannot.
-func (b *boot) startWithProfile(argv []string, sys *syscall.SysProcAttr) *os.Process {
+// startWithProfile starts bootinit in another mode (argv[0]), profile p on
+// its stdin; nil, and a line in the log, if it cannot.
+func (b *boot) startWithProfile(argv []string, sys *syscall.SysProcAttr, p *profile.Profile) *os.Process {
 	var prof bytes.Buffer
-	b.profile.WriteTo(&prof)
+	p.WriteTo(&prof)
 	r, w, err := os.Pipe()
 	if err != nil {
 		b.log.Printf("starting %s: %v", argv[0], err)
